@@ -1,0 +1,54 @@
+# mrifoundry — the two commands: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+VAR := $(CURDIR)/var
+ENV := source deploy/env.sh &&
+export MRIFOUNDRY_HOME ?= $(VAR)
+
+.PHONY: demo test venv sample server deploy worker stop clean-var bench docs
+
+$(VENV)/.installed: pyproject.toml deploy/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c deploy/constraints.txt -e ".[test,bench]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+sample: venv
+	$(ENV) $(PY) -m flows.cli sample
+
+server: venv
+	deploy/server.sh start
+
+deploy: server
+	deploy/worker.sh deploy
+	deploy/worker.sh start
+
+stop:
+	-deploy/worker.sh stop
+	-deploy/server.sh stop
+
+## demo: install, generate the sample, start server + worker, run curate/curate-demo, print a summary, stop
+demo: venv
+	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop' EXIT; \
+	$(ENV) $(PY) -m flows.cli sample; \
+	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
+	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-demo --watch --watch-timeout 900; \
+	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	  "SELECT e.body_part, COUNT(DISTINCT e.exam_id) AS exams, COUNT(DISTINCT r.series_id) AS series, COUNT(s.slice_id) AS slices FROM exams e JOIN series r USING (exam_id) LEFT JOIN slices s USING (series_id) WHERE r.status = 'ok' GROUP BY 1 ORDER BY 1"; \
+	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"; \
+	echo "catalog: $$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb"; \
+	echo "summary: $$MRIFOUNDRY_HOME/demo/research/qc/summary.md  montage: $$MRIFOUNDRY_HOME/demo/research/qc/montage.png"
+
+## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
+test: venv
+	$(PY) -m pytest -q
+
+docs: venv
+	$(PY) -m flows.cli catalog-docs
+
+clean-var: stop
+	rm -rf $(VAR)

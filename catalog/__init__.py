@@ -1,0 +1,1 @@
+"""The catalog: table schemas, the stage ledger, Parquet writers and DuckDB views."""

@@ -1,0 +1,146 @@
+"""The stage ledger: one row per (item, stage), in SQLite under ``OUT/state``.
+
+SQLite rather than DuckDB because many worker threads/processes write small rows
+concurrently (WAL + busy timeout); the ledger is exported to Parquet for the catalog's
+``stage_results`` view at the end of each run. Only opaque ids and reason codes are stored.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from catalog.reasons import REASONS
+from catalog.schema import STAGE_RESULTS, to_arrow
+from mrifoundry import code_version
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS stage_results (
+  item_id TEXT NOT NULL, item_kind TEXT NOT NULL, exam_id TEXT NOT NULL, stage TEXT NOT NULL,
+  status TEXT NOT NULL, reason TEXT, message TEXT, attempt INTEGER NOT NULL,
+  started REAL, finished REAL, code_version TEXT, run_id TEXT, outputs TEXT,
+  PRIMARY KEY (item_id, stage)
+);
+CREATE INDEX IF NOT EXISTS stage_results_exam ON stage_results(exam_id, stage);
+"""
+
+STATUSES = ("done", "rejected", "failed")
+
+
+@dataclass
+class LedgerRow:
+    item_id: str
+    item_kind: str
+    exam_id: str
+    stage: str
+    status: str
+    reason: str | None
+    message: str | None
+    attempt: int
+
+
+class Ledger:
+    """Thread- and process-safe ledger. One connection per thread."""
+
+    def __init__(self, path: Path, run_id: str = "cli"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(_DDL)
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        yield conn
+
+    def record(self, item_id: str, stage: str, status: str, *, exam_id: str, item_kind: str = "exam",
+               reason: str | None = None, message: str | None = None, started: float | None = None,
+               outputs: list[str] | None = None) -> None:
+        """Upsert the (item, stage) row; ``attempt`` counts the runs of the stage on the item.
+
+        Raises:
+            ValueError: unknown status or reason code (reason codes live in catalog/reasons.py).
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} not in {STATUSES}")
+        if reason is not None and reason not in REASONS:
+            raise ValueError(f"unknown reason code {reason!r}")
+        now = time.time()
+        with self._conn() as c:
+            c.execute(
+                """INSERT INTO stage_results VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?)
+                   ON CONFLICT(item_id, stage) DO UPDATE SET
+                     status=excluded.status, reason=excluded.reason, message=excluded.message,
+                     attempt=stage_results.attempt+1, started=excluded.started, finished=excluded.finished,
+                     code_version=excluded.code_version, run_id=excluded.run_id, outputs=excluded.outputs,
+                     item_kind=excluded.item_kind, exam_id=excluded.exam_id""",
+                (item_id, item_kind, exam_id, stage, status, reason, message, started or now, now,
+                 code_version(), self.run_id, json.dumps(outputs or [])),
+            )
+
+    def status(self, item_id: str, stage: str) -> str | None:
+        with self._conn() as c:
+            row = c.execute("SELECT status FROM stage_results WHERE item_id=? AND stage=?", (item_id, stage)).fetchone()
+        return row[0] if row else None
+
+    def get(self, item_id: str, stage: str) -> LedgerRow | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT item_id,item_kind,exam_id,stage,status,reason,message,attempt FROM stage_results "
+                "WHERE item_id=? AND stage=?", (item_id, stage)).fetchone()
+        return LedgerRow(*row) if row else None
+
+    def forget_exam_stage(self, exam_id: str, stage: str, item_kinds: tuple[str, ...] = ("series", "instance")) -> None:
+        """Drop the sub-item rows of one exam's stage before it is redone (no stale series rows)."""
+        with self._conn() as c:
+            c.execute(
+                f"DELETE FROM stage_results WHERE exam_id=? AND stage=? AND item_kind IN ({','.join('?' * len(item_kinds))})",
+                (exam_id, stage, *item_kinds),
+            )
+
+    def exams_with(self, stage: str, status: str) -> set[str]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT DISTINCT exam_id FROM stage_results WHERE stage=? AND status=?", (stage, status)).fetchall()
+        return {r[0] for r in rows}
+
+    def exam_failed(self, exam_id: str) -> bool:
+        """True when any item of the exam has a ``failed`` row in any stage."""
+        with self._conn() as c:
+            row = c.execute("SELECT 1 FROM stage_results WHERE exam_id=? AND status='failed' LIMIT 1",
+                            (exam_id,)).fetchone()
+        return row is not None
+
+    def counts(self) -> list[tuple[str, str, str | None, int]]:
+        """(stage, status, reason, n) over the whole ledger."""
+        with self._conn() as c:
+            return c.execute(
+                "SELECT stage, status, reason, COUNT(*) FROM stage_results GROUP BY 1,2,3 ORDER BY 1,2,3").fetchall()
+
+    def to_arrow(self):
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT item_id,item_kind,exam_id,stage,status,reason,message,attempt,started,finished,"
+                "code_version,run_id,outputs FROM stage_results ORDER BY exam_id, stage, item_id").fetchall()
+        def ts(x):
+            return dt.datetime.fromtimestamp(x, dt.timezone.utc) if x is not None else None
+        out = []
+        for (item_id, kind, exam, stage, status, reason, msg, attempt, st, fin, ver, run, outputs) in rows:
+            out.append(dict(item_id=item_id, item_kind=kind, exam_id=exam, stage=stage, status=status,
+                            reason=reason, message=msg, attempt=attempt, started=ts(st), finished=ts(fin),
+                            duration_s=(fin - st) if st and fin else None, code_version=ver, run_id=run,
+                            outputs=outputs))
+        return to_arrow(STAGE_RESULTS, out)

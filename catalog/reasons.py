@@ -1,0 +1,54 @@
+"""Reason codes of the stage ledger: one code per distinct cause, documented here only.
+
+``rejected`` codes are data-quality decisions (a re-run does not retry them);
+``failed`` codes are errors (``rerun=failed`` retries them).
+"""
+from __future__ import annotations
+
+# code: (stage, status, description)
+REASONS: dict[str, tuple[str, str, str]] = {
+    # retrieve
+    "accession_not_found": ("retrieve", "rejected", "the archive holds no study with this accession number"),
+    "archive_unreachable": ("retrieve", "failed", "the archive could not be reached (folder missing, PACS down)"),
+    "retrieve_error": ("retrieve", "failed", "an unexpected error while fetching the exam"),
+    # deid
+    "unreadable_file": ("deid", "rejected", "a file is not parseable DICOM; its series is dropped"),
+    "non_image_object": ("deid", "rejected", "a DICOM object without pixel data (SR, PR, KO …) is not copied"),
+    "burned_in_annotation": ("deid", "rejected", "BurnedInAnnotation=YES or a secondary capture: pixels may show PHI"),
+    "deid_error": ("deid", "failed", "an unexpected error while de-identifying"),
+    # continuity (series level)
+    "non_mr_modality": ("continuity", "rejected", "Modality is not MR"),
+    "truncated_file": ("continuity", "rejected", "pixel data shorter than Rows×Columns×BitsAllocated requires"),
+    "undecodable_pixels": ("continuity", "rejected", "pixel data cannot be decoded (unsupported transfer syntax or corrupt stream)"),
+    "blank_series": ("continuity", "rejected", "every pixel of every image has the same value (an empty series)"),
+    "too_few_slices": ("continuity", "rejected", "fewer slices than min_slices after localizers and derived images are removed"),
+    "mixed_orientation": ("continuity", "rejected", "images of one series/time point do not share one ImageOrientationPatient"),
+    "inconsistent_geometry": ("continuity", "rejected", "Rows, Columns or PixelSpacing differ within the series"),
+    "duplicate_position": ("continuity", "rejected", "two images share one slice position within a time point"),
+    "missing_slice": ("continuity", "rejected", "a gap in slice positions: at least one slice is missing"),
+    "non_uniform_spacing": ("continuity", "rejected", "slice positions are not uniformly spaced (and no single gap explains it)"),
+    "incomplete_4d": ("continuity", "rejected", "time points of a 4D series have different numbers of slices"),
+    "localizer_series": ("continuity", "rejected", "the whole series is a localizer/scout"),
+    "derived_series": ("continuity", "rejected", "the whole series is derived/secondary (MPR, MIP, ADC map …)"),
+    "continuity_error": ("continuity", "failed", "an unexpected error while checking the series"),
+    # continuity (instance level: removed, the series goes on)
+    "localizer_removed": ("continuity", "rejected", "a localizer image mixed into the series was removed"),
+    "derived_removed": ("continuity", "rejected", "a derived image mixed into the series was removed"),
+    # convert
+    "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
+    "disk_full": ("convert", "failed", "no space left on the device while writing an output"),
+    # any stage
+    "stage_input_missing": ("any", "failed", "the previous stage's artifact is missing: run that stage first"),
+    # catalog
+    "catalog_error": ("catalog", "failed", "the exam's catalog rows could not be written"),
+}
+
+STAGES = ("retrieve", "deid", "continuity", "convert", "catalog")
+
+
+def describe(code: str) -> str:
+    return REASONS[code][2]
+
+
+def status_of(code: str) -> str:
+    return REASONS[code][1]

@@ -1,0 +1,189 @@
+"""Every catalog table, defined once: column, Arrow type, description.
+
+``docs/catalog.md`` is generated from these definitions (``mrifoundry catalog-docs``) and a
+test checks that it is up to date.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    zone: str  # research | restricted
+    key: tuple[str, ...]
+    description: str
+    columns: tuple[Column, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.type, metadata={"description": c.description}) for c in self.columns],
+            metadata={"table": self.name, "description": self.description},
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+S, I, F, B, D, TS = pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.date32(), pa.timestamp("us", tz="UTC")
+
+EXAMS = Table(
+    "exams", "research", ("exam_id",),
+    "One row per curated exam (study). Keys are salted pseudonyms; dates are shifted per patient.",
+    (
+        Column("exam_id", S, "pseudonymous exam id (salted hash of the accession number or StudyInstanceUID)"),
+        Column("patient_id", S, "pseudonymous patient id (salted hash of the MRN); same patient, same id"),
+        Column("protocol", S, "protocol: the normalised report type, or the cleaned StudyDescription without a report"),
+        Column("body_part", S, "body part from the protocol rules or the headers (knee, shoulder, brain …)"),
+        Column("study_date", D, "study date shifted by the patient's date offset (Modified Dates option)"),
+        Column("modality", S, "modality of the exam (MR)"),
+        Column("n_series", I, "series found in the exam, before quality checks"),
+        Column("n_series_ok", I, "series that passed the continuity checks and were converted"),
+        Column("n_slices", I, "PNG slices written for the exam"),
+        Column("source", S, "how the exam was chosen: report (report export + sampling) or archive (every study)"),
+        Column("curated_at", TS, "when the catalog rows of the exam were written"),
+        Column("code_version", S, "mrifoundry version and git commit that wrote the rows"),
+    ),
+)
+
+SERIES = Table(
+    "series", "research", ("series_id",),
+    "One row per series of a curated exam, converted or rejected (with its reason).",
+    (
+        Column("series_id", S, "pseudonymous series id (salted hash of the original SeriesInstanceUID)"),
+        Column("exam_id", S, "exam of the series (exams.exam_id)"),
+        Column("status", S, "ok (converted) or rejected"),
+        Column("reason", S, "reason code when rejected (see stage_results and docs/ledger.md)"),
+        Column("series_description", S, "SeriesDescription after Clean Descriptors (e.g. 'SAG PD FS')"),
+        Column("sequence_type", S, "T1, T2, PD, STIR, FLAIR, DWI, ADC, DIXON, DCE, SWI, GRE or OTHER"),
+        Column("orientation", S, "axial, coronal, sagittal or oblique (from ImageOrientationPatient)"),
+        Column("body_part", S, "body part from BodyPartExamined / descriptions"),
+        Column("contrast", B, "contrast agent given (ContrastBolusAgent or description)"),
+        Column("manufacturer", S, "scanner manufacturer"),
+        Column("model", S, "scanner model name"),
+        Column("field_strength", F, "MagneticFieldStrength in tesla"),
+        Column("repetition_time", F, "TR in ms"),
+        Column("echo_time", F, "TE in ms"),
+        Column("flip_angle", F, "flip angle in degrees"),
+        Column("rows", I, "image rows"),
+        Column("cols", I, "image columns"),
+        Column("pixel_spacing_row", F, "pixel spacing between rows, mm"),
+        Column("pixel_spacing_col", F, "pixel spacing between columns, mm"),
+        Column("slice_thickness", F, "SliceThickness, mm"),
+        Column("slice_spacing", F, "measured spacing between slice centres, mm"),
+        Column("n_slices", I, "slices per time point after localizers/derived images were removed"),
+        Column("n_timepoints", I, "time points (1 for 3D; DCE/multi-echo > 1)"),
+        Column("transfer_syntax", S, "transfer syntax UID of the stored DICOM"),
+        Column("dicom_dir", S, "de-identified DICOM folder, relative to the research root"),
+        Column("nifti_path", S, "NIfTI file (RAS, resampled) relative to the research root; null if not converted"),
+        Column("nifti_shape", S, "NIfTI shape, e.g. '240x240x80'"),
+        Column("nifti_zooms", S, "NIfTI voxel size in mm, e.g. '1.0x1.0x1.0'"),
+        Column("nifti_timepoint", I, "time point written to NIfTI (middle one for 4D)"),
+        Column("converter", S, "NIfTI converter (dicom2nifti)"),
+        Column("converter_version", S, "converter version"),
+        Column("conversion_params", S, "JSON of the conversion parameters (voxel size, shape, order, reorientation)"),
+    ),
+)
+
+SLICES = Table(
+    "slices", "research", ("slice_id",),
+    "One row per PNG slice (per-slice min-max normalised to 0..255), MRI-CORE style.",
+    (
+        Column("slice_id", S, "series_id + '_t' + time point + '_z' + index"),
+        Column("series_id", S, "series of the slice (series.series_id)"),
+        Column("exam_id", S, "exam of the slice"),
+        Column("temporal_index", I, "time point (0 for 3D series)"),
+        Column("slice_index", I, "index along the slice normal, 0 = lowest projection of ImagePositionPatient"),
+        Column("position_mm", F, "projection of ImagePositionPatient on the slice normal, mm (shifted frame not applied)"),
+        Column("png_path", S, "PNG file relative to the research root"),
+        Column("width", I, "PNG width (= DICOM Columns)"),
+        Column("height", I, "PNG height (= DICOM Rows)"),
+        Column("min_value", F, "minimum stored value of the slice (after rescale), mapped to 0"),
+        Column("max_value", F, "maximum stored value of the slice (after rescale), mapped to 255"),
+    ),
+)
+
+STAGE_RESULTS = Table(
+    "stage_results", "research", ("item_id", "stage"),
+    "The stage ledger: one row per (item, stage). Items are exams, series or single instances.",
+    (
+        Column("item_id", S, "opaque id of the item (exam_id, series_id, or series_id/instance number)"),
+        Column("item_kind", S, "exam, series or instance"),
+        Column("exam_id", S, "exam the item belongs to"),
+        Column("stage", S, "retrieve, deid, continuity, convert or catalog"),
+        Column("status", S, "done, rejected (data-quality decision) or failed (error; retried on re-run)"),
+        Column("reason", S, "reason code (catalog/reasons.py) when rejected or failed"),
+        Column("message", S, "short explanation, never containing header values"),
+        Column("attempt", I, "how many times the stage ran on this item"),
+        Column("started", TS, "start of the last attempt"),
+        Column("finished", TS, "end of the last attempt"),
+        Column("duration_s", F, "seconds of the last attempt"),
+        Column("code_version", S, "mrifoundry version and git commit of the last attempt"),
+        Column("run_id", S, "Prefect flow-run id (or 'cli') of the last attempt"),
+        Column("outputs", S, "JSON list of outputs relative to the research root"),
+    ),
+)
+
+REPORTS = Table(
+    "reports", "restricted", ("accession_number",),
+    "RESTRICTED. The report export after filtering, with the decision for each report. Holds PHI.",
+    (
+        Column("accession_number", S, "accession number (PHI)"),
+        Column("patient_mrn", S, "medical record number (PHI)"),
+        Column("report_date", D, "report date (real)"),
+        Column("modality", S, "modality of the report"),
+        Column("report_type", S, "report type as exported"),
+        Column("protocol", S, "normalised protocol derived from the report type"),
+        Column("body_part", S, "body part from the protocol rules"),
+        Column("decision", S, "kept, not_mr, outside_window, excluded_protocol, duplicate or unparseable"),
+        Column("rule", S, "exclusion rule that matched (excluded_protocol)"),
+        Column("sampled", B, "chosen by per-protocol sampling"),
+        Column("exam_id", S, "pseudonymous exam id (links to the research catalog)"),
+    ),
+)
+
+RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
+ALL_TABLES = RESEARCH_TABLES + (REPORTS,)
+BY_NAME = {t.name: t for t in ALL_TABLES}
+
+
+def empty_table(table: Table) -> pa.Table:
+    return table.schema.empty_table()
+
+
+def to_arrow(table: Table, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) → an Arrow table with exactly the table's columns and types.
+
+    Raises:
+        KeyError: a row has a column the table does not define (catches typos early).
+    """
+    names = set(table.names)
+    for r in rows:
+        extra = set(r) - names
+        if extra:
+            raise KeyError(f"{table.name}: unknown columns {sorted(extra)}")
+    cols = {c.name: [r.get(c.name) for r in rows] for c in table.columns}
+    return pa.Table.from_pydict(cols, schema=table.schema)
+
+
+def render_markdown() -> str:
+    """The column reference of ``docs/catalog.md``."""
+    out = []
+    for t in ALL_TABLES:
+        out.append(f"### `{t.name}` ({t.zone})\n\n{t.description} Key: `{', '.join(t.key)}`.\n")
+        out.append("| column | type | description |\n|---|---|---|")
+        out += [f"| `{c.name}` | {c.type} | {c.description} |" for c in t.columns]
+        out.append("")
+    return "\n".join(out)

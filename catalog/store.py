@@ -1,0 +1,84 @@
+"""Parquet writers: per-exam parts, then consolidation into one file per table.
+
+Write path (crash-safe, append-only, never duplicating):
+1. the ``catalog`` stage writes ``_parts/<table>/<exam_id>.parquet`` (temp + rename), so
+   re-curating an exam replaces its part;
+2. :func:`consolidate` rewrites ``<table>/<table>.parquet`` as
+   (old rows whose exam has no new part) ∪ (new parts), temp + rename, then deletes the
+   merged parts. A crash at any point leaves either the old or the new file, and parts
+   that are merged again replace, not add, their exam's rows.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog.schema import RESEARCH_TABLES, Table, to_arrow
+
+
+def catalog_dir(research: Path) -> Path:
+    return research / "catalog"
+
+
+def table_file(research: Path, table: Table) -> Path:
+    return catalog_dir(research) / table.name / f"{table.name}.parquet"
+
+
+def write_parquet_atomic(tbl: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pq.write_table(tbl, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_exam_parts(research: Path, exam_id: str, rows: dict[str, list[dict]]) -> list[Path]:
+    """Write one exam's rows of every research table (except the ledger) as parts."""
+    written = []
+    for table in RESEARCH_TABLES:
+        if table.name not in rows:
+            continue
+        path = catalog_dir(research) / "_parts" / table.name / f"{exam_id}.parquet"
+        write_parquet_atomic(to_arrow(table, rows[table.name]), path)
+        written.append(path)
+    return written
+
+
+def consolidate(research: Path, table: Table) -> int:
+    """Merge pending parts of ``table`` into its Parquet file; return its row count."""
+    parts_dir = catalog_dir(research) / "_parts" / table.name
+    parts = sorted(parts_dir.glob("*.parquet")) if parts_dir.exists() else []
+    target = table_file(research, table)
+    if not parts:
+        if not target.exists():
+            write_parquet_atomic(table.schema.empty_table(), target)
+        return pq.read_metadata(target).num_rows
+    new = pa.concat_tables([pq.read_table(p, schema=table.schema) for p in parts])
+    new_exams = pa.array(sorted({p.stem for p in parts}))
+    if target.exists():
+        con = duckdb.connect()
+        con.register("new_exams", pa.table({"exam_id": new_exams}))
+        old = con.sql(
+            f"SELECT * FROM read_parquet('{target}') WHERE exam_id NOT IN (SELECT exam_id FROM new_exams)"
+        ).to_arrow_table()
+        con.close()
+        merged = pa.concat_tables([old.cast(table.schema), new])
+    else:
+        merged = new
+    key = [(k, "ascending") for k in ("exam_id", *table.key) if k in table.names]
+    merged = merged.sort_by(list(dict.fromkeys(key)))
+    write_parquet_atomic(merged, target)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return merged.num_rows
+
+
+def write_table(research: Path, table: Table, tbl: pa.Table) -> None:
+    """Replace a whole table (used for the ledger export)."""
+    write_parquet_atomic(tbl.cast(table.schema), table_file(research, table))

@@ -1,0 +1,85 @@
+"""The DuckDB database of views over the Parquet tables.
+
+Views use absolute paths so the database opens from any working directory (DuckDB CLI:
+``duckdb -readonly OUT/research/catalog/catalog.duckdb``). Path columns are stored relative
+to the research root in Parquet and exposed as absolute ``*_file`` columns by the views.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from catalog.schema import EXAMS, RESEARCH_TABLES, REPORTS, SERIES, SLICES
+from catalog.store import catalog_dir, table_file
+
+DB_NAME = "catalog.duckdb"
+
+
+def _q(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _view_sql(research: Path, name: str) -> str:
+    path = table_file(research, next(t for t in RESEARCH_TABLES if t.name == name))
+    root = _q(str(research.resolve()) + "/")
+    src = f"read_parquet({_q(path.resolve())})"
+    if name == SLICES.name:
+        return f"SELECT *, {root} || png_path AS png_file FROM {src}"
+    if name == SERIES.name:
+        return (f"SELECT *, {root} || dicom_dir AS dicom_folder, "
+                f"CASE WHEN nifti_path IS NULL THEN NULL ELSE {root} || nifti_path END AS nifti_file FROM {src}")
+    return f"SELECT * FROM {src}"
+
+
+def build_research_db(research: Path) -> Path:
+    """(Re)create ``catalog.duckdb`` with one view per research table, plus helper views."""
+    db = catalog_dir(research) / DB_NAME
+    tmp = db.with_name(f".{DB_NAME}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for t in RESEARCH_TABLES:
+            con.execute(f"CREATE VIEW {t.name} AS {_view_sql(research, t.name)}")
+        con.execute(
+            "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "
+            "FROM stage_results WHERE status <> 'done' GROUP BY ALL ORDER BY n DESC")
+        con.execute(
+            f"CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
+            f"r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
+            f"JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
+    finally:
+        con.close()
+    os.replace(tmp, db)
+    return db
+
+
+def build_restricted_db(restricted: Path) -> Path:
+    """``restricted/restricted.duckdb``: the reports view (PHI). Never opened by downstream flows."""
+    db = restricted / "restricted.duckdb"
+    tmp = db.with_name(f".restricted.duckdb.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        src = restricted / "reports" / "reports.parquet"
+        con.execute(f"CREATE VIEW {REPORTS.name} AS SELECT * FROM read_parquet({_q(src.resolve())})")
+    finally:
+        con.close()
+    os.replace(tmp, db)
+    return db
+
+
+def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open the research catalog.
+
+    Raises:
+        FileNotFoundError: no catalog yet — run the ``curate`` flow first.
+    """
+    db = catalog_dir(research) / DB_NAME
+    if not db.exists():
+        raise FileNotFoundError(f"{db} not found: run `mrifoundry curate` (flow curate) first")
+    return duckdb.connect(str(db), read_only=read_only)
+
+
+__all__ = ["build_research_db", "build_restricted_db", "connect", "EXAMS"]

@@ -1,0 +1,122 @@
+"""``mrifoundry`` command: the non-Prefect entry points (they call the same functions the flows do)."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_curate(a) -> int:
+    from flows.curate import curate
+    shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
+    res = curate(archive=a.archive, reports=a.reports, out=a.out, rules=a.rules,
+                 date_start=dt.date.fromisoformat(a.date_start) if a.date_start else None,
+                 date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
+                 n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
+                 voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
+                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def _research(out: str | None) -> Path:
+    from mrifoundry.settings import Settings
+    s = Settings()
+    root = Path(out) if out else (s.out or s.home / "out")
+    return Path(root) / "research"
+
+
+def _cmd_sql(a) -> int:
+    from catalog.views import connect
+    con = connect(_research(a.out))
+    try:
+        cur = con.execute(a.query)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall()
+    finally:
+        con.close()
+    if a.format == "csv":
+        import csv
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif a.format == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    else:
+        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows]) for i, c in enumerate(cols)]
+        print(" | ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
+        print("-+-".join("-" * w for w in widths))
+        for r in rows:
+            print(" | ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return 0
+
+
+def _cmd_sample(a) -> int:
+    from mrifoundry.sample import generate_sample
+    from mrifoundry.settings import Settings
+    out = Path(a.out) if a.out else Settings().sample_dir
+    m = generate_sample(out, seed=a.seed)
+    print(json.dumps(m.get("counts", {}), indent=1))
+    return 0
+
+
+def _cmd_catalog_docs(a) -> int:
+    from catalog.docs import render_catalog_doc
+    text = render_catalog_doc()
+    if a.check:
+        cur = Path(a.path).read_text() if Path(a.path).exists() else ""
+        if cur != text:
+            print(f"{a.path} is out of date: run `mrifoundry catalog-docs`", file=sys.stderr)
+            return 1
+        return 0
+    Path(a.path).write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mrifoundry", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("curate", help="run the curate flow on a folder archive (one-off, no deployment)")
+    c.add_argument("--archive", required=True, help="folder of DICOM (any layout), or 'sample'")
+    c.add_argument("--reports", help="report export CSV; without it every study of the archive is curated")
+    c.add_argument("--out", required=True, help="output root")
+    c.add_argument("--rules", help="report-filter rules YAML")
+    c.add_argument("--date-start", default="2016-01-01")
+    c.add_argument("--date-end", default="2020-12-31")
+    c.add_argument("--n-per-protocol", type=int, default=150)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--min-slices", type=int, default=5)
+    c.add_argument("--voxel-size", type=float, default=1.0, help="isotropic mm; 0 keeps native spacing")
+    c.add_argument("--nifti-shape", help="e.g. 256x256x128 (Triad)")
+    c.add_argument("--no-png", action="store_true")
+    c.add_argument("--no-nifti", action="store_true")
+    c.add_argument("--rerun", choices=["missing", "failed", "all"], default="missing")
+    c.add_argument("--workers", type=int, default=2)
+    c.set_defaults(fn=_cmd_curate)
+
+    q = sub.add_parser("sql", help="query the research catalog: mrifoundry sql \"SELECT …\"")
+    q.add_argument("query")
+    q.add_argument("--out", help="output root of the curation (default: MRIFOUNDRY_OUT or var/out)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(fn=_cmd_sql)
+
+    s = sub.add_parser("sample", help="generate the embedded sample archive")
+    s.add_argument("--out")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_sample)
+
+    d = sub.add_parser("catalog-docs", help="write docs/catalog.md from catalog/schema.py")
+    d.add_argument("--path", default=str(Path(__file__).resolve().parent.parent / "docs" / "catalog.md"))
+    d.add_argument("--check", action="store_true")
+    d.set_defaults(fn=_cmd_catalog_docs)
+
+    a = p.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Model zoo (see issue 5)."""

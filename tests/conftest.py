@@ -1,0 +1,74 @@
+"""Test session set-up: an isolated MRIFOUNDRY_HOME and Prefect environment (from
+deploy/env.sh, the same file the Makefile uses), a real Prefect server on a free
+loopback port started on demand, and the embedded sample archive generated once."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_env() -> dict[str, str]:
+    home = tempfile.mkdtemp(prefix="mrifoundry-test-")
+    env = dict(os.environ, MRIFOUNDRY_HOME=home, MRIFOUNDRY_PREFECT_PORT=str(_free_port()),
+               MRIFOUNDRY_REPO=str(REPO))
+    for k in ("MRIFOUNDRY_ARCHIVE", "MRIFOUNDRY_REPORTS", "MRIFOUNDRY_OUT", "MRIFOUNDRY_SALT"):
+        env.pop(k, None)
+    out = subprocess.run(["bash", "-c", "source deploy/env.sh && env -0"], cwd=REPO, env=env,
+                         capture_output=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.decode().split("\0") if "=" in kv)
+
+
+# must happen before prefect is imported by any test module
+os.environ.clear()
+os.environ.update(_session_env())
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+
+
+@pytest.fixture(scope="session")
+def test_home() -> Path:
+    return Path(os.environ["MRIFOUNDRY_HOME"])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(test_home):
+    """A real Prefect server (deploy/server.sh) on 127.0.0.1, stopped by PID at the end."""
+    subprocess.run([str(REPO / "deploy" / "server.sh"), "start"], cwd=REPO, check=True, timeout=180)
+    yield os.environ["PREFECT_API_URL"]
+    subprocess.run([str(REPO / "deploy" / "worker.sh"), "stop"], cwd=REPO, check=False, timeout=60)
+    subprocess.run([str(REPO / "deploy" / "server.sh"), "stop"], cwd=REPO, check=False, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def sample(test_home) -> Path:
+    """The embedded sample archive (seed 0), generated once per session where flows expect it."""
+    from flows.params import ensure_sample
+    from mrifoundry.settings import Settings
+    return ensure_sample(Settings().sample_dir)
+
+
+@pytest.fixture(scope="session")
+def manifest(sample) -> dict:
+    import json
+    return json.loads((sample / "manifest.json").read_text())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    home = os.environ.get("MRIFOUNDRY_HOME", "")
+    if home.startswith(tempfile.gettempdir()) and "mrifoundry-test-" in home and not os.environ.get("KEEP_TEST_HOME"):
+        subprocess.run([str(REPO / "deploy" / "worker.sh"), "stop"], cwd=REPO, capture_output=True)
+        subprocess.run([str(REPO / "deploy" / "server.sh"), "stop"], cwd=REPO, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
