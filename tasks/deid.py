@@ -8,13 +8,9 @@ de-identified files. Nothing here logs or raises with a header value.
 """
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import hashlib
-import hmac
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -24,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
@@ -42,7 +37,8 @@ __all__ = [
 ]
 log = logging.getLogger(__name__)
 
-SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"   # SC and its multi-frame variants (.7.1-.7.4)
+# Secondary Capture and its multi-frame variants: pixels are screenshots, often with burned-in text.
+SECONDARY_CAPTURE_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1.7" + s for s in ("", ".1", ".2", ".3", ".4"))
 _DEID_CODES = {
     "113100": "Basic Application Confidentiality Profile",
     "113105": "Clean Descriptors Option",
@@ -85,6 +81,7 @@ class DeidResult:
     study_date: dt.date | None  # shifted
     series: list[DeidSeries]
     rejected: list[DeidRejection]
+    study_description: str | None = None   # after Clean Descriptors (a protocol hint)
 
 
 # --------------------------------------------------------------------------- pseudonym map
@@ -258,7 +255,7 @@ def _is_image_class(sop_class: str) -> bool | None:
 
 def _burned_in(hdr: Dataset) -> bool:
     return (str(hdr.get("BurnedInAnnotation", "")).upper() == "YES"
-            or str(hdr.SOPClassUID).startswith(SECONDARY_CAPTURE_PREFIX))
+            or str(hdr.SOPClassUID) in SECONDARY_CAPTURE_CLASSES)
 
 
 def _has_pixels(ds: Dataset) -> bool:
@@ -286,19 +283,6 @@ def _swap_in(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_series(datasets: list[Dataset], dest: Path) -> list[Path]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        names = [f"{i:04d}.dcm" for i in range(len(datasets))]
-        for name, ds in zip(names, datasets):
-            ds.save_as(tmp / name, enforce_file_format=True)
-        _swap_in(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [dest / n for n in names]
-
-
 def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     cfg: DeidConfig, store: PseudonymStore) -> DeidResult:
     """De-identify one exam's files into ``out_dir/<series_id>/<NNNN>.dcm``.
@@ -319,37 +303,45 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
         by_series.setdefault(ids.series_id(str(hdr.SeriesInstanceUID), cfg.salt), []).append((path, hdr))
     rejected = [DeidRejection(None, "unreadable_file", unreadable)] if unreadable else []
     series: list[DeidSeries] = []
-    patient_id, study_date, first = "", None, None
+    patient_id, study_date, study_description = "", None, None
+    if by_series:   # the exam's patient: the first readable header in a stable order
+        first = min((m for ms in by_series.values() for m in ms), key=_sort_key)[1]
+        acc = str(first.get("AccessionNumber", "") or "").strip()
+        store.record_exam(acc or "uid:" + str(first.get("StudyInstanceUID", "")), exam_id, _patient_key(first))
+        patient_id = store.patient_pseudonym(_patient_key(first))
     for sid in sorted(by_series):
         members = sorted(by_series[sid], key=_sort_key)
         if cfg.reject_burned_in and any(_burned_in(h) for _, h in members):
             rejected.append(DeidRejection(sid, "burned_in_annotation", len(members)))
             shutil.rmtree(out_dir / sid, ignore_errors=True)
             continue
+        dest = out_dir / sid
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir))   # written one by one: bounded memory
         try:
-            written, non_image = [], 0
+            n_written, non_image = 0, 0
             for path, hdr in members:
                 image = _is_image_class(str(hdr.SOPClassUID))
                 ds = _read_full(path, hdr) if image is not False else hdr
                 if image is False or (image is None and not _has_pixels(ds)):
                     non_image += 1
                     continue
-                first = first or hdr
-                written.append(deidentify_dataset(ds, cfg, store, exam_id))
+                clean = deidentify_dataset(ds, cfg, store, exam_id)
+                clean.save_as(tmp / f"{n_written:04d}.dcm", enforce_file_format=True)
+                n_written += 1
+                if study_date is None and clean.get("StudyDate"):
+                    study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
+                study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
             if non_image:
                 rejected.append(DeidRejection(sid, "non_image_object", non_image))
-            if written:
-                series.append(DeidSeries(sid, _write_series(written, out_dir / sid)))
-                if study_date is None and written[0].get("StudyDate"):
-                    study_date = dt.datetime.strptime(written[0].StudyDate, "%Y%m%d").date()
-                patient_id = patient_id or str(written[0].PatientID)
+            if n_written:
+                _swap_in(tmp, dest)
+                series.append(DeidSeries(sid, [dest / f"{i:04d}.dcm" for i in range(n_written)]))
             else:
-                shutil.rmtree(out_dir / sid, ignore_errors=True)
+                shutil.rmtree(dest, ignore_errors=True)
         except Exception as e:
             raise CurationError(exam_id, "deid_error", f"{type(e).__name__} in series {sid}") from e
-    if first is not None:
-        acc = str(first.get("AccessionNumber", "") or "").strip()
-        store.record_exam(acc or "uid:" + str(first.get("StudyInstanceUID", "")), exam_id, _patient_key(first))
-        patient_id = patient_id or store.patient_pseudonym(_patient_key(first))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("deid %s: %d series written, %d rejected", exam_id, len(series), len(rejected))
-    return DeidResult(exam_id, patient_id, study_date, series, rejected)
+    return DeidResult(exam_id, patient_id, study_date, series, rejected, study_description)

@@ -9,6 +9,10 @@ The Basic Profile column may hold a combined code (X/Z, X/D, Z/D, X/Z/D, X/Z/U*)
 the most protective choice that keeps the object valid: D when the attribute is Type 1 in
 the object's IOD, Z when Type 2, otherwise X (see :data:`REQUIRED_TYPES`).
 An enabled option column overrides the Basic Profile action.
+
+The second half applies actions to a pydicom dataset: :func:`clean_dataset` walks it
+recursively (into every sequence) and transforms each value; attributes the table does not
+list go through a VR-based safety net (:func:`_fallback_action`).
 """
 from __future__ import annotations
 
@@ -147,7 +151,8 @@ class ActionMap:
         if 0x5000 <= group <= 0x50FF:
             return self.curve_action
         if 0x6000 <= group <= 0x60FF:
-            return self.by_masked.get(tag & 0xFF00FFFF)
+            # An overlay plane without its Overlay Data is invalid: the plane follows (60XX,3000).
+            return self.by_masked.get(tag & 0xFF00FFFF, self.by_masked.get(0x60003000))
         return None
 
 
@@ -248,6 +253,8 @@ def phi_pattern(ds: Dataset) -> re.Pattern | None:
 # --------------------------------------------------------------------------- dataset walk
 @dataclass
 class ActionContext:
+    """What :func:`clean_dataset` needs besides the dataset: actions, salt, shift, PHI terms."""
+
     actions: ActionMap
     salt: str
     shift_days: int
@@ -309,6 +316,7 @@ def _apply(elem: DataElement, action: str, ctx: ActionContext) -> DataElement | 
 
 
 def clean_dataset(ds: Dataset, ctx: ActionContext) -> Dataset:
+    """A new dataset with every element of ``ds`` transformed by its action (``ds`` untouched)."""
     out = Dataset()
     for elem in ds:
         action = ctx.actions.action_for(int(elem.tag))

@@ -48,6 +48,11 @@ def prefect_server(test_home):
     """A real Prefect server (deploy/server.sh) on 127.0.0.1, stopped by PID at the end."""
     subprocess.run([str(REPO / "deploy" / "server.sh"), "start"], cwd=REPO, check=True, timeout=180)
     yield os.environ["PREFECT_API_URL"]
+    try:  # send buffered log records while the server is still up
+        from prefect.logging.handlers import APILogHandler
+        APILogHandler.flush()
+    except Exception:  # noqa: BLE001
+        pass
     subprocess.run([str(REPO / "deploy" / "worker.sh"), "stop"], cwd=REPO, check=False, timeout=60)
     subprocess.run([str(REPO / "deploy" / "server.sh"), "stop"], cwd=REPO, check=False, timeout=60)
 

@@ -72,12 +72,46 @@ def lps_to_mni_voxel(coords_lps: np.ndarray, affine) -> np.ndarray:
     return vox.reshape(coords_lps.shape)
 
 
-def mni_probabilities(coords_lps: np.ndarray, mni_path: str, affine) -> np.ndarray:
-    """Tissue probabilities (5, ...) at the LPS points, trilinear, zero outside the template."""
+def mni_signal(coords_lps: np.ndarray, mni_path: str, affine, values) -> np.ndarray:
+    """Image intensity at the LPS points (trilinear, zero outside the template).
+
+    ``values`` = signal of each MNI_CHANNELS tissue. The weighted sum of the channels is
+    built once per contrast and worker (one interpolation per series instead of five).
+    """
+    key = (mni_path, tuple(float(v) for v in values))
+    vol = _SIGNAL.get(key)
+    if vol is None:
+        if len(_SIGNAL) >= 8:
+            _SIGNAL.pop(next(iter(_SIGNAL)))
+        chans = _channels(mni_path)
+        vol = np.zeros(chans.shape[1:], dtype=np.float32)
+        for i, v in enumerate(values):
+            vol += np.float32(v / 255.0) * chans[i]
+        _SIGNAL[key] = vol
     vox = lps_to_mni_voxel(coords_lps, affine).reshape(3, -1)
-    chans = _channels(mni_path)
-    out = np.empty((len(MNI_CHANNELS), vox.shape[1]), dtype=np.float32)
-    for i in range(len(MNI_CHANNELS)):
-        out[i] = ndimage.map_coordinates(chans[i], vox, order=1, mode="constant", cval=0.0,
-                                         output=np.float32)
-    return out.reshape((len(MNI_CHANNELS),) + coords_lps.shape[1:]) / 255.0
+    return trilinear(vol, vox).reshape(coords_lps.shape[1:])
+
+
+def trilinear(vol: np.ndarray, vox: np.ndarray) -> np.ndarray:
+    """Trilinear samples of ``vol`` at voxel coordinates (3, N); 0 outside.
+
+    Same values as ``ndimage.map_coordinates(order=1)`` inside the volume, about twice as
+    fast (8 flat gathers instead of the generic spline loop).
+    """
+    shape = np.array(vol.shape)[:, None]
+    i0 = np.floor(vox).astype(np.int64)
+    inside = np.all((i0 >= 0) & (i0 < shape - 1), axis=0)
+    i0 = np.where(inside, i0, 0)
+    fx, fy, fz = (vox - i0).astype(np.float32)
+    s1, s2 = vol.shape[1] * vol.shape[2], vol.shape[2]
+    flat = vol.ravel()
+    base = i0[0] * s1 + i0[1] * s2 + i0[2]
+    out = np.zeros(vox.shape[1], dtype=np.float32)
+    for dx, wx in ((0, 1 - fx), (s1, fx)):
+        for dy, wy in ((0, 1 - fy), (s2, fy)):
+            idx = base + dx + dy
+            out += wx * wy * ((1 - fz) * flat[idx] + fz * flat[idx + 1])
+    return np.where(inside, out, np.float32(0))
+
+
+_SIGNAL: dict[tuple, np.ndarray] = {}

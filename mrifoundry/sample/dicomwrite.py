@@ -19,7 +19,7 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 PRIVATE_CREATOR = "RVMC RIS 1.0"
 
 
-def _hhmmss_plus(hhmmss: str, seconds: int) -> str:
+def hhmmss_plus(hhmmss: str, seconds: int) -> str:
     t = int(hhmmss[:2]) * 3600 + int(hhmmss[2:4]) * 60 + int(hhmmss[4:6]) + seconds
     t %= 86400
     return f"{t // 3600:02d}{t % 3600 // 60:02d}{t % 60:02d}"
@@ -83,12 +83,11 @@ def series_template(exam: dict, spec: dict, study: Dataset) -> Dataset:
     ds.SeriesNumber = spec["number"]
     ds.SeriesDescription = spec["description"]
     ds.ProtocolName = spec["description"]
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _hhmmss_plus(exam["study_time"], 300 * spec["index"])
+    ds.SeriesTime = hhmmss_plus(exam["study_time"], 300 * spec["index"])
     ds.FrameOfReferenceUID = exam["for_uid"]
     ds.PositionReferenceIndicator = ""
     ds.BodyPartExamined = exam["protocol"].body_part
     ds.PatientPosition = "FFS" if exam["protocol"].body_part in ("KNEE", "ANKLE", "FOOT") else "HFS"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"] if spec["modality"] == "MR" else ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SliceThickness = spec["thickness"]
     ds.SpacingBetweenSlices = round(spec["thickness"] + spec["gap"], 4)
     px = round(spec["fov"] / spec["cols"], 6)
@@ -139,25 +138,34 @@ def series_template(exam: dict, spec: dict, study: Dataset) -> Dataset:
     return ds
 
 
-def write_image(ds: Dataset, path: Path, *, sop_uid: str, instance: int, ipp, iop, pixels: np.ndarray,
-                slice_location: float, temporal: int | None = None, acq_time: str | None = None) -> None:
-    """Set the per-slice attributes on the series template and write one Part-10 file."""
-    ds.SOPInstanceUID = sop_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+# Per-slice elements (tag → VR); everything else is shared by the series' files.
+DYNAMIC = {0x00080008: "CS", 0x00080018: "UI", 0x00080032: "TM", 0x00080033: "TM", 0x00200013: "IS",
+           0x00200032: "DS", 0x00200037: "DS", 0x00200100: "IS", 0x00201041: "DS", 0x7FE00010: "OW"}
+
+
+def slice_values(*, image_type, sop_uid: str, instance: int, ipp, iop, pixels: np.ndarray, slice_location: float,
+                 temporal: int | None, acq_time: str | None) -> dict[int, object]:
+    """Values of the DYNAMIC elements of one slice (None = element absent)."""
+    return {0x00080008: list(image_type), 0x00080018: sop_uid, 0x00080032: acq_time, 0x00080033: acq_time,
+            0x00200013: instance, 0x00200032: [round(float(v), 4) for v in ipp], 0x00200037: list(iop),
+            0x00200100: temporal, 0x00201041: round(float(slice_location), 4), 0x7FE00010: pixels.tobytes()}
+
+
+def write_image(ds: Dataset, path: Path, values: dict[int, object]) -> None:
+    """Slow path (pydicom save_as; compressed transfer syntaxes): set the slice's values and write."""
+    for tag, value in values.items():
+        if tag in ds:
+            del ds[tag]
+        if value is not None and tag != 0x7FE00010:
+            ds.add_new(tag, DYNAMIC[tag], value)
+    ds.file_meta.MediaStorageSOPInstanceUID = values[0x00080018]
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
-    ds.ImageOrientationPatient = list(iop)
-    ds.SliceLocation = round(float(slice_location), 4)
-    if temporal is not None:
-        ds.TemporalPositionIdentifier = temporal
-    if acq_time is not None:
-        ds.AcquisitionTime = ds.ContentTime = acq_time
     ts = ds.file_meta.TransferSyntaxUID
+    pixels = np.frombuffer(values[0x7FE00010], dtype=np.uint16).reshape(ds.Rows, ds.Columns)
     if ts.is_compressed:
         ds.compress(ts, pixels, generate_instance_uid=False)
     else:
-        ds.PixelData = pixels.tobytes()
+        ds.add_new(0x7FE00010, "OW", values[0x7FE00010])
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 

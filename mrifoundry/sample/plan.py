@@ -57,12 +57,12 @@ def _series_specs(rng, protocol, exam_idx: int, study_uid: str, defect: str | No
     out = []
     for i, (entry, dfx) in enumerate(entries):
         desc, seq, orient, post = entry
-        matrix = int(rng.choice([112, 128])) if head else int(rng.choice([64, 80, 96]))
+        matrix = int(rng.choice([96, 112, 128])) if head else int(rng.choice([64, 80, 96]))
         rows = matrix if rng.random() < 0.7 else matrix - 16   # some rectangular (phase FOV < 100 %)
         thick = float(rng.choice([4.0, 5.0])) if head else float(rng.choice([3.0, 3.5, 4.0, 5.0]))
         spec = {"index": i, "number": i + 2, "description": desc, "seq_key": seq, "orientation": orient,
                 "post_contrast": post, "rows": rows, "cols": matrix, "fov": protocol.fov_mm,
-                "n_slices": int(rng.integers(18, 23)) if head else int(rng.integers(12, 17)),
+                "n_slices": int(rng.integers(16, 21)) if head else int(rng.integers(12, 17)),
                 "thickness": thick, "gap": round(thick * float(rng.choice([0.1, 0.2, 0.3])), 2),
                 "n_timepoints": 1, "modality": "MR", "transfer_syntax": None, "defect": dfx}
         if dfx:

@@ -19,24 +19,23 @@ def render(coords: np.ndarray, anatomy_name: str, contrast: str, rng: np.random.
     """
     values = signal(contrast, post_contrast, uptake)
     if anatomy_name.startswith("mni"):
-        probs = anatomy.mni_probabilities(coords, mni[0], mni[1])
-        img = np.tensordot(values[_MNI_IDX], probs, axes=1)
+        img = anatomy.mni_signal(coords, mni[0], mni[1], values[_MNI_IDX])
     else:
         img = values[phantoms.labels(anatomy_name, coords)]
         # a little partial-volume blur in plane: edges of real tissue are not binary
         img = ndimage.gaussian_filter(img, sigma=(0, 0.7, 0.7))
     if contrast == "CT":
-        noise = rng.normal(0.0, 8.0, size=img.shape).astype(np.float32)
+        noise = rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(8.0)
         return np.clip(img + 1024.0 + noise, 0, MAX_VALUE).astype(np.uint16)
     # smooth texture and coil bias defined in patient space, so they match across orientations
     x, y, z = coords
-    ph = rng.uniform(0, 2 * np.pi, size=3)
+    ph = [float(v) for v in rng.uniform(0, 2 * np.pi, size=3)]   # python floats keep arrays float32
     texture = 1.0 + 0.04 * np.sin(x / 7.0 + ph[0]) * np.sin(y / 9.0 + ph[1]) * np.sin(z / 8.0 + ph[2])
     bias = 1.0 + 0.12 * np.tanh((y + 0.5 * x) / 150.0)
     img = img * texture * bias
     sigma = (0.04 if contrast == "DWI" else 0.015) * float(values.max())
-    n1 = rng.normal(0.0, sigma, size=img.shape)
-    n2 = rng.normal(0.0, sigma, size=img.shape)
+    n1 = rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(sigma)
+    n2 = rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(sigma)
     img = np.sqrt((img + n1) ** 2 + n2 ** 2)   # magnitude images have Rician noise
     return np.clip(np.rint(img), 0, MAX_VALUE).astype(np.uint16)
 
