@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import duckdb
-
-UID_RE = re.compile(rb"[0-9]+(?:\.[0-9]+){3,}")
-
 
 def copy_exams(manifest: dict, sample: Path, dest: Path, pred) -> list[dict]:
     """Copy the study folders of the manifest exams matching ``pred`` into a new archive."""
@@ -47,39 +47,64 @@ def phi_values(manifest: dict) -> tuple[set[bytes], set[bytes]]:
     return {t.encode() for t in lower}, {u.encode() for u in phi["uids"]}
 
 
-def _file_texts(path: Path):
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        data = gzip.decompress(data)
-    if path.suffix in (".parquet",):
-        con = duckdb.connect()
-        rows = con.execute(f"SELECT * FROM read_parquet('{path}')").fetchall()
+def _dump_structured(path: Path) -> bytes:
+    """Parquet and DuckDB files are compressed: search their rows as text instead."""
+    con = duckdb.connect(str(path), read_only=True) if path.suffix == ".duckdb" else duckdb.connect()
+    try:
+        if path.suffix == ".parquet":
+            rows = [con.execute(f"SELECT * FROM read_parquet('{path}')").fetchall()]
+        else:
+            views = [r[0] for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+            rows = [con.execute(f"SELECT * FROM {v}").fetchall() for v in views]
+    finally:
         con.close()
-        data = json.dumps(rows, default=str).encode()
-    if path.suffix == ".duckdb":
-        con = duckdb.connect(str(path), read_only=True)
-        try:
-            views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
-            dumped = [json.dumps(con.execute(f"SELECT * FROM {v}").fetchall(), default=str) for v in views]
-        finally:
-            con.close()
-        data = data + "".join(dumped).encode()
-    return data
+    return json.dumps(rows, default=str).encode()
+
+
+def _grep(patterns: set[bytes], root: Path, ignore_case: bool, words: bool = False) -> list[str]:
+    """Files under ``root`` containing any pattern: GNU grep -F (Aho-Corasick), not a Python loop."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".pat", delete=False) as fh:
+        fh.write(b"\n".join(sorted(patterns)) + b"\n")
+        pat = fh.name
+    try:
+        r = subprocess.run(["grep", "-rlaF", *(["-i"] if ignore_case else []), *(["-w"] if words else []),
+                            "-f", pat, str(root)],
+                           capture_output=True)
+    finally:
+        os.unlink(pat)
+    if r.returncode not in (0, 1):
+        raise RuntimeError(r.stderr.decode())
+    return r.stdout.decode().splitlines()
 
 
 def find_phi(roots: list[Path], manifest: dict) -> list[tuple[str, str]]:
-    """Every (file, kind) where a PHI value of the manifest occurs, exactly or normalised."""
+    """Every (file, kind) where a PHI value of the manifest occurs, exactly or normalised.
+
+    Compressed files (.gz, .parquet, .duckdb) are expanded to text in a scratch folder first.
+    """
     texts, uids = phi_values(manifest)
     hits = []
-    for root in roots:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-        for p in files:
-            data = _file_texts(p)
-            low = data.lower()
-            for t in texts:
-                if t in low:
-                    hits.append((str(p), "text"))
-                    break
-            if any(u in uids for u in UID_RE.findall(data)):
-                hits.append((str(p), "uid"))
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        targets = []
+        for i, root in enumerate(roots):
+            files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+            for j, p in enumerate(files):
+                if p.suffix in (".gz", ".parquet", ".duckdb"):
+                    data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else _dump_structured(p)
+                    q = scratch / f"{i}_{j}_{p.name}.txt"
+                    q.write_bytes(data)
+                    targets.append(q)
+            if root.is_file() and root.suffix not in (".gz", ".parquet", ".duckdb"):
+                targets.append(root)
+            elif root.is_dir():
+                targets.append(root)
+        # numbers (MRNs, accession numbers, dates) only as whole tokens: a 6-digit MRN occurs
+        # by chance inside the 39-digit decimal of a remapped 2.25 UID
+        numeric = {t for t in texts if re.fullmatch(rb"[0-9./ -]+", t)}
+        for t in targets:
+            hits += [(f, "text") for f in _grep(texts - numeric, t, ignore_case=True)]
+            hits += [(f, "number") for f in _grep(numeric, t, ignore_case=False, words=True)]
+            hits += [(f, "uid") for f in _grep(uids, t, ignore_case=False, words=True)]
     return hits

@@ -100,13 +100,14 @@ def test_summary_artifact_and_montage(demo):
     assert montage_is_informative(out / "research" / "qc" / "montage.png")
 
 
-def test_no_phi_outside_restricted_zone(demo, manifest, test_home):
+def test_no_phi_outside_restricted_zone(demo, manifest, sample, test_home):
     out, _ = demo
     roots = [out / "research", out / "state", test_home / "prefect", test_home / "logs"]
     hits = find_phi([r for r in roots if r.exists()], manifest)
     assert not hits, hits[:10]
-    # the restricted zone does hold them (the search works)
-    assert find_phi([out / "restricted" / "restricted.duckdb"], manifest)
+    # positive controls: the search finds PHI where it is (raw export, restricted catalog)
+    assert {k for _, k in find_phi([sample / "reports.csv"], manifest)} >= {"text", "number"}
+    assert {k for _, k in find_phi([out / "restricted" / "restricted.duckdb"], manifest)} >= {"number"}
 
 
 def test_second_run_adds_nothing_and_redoes_nothing(demo):
