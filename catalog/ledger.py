@@ -19,6 +19,7 @@ from typing import Iterator
 from catalog.reasons import REASONS
 from catalog.schema import STAGE_RESULTS, to_arrow
 from mrifoundry import code_version
+from mrifoundry.sqlite_wal import connect_wal
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS stage_results (
@@ -60,9 +61,7 @@ class Ledger:
     def _conn(self) -> Iterator[sqlite3.Connection]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_wal(self.path)
             self._local.conn = conn
         yield conn
 

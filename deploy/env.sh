@@ -14,3 +14,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export DO_NOT_TRACK=1
 export PREFECT_LOGGING_LEVEL="${PREFECT_LOGGING_LEVEL:-INFO}"
 mkdir -p "$PREFECT_HOME" "$MRIFOUNDRY_HOME/run" "$MRIFOUNDRY_HOME/logs"
+
+# stop_by_pid PIDFILE NAME: stop a process started with setsid (its whole group), by PID file
+stop_by_pid() {
+  local pidf="$1" name="$2" pid
+  if [ ! -f "$pidf" ]; then echo "no $name pid file"; return 0; fi
+  pid="$(cat "$pidf")"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidf"; echo "$name stopped"
+}

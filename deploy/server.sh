@@ -31,16 +31,7 @@ case "${1:-start}" in
     done
     echo "server not healthy after 120 s; see $LOG"; exit 1 ;;
   stop)
-    if [ -f "$PIDF" ]; then
-      pid="$(cat "$PIDF")"
-      # the server runs in its own session: stop the whole group (uvicorn children included)
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -f "$PIDF"; echo "prefect server stopped"
-    else
-      echo "no server pid file"
-    fi ;;
+    stop_by_pid "$PIDF" "prefect server" ;;
   status)
     healthy && echo "healthy at $PREFECT_API_URL" || { echo "not running"; exit 1; } ;;
   *) echo "usage: $0 start|stop|status"; exit 2 ;;

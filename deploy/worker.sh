@@ -23,14 +23,6 @@ case "${1:-start}" in
     kill -0 "$(cat "$PIDF")" 2>/dev/null || { echo "worker died; see $LOG"; tail -20 "$LOG"; exit 1; }
     echo "worker started (pid $(cat "$PIDF"), pool $POOL, log $LOG)" ;;
   stop)
-    if [ -f "$PIDF" ]; then
-      pid="$(cat "$PIDF")"
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -f "$PIDF"; echo "worker stopped"
-    else
-      echo "no worker pid file"
-    fi ;;
+    stop_by_pid "$PIDF" "worker" ;;
   *) echo "usage: $0 deploy|start|stop"; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from mrifoundry import ids
+from mrifoundry.sqlite_wal import connect_wal
 from mrifoundry.errors import CurationError
 from tasks.deid_profile import (
     DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_pattern, remap_uid,
@@ -125,9 +126,7 @@ class PseudonymStore:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            con.execute("PRAGMA busy_timeout=60000")
-            con.execute("PRAGMA journal_mode=WAL")
+            con = connect_wal(self.path)
             self._local.con = con
         return con
 

@@ -49,8 +49,8 @@ def prefect_server(test_home):
     subprocess.run([str(REPO / "deploy" / "server.sh"), "start"], cwd=REPO, check=True, timeout=180)
     yield os.environ["PREFECT_API_URL"]
     try:  # send buffered log records while the server is still up
-        from prefect.logging.handlers import APILogHandler
-        APILogHandler.flush()
+        from prefect.logging.handlers import APILogWorker
+        APILogWorker.drain_all(timeout=15)
     except Exception:  # noqa: BLE001
         pass
     subprocess.run([str(REPO / "deploy" / "worker.sh"), "stop"], cwd=REPO, check=False, timeout=60)
@@ -58,11 +58,21 @@ def prefect_server(test_home):
 
 
 @pytest.fixture(scope="session")
-def sample(test_home) -> Path:
-    """The embedded sample archive (seed 0), generated once per session where flows expect it."""
-    from flows.params import ensure_sample
+def generated_sample(test_home) -> tuple[Path, dict, float]:
+    """The embedded sample archive (seed 0), generated once per session where the flows
+    expect it: (folder, manifest, seconds it took)."""
+    import time
+    from mrifoundry.sample import generate_sample
     from mrifoundry.settings import Settings
-    return ensure_sample(Settings().sample_dir)
+    out = Settings().sample_dir
+    t0 = time.perf_counter()
+    manifest = generate_sample(out, seed=0, workers=2)
+    return out, manifest, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="session")
+def sample(generated_sample) -> Path:
+    return generated_sample[0]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import copy
 import csv
 import hashlib
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,11 +24,10 @@ SEED = 0
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample")
-    t0 = time.perf_counter()
-    manifest = generate_sample(out, seed=SEED, workers=2)
-    return out, manifest, time.perf_counter() - t0
+def generated(generated_sample):
+    # the session's sample (tests/conftest.py), generated with seed 0 and timed there
+    assert generated_sample[1]["seed"] == SEED
+    return generated_sample
 
 
 @pytest.fixture(scope="module")
