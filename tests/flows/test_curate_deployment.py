@@ -59,6 +59,15 @@ def _expected_counts(sample: Path, n: int) -> dict[str, int]:
     return {p: len(v) for p, v in by_proto.items()}, by_proto
 
 
+def test_both_deployments_registered_with_their_parameters(demo):
+    r = subprocess.run([PREFECT, "deployment", "inspect", "curate/curate-duke110k"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"'n_per_protocol':\s*150", r.stdout) and "2016-01-01" in r.stdout
+    r = subprocess.run([PREFECT, "deployment", "ls"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "curate-demo" in r.stdout and "curate-duke110k" in r.stdout
+
+
 def test_sampling_rules_hold(demo, sample):
     out, _ = demo
     pools, by_proto = _expected_counts(sample, 3)
