@@ -16,7 +16,7 @@ def _cmd_curate(a) -> int:
                  date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
                  n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
-                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers)
+                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-png", action="store_true")
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--rerun", choices=["missing", "failed", "all"], default="missing")
-    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--workers", type=int, default=2, help="concurrent tasks (threads or Dask worker processes)")
+    c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm")
     c.set_defaults(fn=_cmd_curate)
 
     q = sub.add_parser("sql", help="query the research catalog: mrifoundry sql \"SELECT …\"")

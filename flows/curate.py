@@ -8,8 +8,6 @@ run, so ``prefect flow-run retry`` re-executes only the tasks that failed.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,9 +17,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, \
     update_progress_artifact
 from prefect.context import TaskRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params import resolve
+from flows.run_lock import RunLock
+from flows.runners import make_task_runner
 from mrifoundry.errors import CurationError
 from mrifoundry.settings import CurateParams
 from tasks import exam_pipeline
@@ -35,8 +34,8 @@ class StageFailed(CurationError):
 
 
 def _per_run_key(ctx: TaskRunContext, parameters: dict) -> str:
-    # same flow run (e.g. `prefect flow-run retry`) → completed tasks come from the cache
-    return f"{ctx.task.name}-{parameters['exam_id']}-{ctx.task_run.flow_run_id}"
+    # same top-level flow run (e.g. `prefect flow-run retry`) → completed tasks come from the cache
+    return f"{ctx.task.name}-{parameters['exam_id']}-{parameters['run_id']}"
 
 
 def _stage_task(stage: str):
@@ -55,7 +54,7 @@ def _stage_task(stage: str):
 STAGE_TASKS = {s: _stage_task(s) for s in exam_pipeline.STAGES}
 
 
-@task(name="select-exams", cache_key_fn=lambda ctx, p: f"select-{ctx.task_run.flow_run_id}",
+@task(name="select-exams", cache_key_fn=lambda ctx, p: f"select-{p['run_id']}",
       persist_result=True, result_serializer="json")
 def select_task(out: str, run_id: str, params: CurateParams) -> dict:
     ws = Workspace(Path(out), run_id)
@@ -72,34 +71,47 @@ def finalize_task(out: str, run_id: str) -> dict:
     return finalize_catalog(Workspace(Path(out), run_id))
 
 
-class RunLock:
-    """One curation run per output folder: a second one refuses instead of interleaving."""
-
-    def __init__(self, state: Path):
-        state.mkdir(parents=True, exist_ok=True)
-        self.path = state / "run.lock"
-
-    def __enter__(self):
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise RuntimeError("another curate run holds this output folder; wait for it or use another --out")
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
 def _run_id() -> str:
     from prefect.runtime import flow_run
     return str(flow_run.id) if flow_run.id else "local"
 
 
-@flow(name="curate", log_prints=False,
-      task_runner=ThreadPoolTaskRunner(max_workers=int(os.environ.get("MRIFOUNDRY_TASK_THREADS", "3"))))
+@flow(name="curate-exams", log_prints=False)
+def curate_exams(out: str, run_id: str, params: CurateParams, exam_ids: list[str]) -> dict:
+    """Run the five stages over the exams, in batches; returns outcome counts per stage."""
+    logger = get_run_logger()
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    total = len(exam_ids)
+    progress = create_progress_artifact(progress=0.0, description="curate: exams through all stages")
+    t0, finished = time.time(), 0
+    for start in range(0, max(total, 1), params.batch_size):
+        batch = exam_ids[start:start + params.batch_size]
+        futures: dict[str, list] = defaultdict(list)
+        for eid in batch:
+            prev = None
+            for stage, t in STAGE_TASKS.items():
+                prev = t.submit(out, run_id, params, eid, wait_for=[prev] if prev else None)
+                futures[stage].append(prev)
+        for stage, futs in futures.items():
+            for n, f in enumerate(futs, 1):
+                f.wait()
+                st = f.state
+                if st.is_completed():
+                    outcomes[stage][f.result()["status"]] += 1
+                elif st.is_failed() or st.is_crashed():
+                    outcomes[stage]["failed"] += 1
+                else:
+                    outcomes[stage]["skipped"] += 1
+                if n == len(futs) or n % 25 == 0:
+                    rate = (start + n) / max(time.time() - t0, 1e-6)
+                    logger.info("%s: %d/%d exams (%.2f exams/s)", stage, start + n, total, rate)
+        finished += len(batch)
+        update_progress_artifact(progress, progress=100.0 * finished / max(total, 1))
+    logger.info("elapsed %.1f s for %d exams", time.time() - t0, total)
+    return {k: dict(v) for k, v in outcomes.items()}
+
+
+@flow(name="curate", log_prints=False)
 def curate(
     archive: str | None = None,
     reports: str | None = None,
@@ -117,8 +129,10 @@ def curate(
     rerun: Literal["missing", "failed", "all"] = "missing",
     workers: int = 2,
     batch_size: int = 256,
+    runner: str = "threads",
 ) -> dict:
-    """Curate an archive into OUT/research (see README). Parameters mirror ``CurateParams``."""
+    """Curate an archive into OUT/research (see README). Parameters mirror ``CurateParams``;
+    ``runner`` is threads, dask, dask://host:port or slurm (flows/runners.py)."""
     logger = get_run_logger()
     params = resolve(CurateParams(**{k: v for k, v in locals().items() if k in CurateParams.model_fields}))
     out_dir = Path(params.out)
@@ -127,49 +141,16 @@ def curate(
         sel = select_task(str(out_dir), run_id, params)
         exam_ids, sel_counts = sel["exam_ids"], sel["counts"]
         logger.info("selection: %s", ", ".join(f"{k}={v}" for k, v in sel_counts.items()))
-        outcomes: dict[str, Counter] = defaultdict(Counter)
-        failed_tasks = 0
-        total = len(exam_ids)
-        progress = create_progress_artifact(progress=0.0, description="curate: exams through all stages")
-        t0, finished = time.time(), 0
-        for start in range(0, max(total, 1), params.batch_size):
-            batch = exam_ids[start:start + params.batch_size]
-            futures: dict[str, list] = defaultdict(list)
-            for eid in batch:
-                prev = None
-                for stage, t in STAGE_TASKS.items():
-                    prev = t.submit(str(out_dir), run_id, params, eid, wait_for=[prev] if prev else None)
-                    futures[stage].append(prev)
-            for stage, futs in futures.items():
-                done_n = 0
-                for f in futs:
-                    f.wait()
-                    done_n += 1
-                    st = f.state
-                    if st.is_completed():
-                        outcomes[stage][f.result()["status"]] += 1
-                    elif st.is_failed() or st.is_crashed():
-                        outcomes[stage]["failed"] += 1
-                        failed_tasks += 1
-                    else:
-                        outcomes[stage]["skipped"] += 1
-                    if done_n == len(futs) or done_n % 25 == 0:
-                        rate = (start + done_n) / max(time.time() - t0, 1e-6)
-                        logger.info("%s: %d/%d exams (%.2f exams/s)", stage, start + done_n, total, rate)
-            finished += len(batch)
-            update_progress_artifact(progress, progress=100.0 * finished / max(total, 1))
+        stages = curate_exams.with_options(task_runner=make_task_runner(runner, workers))(
+            str(out_dir), run_id, params, exam_ids)
         counts = finalize_task(str(out_dir), run_id)
-        md, montage = run_summary(Workspace(out_dir, run_id), sel_counts, counts,
-                                  {k: dict(v) for k, v in outcomes.items()})
+        md, montage = run_summary(Workspace(out_dir, run_id), sel_counts, counts, stages)
         create_markdown_artifact(md, key="curate-summary", description="curation run summary")
         if montage:
             create_link_artifact(f"file://{montage.resolve()}", link_text="QC montage (PNG)", key="curate-qc-montage")
         logger.info("catalog: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        logger.info("elapsed %.1f s", time.time() - t0)
-    if failed_tasks:
-        raise RuntimeError(f"{failed_tasks} stage task(s) failed; see stage_results. "
+    failed = sum(c.get("failed", 0) for c in stages.values())
+    if failed:
+        raise RuntimeError(f"{failed} stage task(s) failed; see stage_results. "
                            "Retry with `prefect flow-run retry` or rerun=failed.")
-    return {"selection": sel_counts, "catalog": counts, "stages": {k: dict(v) for k, v in outcomes.items()}}
-
-
-__all__ = ["curate", "os"]
+    return {"selection": sel_counts, "catalog": counts, "stages": stages}

@@ -181,12 +181,16 @@ class FolderArchive:
 
 
 def open_archive(spec: str, restricted: Path, workers: int = 2) -> Archive:
-    """An archive from its location: a folder path (``dicom://`` PACS URLs: see issue 3).
+    """An archive from its location: a folder path (or ``file://``), or a PACS URL
+    ``dicom://CALLED_AET@host:port?calling=OUR_AET&…`` (:mod:`tasks.pacs`, docs/pacs.md).
 
     Raises:
-        ValueError: unsupported scheme.
+        ValueError: unsupported scheme, or a malformed ``dicom://`` URL.
     """
+    if spec.startswith("dicom://"):
+        from tasks.pacs import PacsArchive
+        return PacsArchive(spec)
     if "://" in spec and not spec.startswith("file://"):
-        raise ValueError(f"archive scheme of {spec.split('://')[0]!r} is not supported yet; use a folder")
+        raise ValueError(f"archive scheme of {spec.split('://')[0]!r} is not supported; use a folder or dicom://")
     root = Path(spec.removeprefix("file://"))
     return FolderArchive(root, restricted / "archive_index.parquet", workers=workers)

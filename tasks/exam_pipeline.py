@@ -6,6 +6,7 @@ and writes its own; Prefect wraps each in a thin task (flows/curate.py).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import shutil
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from catalog.store import write_exam_parts
 from mrifoundry import code_version
-from mrifoundry.errors import RejectedItem
+from mrifoundry.errors import CurationError, RejectedItem
 from mrifoundry.settings import CurateParams
 from tasks import selection
 from tasks.archive import open_archive
@@ -122,7 +123,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
     ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape)
     ws.ledger.forget_exam_stage(exam_id, "convert")
-    out, n_slices, failed = {}, 0, 0
+    out, n_slices, failed, disk_full = {}, 0, 0, False
     for sid, s in cont["series"].items():
         if s["status"] != "ok":
             continue
@@ -153,17 +154,19 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             from tasks.exam_stages import _log_restricted
             _log_restricted(ws, exam_id, "convert")
             failed += 1
+            reason = e.reason if isinstance(e, CurationError) else (
+                "disk_full" if getattr(e, "errno", None) == errno.ENOSPC else "convert_error")
+            disk_full |= reason == "disk_full"
             ws.ledger.record(sid, "convert", "failed", exam_id=exam_id, item_kind="series",
-                             reason="disk_full" if getattr(e, "errno", None) == 28 else "convert_error",
-                             message=type(e).__name__)
+                             reason=reason, message=type(e).__name__)
             continue
         ws.ledger.record(sid, "convert", "done", exam_id=exam_id, item_kind="series",
                          outputs=[x for x in [rec["nifti"] and rec["nifti"]["path"]] if x])
         out[sid] = rec
     ws.write_artifact(exam_id, "convert", {"series": out})
     if failed:
-        from mrifoundry.errors import CurationError
-        raise CurationError(exam_id, "convert_error", f"{failed} series failed to convert")
+        raise CurationError(exam_id, "disk_full" if disk_full else "convert_error",
+                            f"{failed} series failed to convert")
     return StageOutcome(exam_id, "convert", "done", counts={"series": len(out), "slices": n_slices})
 
 
