@@ -13,6 +13,8 @@
 # kept to loopback use by RemoteAccessAllowed=false (REST answers 127.0.0.1 only) and by
 # DICOM accepting only the registered AE from host 127.0.0.1 (DicomCheckModalityHost).
 set -euo pipefail
+# callers may pass a bare environment (the test session does): Orthanc and apt live in sbin
+export PATH="${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}:/usr/sbin:/sbin"
 here="$(cd "$(dirname "$0")" && pwd)"
 : "${MRIFOUNDRY_REPO:=$(cd "$here/.." && pwd)}"
 : "${MRIFOUNDRY_HOME:=$MRIFOUNDRY_REPO/var}"
@@ -49,7 +51,7 @@ start() {
   echo "starting orthanc: DICOM $ORTHANC_AET@127.0.0.1:$dicom, REST http://127.0.0.1:$http (log: $LOG)"
   # TCP_NODELAY=1: DCMTK turns Nagle off. With it on, each C-GET sub-operation waits for a
   # delayed ACK (~50 ms per instance on loopback: 3.1 s instead of 0.47 s for 60 instances)
-  TCP_NODELAY=1 setsid Orthanc "$CONF" >>"$LOG" 2>&1 </dev/null &
+  TCP_NODELAY=1 setsid "$(command -v Orthanc)" "$CONF" >>"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDF"
   for _ in $(seq 1 120); do
     if healthy; then echo "orthanc healthy (pid $(cat "$PIDF"))"; return 0; fi

@@ -94,6 +94,7 @@ class FolderArchive:
         self.index_path = Path(index_path)
         self.workers = workers
         self._rows: list[dict] | None = None
+        self._groups: dict[str, list[dict]] | None = None
 
     def _scan(self) -> list[dict]:
         from mrifoundry.errors import RetrievalError
@@ -152,11 +153,14 @@ class FolderArchive:
         return self._rows
 
     def _group(self) -> dict[str, list[dict]]:
-        groups: dict[str, list[dict]] = defaultdict(list)
-        for r in self.rows:
-            if r["study_key"]:
-                groups[r["study_key"]].append(r)
-        return groups
+        # built once per archive object: find() is called once per exam
+        if self._groups is None:
+            groups: dict[str, list[dict]] = defaultdict(list)
+            for r in self.rows:
+                if r["study_key"]:
+                    groups[r["study_key"]].append(r)
+            self._groups = dict(groups)
+        return self._groups
 
     def _ref(self, key: str, files: list[dict]) -> StudyRef:
         head = next(f for f in files if f["parsed"])

@@ -1,0 +1,229 @@
+"""PHI audit (tasks/phi_audit.py) on a real curated output: clean output passes, and a leak
+planted in each kind of place is found there. Identifiers come from the restricted zone only."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tasks.phi_audit import Hit, Identifiers, PhiLeakError, audit, collect_identifiers, tokens
+from tests.flows.helpers import copy_exams
+
+
+# --------------------------------------------------------------------------- matcher units
+def _ids() -> Identifiers:
+    ids = Identifiers()
+    ids.add("DOE^JOHN^Q", "name")
+    ids.add("123456", "mrn")
+    ids.add("19580317", "birth date")
+    ids.add("1.2.840.99.1", "uid")
+    ids.add("919-555-1023", "phone")
+    ids.add("WHITE", "physician")   # one-word names are not distinctive: dropped
+    ids.add("4321", "accession")    # short numbers occur by chance: dropped
+    return ids
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("Patient: Doe, John Q", {"name"}), ("john doe", {"name"}), ("JOHN Q DOE", {"name"}), ("DOE^JOHN", {"name"}),
+    ("dob 1958-03-17", {"birth date"}), ("03/17/1958", {"birth date"}), ("3/17/1958", {"birth date"}),
+    ("MRN: 123456.", {"mrn"}), ("tel (919) 555-1023", {"phone"}), ("9195551023", {"phone"}),
+    ("ref 1.2.840.99.1", {"uid"}),
+    ("2.25.99123456789", set()), ("uid 1.2.840.99.1.5", set()), ("1.2.840.99", set()), ("MRN1234567", set()),
+    ("white matter 4321", set()), ("john smith", set()), ("", set()),
+])
+def test_whole_token_matching(text, kinds):
+    assert _ids().find(text) == kinds
+    assert _ids().find(text.encode()) == kinds
+
+
+def test_tokens_keep_uids_whole():
+    assert tokens("A 1.2.3.4, b") == [b"a", b"1.2.3.4", b"b"]
+
+
+# --------------------------------------------------------------------------- curated output
+pytestmark_e2e = [pytest.mark.slow, pytest.mark.prefect_server]
+
+
+@pytest.fixture(scope="module")
+def curated(prefect_server, sample, manifest, tmp_path_factory):
+    from flows.curate import curate
+    archive = tmp_path_factory.mktemp("audit-archive")
+    out = tmp_path_factory.mktemp("audit-out")
+    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
+             and not any(s.get("defect") for s in e["series"])][:2]
+    copy_exams(manifest, sample, archive, lambda e: e in clean)
+    state = curate(archive=str(archive), reports=None, out=str(out), return_state=True)
+    assert state.is_completed(), state.message
+    return out
+
+
+@pytest.fixture(scope="module")
+def ids(curated, sample):
+    return collect_identifiers(curated, sample / "reports.csv")
+
+
+@pytest.fixture(scope="module")
+def source(curated) -> pydicom.Dataset:
+    """A raw source header of the curated output (restricted zone)."""
+    got = json.loads(next((curated / "restricted" / "staging").glob("*/retrieve.json")).read_text())
+    return pydicom.dcmread(got["files"][0], stop_before_pixels=True)
+
+
+@pytest.fixture
+def copy_out(curated, tmp_path) -> Path:
+    """A private copy of the research zone and state to plant leaks in."""
+    out = tmp_path / "out"
+    for zone in ("research", "state"):
+        shutil.copytree(curated / zone, out / zone)
+    return out
+
+
+def _prefect_db() -> Path:
+    return Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+
+
+def _log_dir() -> Path:
+    return Path(os.environ["MRIFOUNDRY_HOME"]) / "logs"
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_identifiers_come_from_the_restricted_zone(ids, source):
+    kinds = ids.kinds()
+    for kind in ("name", "mrn", "accession", "birth date", "address", "institution", "physician", "uid",
+                 "device", "report text"):
+        assert kinds[kind] > 0, kind
+    assert ids.find(str(source.PatientName)) == {"name"}
+    assert ids.find(str(source.SOPInstanceUID)) == {"uid"}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_curated_output_is_clean(curated, ids):
+    rep = audit(curated, ids, prefect_db=_prefect_db(), log_dirs=[_log_dir()])
+    assert rep.ok, rep.to_markdown()
+    for kind in ("dicom", "png", "nifti", "parquet", "json", "sqlite"):
+        assert rep.scanned[kind] > 0, kind
+    assert "**PASS**" in rep.to_markdown()
+
+
+def _hits(out: Path, ids: Identifiers, **kw) -> set[Hit]:
+    rep = audit(out, ids, **kw)
+    text = rep.to_markdown()
+    assert not rep.ok and rep.errors == []
+    with pytest.raises(PhiLeakError):
+        rep.raise_if_leaks()
+    return set(rep.hits), text
+
+
+def _first(out: Path, pattern: str) -> Path:
+    return sorted((out / "research").rglob(pattern))[0]
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_name_in_nested_sequence_of_research_dicom(copy_out, ids, source):
+    path = _first(copy_out, "*.dcm")
+    ds = pydicom.dcmread(path)
+    inner = pydicom.Dataset()
+    inner.PatientName = source.PatientName
+    outer = pydicom.Dataset()
+    outer.ReferencedPatientSequence = [inner]
+    ds.ReferencedStudySequence = [outer]
+    ds.save_as(path)
+    hits, text = _hits(copy_out, ids)
+    place = str(path.relative_to(copy_out))
+    assert hits == {Hit(place, "(0008,1110)[0].(0008,1120)[0].(0010,0010)", "name")}
+    assert str(source.PatientName) not in text and str(source.PatientName.family_name) not in text
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_mrn_in_private_tag(copy_out, ids, source):
+    path = _first(copy_out, "*.dcm")
+    ds = pydicom.dcmread(path)
+    ds.private_block(0x0029, "ACME 1.0", create=True).add_new(0x20, "LO", str(source.PatientID))
+    ds.save_as(path)
+    hits, _ = _hits(copy_out, ids)
+    assert hits == {Hit(str(path.relative_to(copy_out)), "(0029,1020)", "mrn")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_nifti_descrip_and_extension(copy_out, ids, source):
+    path = _first(copy_out, "*.nii.gz")
+    img = nib.load(path)
+    img = nib.Nifti1Image(img.get_fdata(dtype="float32"), img.affine, img.header)
+    img.header["descrip"] = f"acc {source.AccessionNumber}".encode()
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, f"born {source.PatientBirthDate}".encode()))
+    nib.save(img, path)
+    hits, _ = _hits(copy_out, ids)
+    place = str(path.relative_to(copy_out))
+    assert hits == {Hit(place, "header descrip", "accession"), Hit(place, "extension 0 (ecode 6)", "birth date")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_png_text_chunks(copy_out, ids, source):
+    path = _first(copy_out, "*.png")
+    bd = str(source.PatientBirthDate)
+    info = PngInfo()
+    info.add_text("Comment", f"DOB {bd[4:6]}/{bd[6:]}/{bd[:4]}")                     # US date format
+    pn = source.PatientName
+    info.add_text("Author", f"{pn.given_name} {pn.family_name}", zip=True)          # zTXt, given name first
+    Image.open(path).save(path, pnginfo=info)
+    hits, _ = _hits(copy_out, ids)
+    place = str(path.relative_to(copy_out))
+    assert hits == {Hit(place, "tEXt chunk 1", "birth date"), Hit(place, "zTXt chunk 1", "name")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_catalog_parquet_column(copy_out, ids, source):
+    path = copy_out / "research" / "catalog" / "series" / "series.parquet"
+    table = pq.read_table(path)
+    col = table.column_names.index("series_description")
+    values = table.column(col).to_pylist()
+    values[0] = f"AX T1 {source.AccessionNumber}"
+    pq.write_table(table.set_column(col, "series_description", [values]), path)
+    hits, _ = _hits(copy_out, ids)
+    assert hits == {Hit("research/catalog/series/series.parquet", "column series_description", "accession")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_log_file_line(copy_out, ids, source, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pn = source.PatientName
+    (logs / "curate.log").write_text(f"INFO start\nWARNING retrying {pn.family_name}, {pn.given_name}\n")
+    hits, _ = _hits(copy_out, ids, log_dirs=[logs])
+    assert hits == {Hit(str(logs / "curate.log"), "line 2", "name")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_prefect_flow_run_parameter_and_log(copy_out, ids, source):
+    from prefect import flow, get_run_logger
+    from prefect.logging.handlers import APILogWorker
+
+    @flow(name="leaky-audit-test")
+    def leaky(accession: str) -> None:
+        get_run_logger().info("fetching accession %s", accession)
+
+    state = leaky(str(source.AccessionNumber), return_state=True)
+    APILogWorker.drain_all(timeout=15)
+    run_id = str(state.state_details.flow_run_id)
+    hits, _ = _hits(copy_out, ids, prefect_db=_prefect_db())
+    db = str(_prefect_db())
+    assert Hit(db, f"table flow_run column parameters id={run_id}", "accession") in hits
+    assert any(h.place == db and h.location.startswith("table log column message") for h in hits)
+    assert all(h.place == db for h in hits)
