@@ -33,6 +33,13 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "incomplete_4d": ("continuity", "rejected", "time points of a 4D series have different numbers of slices"),
     "localizer_series": ("continuity", "rejected", "the whole series is a localizer/scout"),
     "derived_series": ("continuity", "rejected", "the whole series is derived/secondary (MPR, MIP, ADC map …)"),
+    # continuity: unsupported or broken input (docs/bad-input.md)
+    "missing_geometry": ("continuity", "rejected", "ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing, non-finite or degenerate"),
+    "unsupported_pixel_format": ("continuity", "rejected", "pixel encoding not supported: float pixel data, BitsAllocated not 8/16/32, BitsStored > BitsAllocated"),
+    "color_image": ("continuity", "rejected", "colour pixels (SamplesPerPixel > 1 or a non-MONOCHROME photometric interpretation)"),
+    "multiframe_unsupported": ("continuity", "rejected", "a multi-frame (e.g. Enhanced MR) object: not converted yet"),
+    "gantry_tilt": ("continuity", "rejected", "slice positions do not advance along the slice normal (gantry tilt / sheared stack)"),
+    "duplicate_instance": ("continuity", "rejected", "two files of the series share one SOPInstanceUID"),
     "continuity_error": ("continuity", "failed", "an unexpected error while checking the series"),
     # continuity (instance level: removed, the series goes on)
     "localizer_removed": ("continuity", "rejected", "a localizer image mixed into the series was removed"),

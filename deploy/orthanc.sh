@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away Orthanc PACS for tests and demos: install | start | stop | status.
+# A throw-away Orthanc PACS for tests and demos: install | start | upload | stop | status.
 # Its own config (deploy/orthanc.json.template), its own storage folder, its own process
 # group; health = REST /system answers; stopped by PID. Never the Debian service.
 #
@@ -70,10 +70,23 @@ stop() {
   rm -f "$PIDF"; echo "orthanc stopped"
 }
 
+# upload FOLDER: POST every file under FOLDER to REST /instances (files Orthanc refuses,
+# e.g. cut or non-DICOM ones, are counted and skipped)
+upload() {
+  local dir="${1:?usage: $0 upload FOLDER}" ok=0 bad=0 f
+  healthy || { echo "orthanc is not running"; exit 1; }
+  while IFS= read -r -d '' f; do
+    if curl -fsS --max-time 60 -o /dev/null -H "Content-Type: application/dicom" --data-binary "@$f" \
+         "http://127.0.0.1:$(port)/instances" 2>/dev/null; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+  done < <(find "$dir" -type f -print0)
+  echo "uploaded $ok file(s), $bad refused"
+}
+
 case "${1:-}" in
   install) install ;;
+  upload) shift; upload "$@" ;;
   start) shift; start "$@" ;;
   stop) stop ;;
   status) if healthy; then echo "healthy at http://127.0.0.1:$(port)"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 install | start [DICOM_PORT [HTTP_PORT]] | stop | status"; exit 2 ;;
+  *) echo "usage: $0 install | start [DICOM_PORT [HTTP_PORT]] | upload FOLDER | stop | status"; exit 2 ;;
 esac

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("curate", help="run the curate flow on a folder archive (one-off, no deployment)")
-    c.add_argument("--archive", required=True, help="folder of DICOM (any layout), or 'sample'")
+    c.add_argument("--archive", required=True, help="folder of DICOM (any layout), 'sample', or a PACS: dicom://AET@host:port?calling=OURAET (docs/pacs.md)")
     c.add_argument("--reports", help="report export CSV; without it every study of the archive is curated")
     c.add_argument("--out", required=True, help="output root")
     c.add_argument("--rules", help="report-filter rules YAML")

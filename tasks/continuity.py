@@ -17,6 +17,11 @@ from pydicom.dataset import Dataset
 
 from mrifoundry.errors import CurationError
 from tasks import series_meta
+from tasks.continuity_screens import FLOAT_PIXELS, check_format
+from tasks.continuity_screens import Reject as _Reject
+from tasks.continuity_screens import ipp as _ipp
+from tasks.continuity_screens import spacing as _spacing
+from tasks.continuity_screens import valid_position as _valid_position
 
 LOCALIZER_MAX_IMAGES = 3  # as dicom2nifti: an orientation group of < 4 images may be a localizer
 ORTHOGONAL_COS = math.cos(math.radians(45.0))  # minority normal this far off the majority's = localizer-like
@@ -25,6 +30,7 @@ _DIFFUSION_MAP_TOKENS = frozenset({"ADC", "EADC", "TRACEW", "TRACE", "DIFFUSION"
 _JPEG_FAMILY = frozenset(pydicom.uid.JPEGTransferSyntaxes + pydicom.uid.JPEGLSTransferSyntaxes
                          + pydicom.uid.JPEG2000TransferSyntaxes)
 _REFORMAT_TOKENS = frozenset({"MPR", "MIP", "MNIP", "CPR", "REFORMATTED", "PROJECTION IMAGE", "SUBTRACT", "SUB"})
+TILT_TOLERANCE = 0.03   # stack direction vs slice normal (unit vectors); dicom2nifti rejects above ~0.05
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,6 @@ class SeriesCheck:
     volumes: list[Volume] = field(default_factory=list)
     removed: list[tuple[Path, str]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-
-
-class _Reject(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason, self.message = reason, message
 
 
 @dataclass
@@ -98,12 +98,13 @@ def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> Non
     result.meta = series_meta.derive_meta(imgs[0].ds)
     if any(str(i.ds.get("Modality", "")).upper() != "MR" for i in imgs):
         raise _Reject("non_mr_modality", "Modality is not MR")
+    check_format([i.ds for i in imgs])
     imgs = _remove_flagged(imgs, cfg, result.removed)
     imgs = _remove_orientation_localizers(imgs, cfg, result.removed)
     _check_geometry(imgs)
     normal = _normal(imgs[0].ds)
     for img in imgs:
-        img.proj = float(np.dot(normal, [float(v) for v in img.ds.ImagePositionPatient]))
+        img.proj = float(np.dot(normal, _ipp(img.ds)))
     groups = _split_temporal(imgs, cfg)
     if len({len(g) for g in groups}) > 1:
         raise _Reject("incomplete_4d", f"{len(groups)} time points with different slice counts")
@@ -111,6 +112,7 @@ def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> Non
     for t, group in enumerate(groups):
         group.sort(key=lambda i: i.proj)
         steps.append(_check_positions([i.proj for i in group], cfg))
+        _check_tilt(group, normal)
         volumes.append(Volume(t, [i.path for i in group], [i.proj for i in group]))
     _check_pixels([p for v in volumes for p in v.files])
     ref = groups[len(groups) // 2][len(groups[0]) // 2].ds
@@ -174,7 +176,9 @@ def _orientation_groups(imgs: list[_Img], tol: float) -> list[list[_Img]]:
     groups: list[tuple[np.ndarray, list[_Img]]] = []
     for img in imgs:
         if "ImageOrientationPatient" not in img.ds or "ImagePositionPatient" not in img.ds:
-            raise _Reject("inconsistent_geometry", "an image lacks ImageOrientationPatient/ImagePositionPatient")
+            raise _Reject("missing_geometry", "an image lacks ImageOrientationPatient/ImagePositionPatient")
+        if not _valid_position(img.ds):
+            raise _Reject("missing_geometry", "ImagePositionPatient/ImageOrientationPatient non-finite or degenerate")
         iop = np.array([float(v) for v in img.ds.ImageOrientationPatient])
         for ref, members in groups:
             if np.max(np.abs(ref - iop)) <= tol:
@@ -207,14 +211,20 @@ def _remove_orientation_localizers(imgs: list[_Img], cfg: ContinuityConfig, remo
 
 
 def _check_geometry(imgs: list[_Img]) -> None:
-    def key(ds: Dataset) -> tuple:
-        spacing = ds.get("PixelSpacing")
-        return (ds.get("Rows"), ds.get("Columns"),
-                tuple(round(float(v), 4) for v in spacing) if spacing else None)
-
-    keys = {key(i.ds) for i in imgs}
+    spacings = [_spacing(i.ds) for i in imgs]
+    if None in spacings:
+        raise _Reject("missing_geometry", "PixelSpacing missing, non-finite or not positive")
+    keys = {(i.ds.get("Rows"), i.ds.get("Columns"), tuple(round(v, 4) for v in sp)) for i, sp in zip(imgs, spacings)}
     if len(keys) > 1 or None in next(iter(keys)):
         raise _Reject("inconsistent_geometry", "Rows, Columns or PixelSpacing differ or are missing")
+
+
+def _check_tilt(group: list[_Img], normal: np.ndarray) -> None:
+    """The stack must advance along the slice normal; a sheared stack (gantry tilt) does not."""
+    d = _ipp(group[-1].ds) - _ipp(group[0].ds)
+    length = float(np.linalg.norm(d))
+    if length > 0 and min(np.abs(d / length - normal).max(), np.abs(d / length + normal).max()) > TILT_TOLERANCE:
+        raise _Reject("gantry_tilt", "slice positions are not along the slice normal (gantry tilt)")
 
 
 def _same(a: float, b: float, cfg: ContinuityConfig) -> bool:
@@ -235,15 +245,27 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
     tpi = [i.ds.get("TemporalPositionIdentifier") for i in imgs]
     if None not in tpi and len(set(tpi)) > 1:
         return _group_by(imgs, [int(v) for v in tpi])
-    for keyword in ("AcquisitionTime", "TriggerTime"):
+    for keyword in ("EchoNumbers", "AcquisitionTime", "TriggerTime"):
         values = [i.ds.get(keyword) for i in imgs]
         if None in values or "" in values or len(set(map(str, values))) < 2:
             continue
-        sortable = [float(v) if keyword == "TriggerTime" else str(v) for v in values]
+        sortable = [_sortable(keyword, v) for v in values]
+        if None in sortable:
+            continue
         groups = _group_by(imgs, sortable)
         if all(len(g) >= 2 and _unique_positions(g, cfg) for g in groups):
             return groups
     return _split_by_occurrence(imgs, cfg)
+
+
+def _sortable(keyword: str, value):
+    """Echo numbers and trigger times sort as numbers, acquisition times as text (HHMMSS.ffffff)."""
+    if keyword == "AcquisitionTime":
+        return str(value)
+    try:
+        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _group_by(imgs: list[_Img], keys: list) -> list[list[_Img]]:
@@ -274,6 +296,8 @@ def _split_by_occurrence(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_
         while len(groups) <= t:
             groups.append([])
         groups[t].append(img)
+    if len(centers) == 1:
+        raise _Reject("duplicate_position", "every image is at one slice position (zero slice spacing)")
     repeated = sum(1 for c in counts if c > 1)
     if 2 * repeated < len(counts):
         # most positions occur once: a 3D series with duplicated slices, not 4D
@@ -333,7 +357,10 @@ def _check_pixels(paths: list[Path]) -> None:
             ds = pydicom.dcmread(path)
         except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
             raise _Reject("truncated_file", "a file ends inside its pixel data") from e
+        if any(k in ds for k in FLOAT_PIXELS):
+            raise _Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
         if "PixelData" not in ds:
+            # deid writes a file cut inside its pixel data header-only: the two look alike here
             raise _Reject("truncated_file", "an image has no PixelData")
         compressed = ds.file_meta.TransferSyntaxUID.is_compressed
         if not compressed and len(ds.PixelData) < _expected_bytes(ds):

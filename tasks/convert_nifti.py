@@ -12,6 +12,7 @@ import contextlib
 import errno
 import importlib.metadata
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -66,6 +67,13 @@ def _dicom2nifti_settings():
                 setattr(settings, k, v)
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
     datasets = []
     for i, path in enumerate(files):
@@ -75,6 +83,10 @@ def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
         # our order is the checked slice order; dicom2nifti groups by InstanceNumber and
         # would take interleaved or slice-major numbering for a second stack
         ds.InstanceNumber = i + 1
+        for keyword in ("RepetitionTime", "EchoTime"):
+            # dicom2nifti formats TR/TE into db_name (which we blank) and crashes on inf/NaN
+            if keyword in ds and not _finite(ds.get(keyword)):
+                delattr(ds, keyword)
         datasets.append(ds)
     return datasets
 

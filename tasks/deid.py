@@ -45,6 +45,7 @@ _DEID_CODES = {
     "113105": "Clean Descriptors Option",
     "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
     "113108": "Retain Patient Characteristics Option",
+    "113111": "Retain Safe Private Option",
 }
 
 
@@ -54,6 +55,8 @@ class DeidConfig:
     retain_patient_characteristics: bool = False   # PatientSex/Age/Size/Weight
     reject_burned_in: bool = True
     max_date_shift_days: int = 365                 # per-patient shift in [-max, -1] ∪ [1, max]
+    # Retain Safe Private option (113111) when non-empty: (group, creator, element offset) kept.
+    safe_private: tuple[tuple[int, str, int], ...] = ()
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -198,14 +201,15 @@ def deidentify_dataset(ds: Dataset, cfg: DeidConfig, store: PseudonymStore, exam
     pseudonym = store.patient_pseudonym(key)
     sop_class = str(ds.get("SOPClassUID", "*"))
     ctx = ActionContext(build_action_map(cfg.options, sop_class), cfg.salt,
-               store.date_shift_days(key, cfg.max_date_shift_days), phi_pattern(ds))
+               store.date_shift_days(key, cfg.max_date_shift_days), phi_pattern(ds), frozenset(cfg.safe_private))
     out = clean_dataset(ds, ctx)
     out.PatientName = pseudonym
     out.PatientID = pseudonym
     out.AccessionNumber = exam_id
     out.StudyID = exam_id
     out.PatientIdentityRemoved = "YES"
-    codes = ["113100", "113105", "113107"] + (["113108"] if cfg.retain_patient_characteristics else [])
+    codes = (["113100", "113105", "113107"] + (["113108"] if cfg.retain_patient_characteristics else [])
+             + (["113111"] if cfg.safe_private else []))
     out.DeidentificationMethod = ["DICOM PS3.15 Annex E (mrifoundry)"] + [_DEID_CODES[c] for c in codes]
     items = []
     for code in codes:
@@ -253,8 +257,15 @@ def _is_image_class(sop_class: str) -> bool | None:
 
 
 def _burned_in(hdr: Dataset) -> bool:
+    """Pixels that may show text: flagged, Secondary Capture, a capture device (ConversionType),
+    or a screenshot by ImageType (GE "SCREEN SAVE", "SCREENSHOT", "CAPTURE"). DERIVED\\SECONDARY
+    alone (MPR reformats) is left to continuity (``derived_series``)."""
+    image_type = hdr.get("ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
     return (str(hdr.get("BurnedInAnnotation", "")).upper() == "YES"
-            or str(hdr.SOPClassUID) in SECONDARY_CAPTURE_CLASSES)
+            or str(hdr.SOPClassUID) in SECONDARY_CAPTURE_CLASSES
+            or bool(str(hdr.get("ConversionType", "") or "").strip())
+            or any(("SCREEN" in str(v).upper() or "CAPTURE" in str(v).upper()) for v in image_type))
 
 
 def _has_pixels(ds: Dataset) -> bool:

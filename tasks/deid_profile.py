@@ -241,7 +241,10 @@ def phi_pattern(ds: Dataset) -> re.Pattern | None:
                 for v in values:
                     s = str(v or "").strip()
                     terms.add(s)
-                    terms.update(t for t in re.split(r"[\^=\s,]+", s) if len(t) >= 2)
+                    # Name components are PHI one by one; other values only whole or per ^-part
+                    # (a department "RADIOLOGY MRI" must not strip "MRI" from descriptions).
+                    split = r"[\^=\s,]+" if elem.VR == "PN" else r"\^+"
+                    terms.update(t.strip() for t in re.split(split, s) if len(t.strip()) >= 2)
     collect(ds)
     terms = {t for t in terms if t and any(c.isalnum() for c in t)}
     if not terms:
@@ -259,6 +262,9 @@ class ActionContext:
     salt: str
     shift_days: int
     phi: re.Pattern | None
+    # Retain Safe Private allowlist: (group, private creator, element offset 0x00-0xFF). Empty by
+    # default: a private element is kept only when its creator and offset are listed.
+    safe_private: frozenset[tuple[int, str, int]] = frozenset()
 
 
 def _fallback_action(elem: DataElement) -> str:
@@ -318,10 +324,30 @@ def _apply(elem: DataElement, action: str, ctx: ActionContext) -> DataElement | 
 def clean_dataset(ds: Dataset, ctx: ActionContext) -> Dataset:
     """A new dataset with every element of ``ds`` transformed by its action (``ds`` untouched)."""
     out = Dataset()
+    keep_private = _safe_private_tags(ds, ctx.safe_private) if ctx.safe_private else set()
     for elem in ds:
-        action = ctx.actions.action_for(int(elem.tag))
+        action = "K" if int(elem.tag) in keep_private else ctx.actions.action_for(int(elem.tag))
         new = _apply(elem, action if action is not None else _fallback_action(elem), ctx)
         if new is not None:
             new.is_undefined_length = elem.is_undefined_length   # encapsulated pixel data
             out.add(new)
     return out
+
+
+def _safe_private_tags(ds: Dataset, allow: frozenset[tuple[int, str, int]]) -> set[int]:
+    """Tags of ``ds``'s allowlisted private elements and of their creator elements.
+
+    Blocks are matched by creator string, not by block number: (0029,10xx) in one file may be
+    (0029,11xx) in another.
+    """
+    creators = {(e.tag.group, e.tag.element): str(e.value).strip() for e in ds
+                if e.tag.is_private and 0x10 <= e.tag.element <= 0xFF}
+    keep = set()
+    for e in ds:
+        g, el = e.tag.group, e.tag.element
+        if e.tag.is_private and el >= 0x1000:
+            creator = creators.get((g, el >> 8))
+            if creator is not None and (g, creator, el & 0xFF) in allow:
+                keep.update({int(e.tag), (g << 16) | (el >> 8)})
+    return keep
+

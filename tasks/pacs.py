@@ -112,13 +112,14 @@ def parse_pacs_url(url: str) -> PacsConfig:
     return cfg
 
 
-# one semaphore per PACS for the whole process: every PacsArchive of the same PACS shares it
-_SEMAPHORES: dict[tuple[str, int, str], threading.BoundedSemaphore] = {}
+# one semaphore per PACS (and cap) for the whole process: every PacsArchive of the same URL
+# shares it, whichever thread or flow task made it
+_SEMAPHORES: dict[tuple[str, int, str, int], threading.BoundedSemaphore] = {}
 _SEM_LOCK = threading.Lock()
 
 
 def _semaphore(cfg: PacsConfig) -> threading.BoundedSemaphore:
-    key = (cfg.host, cfg.port, cfg.called_aet)
+    key = (cfg.host, cfg.port, cfg.called_aet, cfg.max_assoc)
     with _SEM_LOCK:
         if key not in _SEMAPHORES:
             _SEMAPHORES[key] = threading.BoundedSemaphore(cfg.max_assoc)

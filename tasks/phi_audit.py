@@ -326,6 +326,9 @@ def _place(path: Path, out: Path, ids: Identifiers) -> tuple[str, set[str]]:
     return "/".join(parts).replace("//", "/"), kinds
 
 
+_RAW_LOCATIONS = {"raw bytes", "header bytes", "extension bytes"}
+
+
 def _scan_file(path: Path, out: Path, ids: Identifiers, rep: AuditReport) -> None:
     place, name_kinds = _place(path, out, ids)
     rep.hits += [Hit(place, "file name", k) for k in sorted(name_kinds)]
@@ -337,9 +340,9 @@ def _scan_file(path: Path, out: Path, ids: Identifiers, rep: AuditReport) -> Non
             found += [Hit(place, location, k) for k in sorted(ids.find(data))]
     except Exception as e:  # noqa: BLE001 - an unreadable place is reported, never skipped silently
         rep.errors.append((place, type(e).__name__))
-    # "raw bytes" only adds a hit that no parsed location explains (e.g. a DICOM preamble)
-    parsed = {h.kind for h in found if h.location != "raw bytes"}
-    rep.hits += [h for h in found if h.location != "raw bytes" or h.kind not in parsed]
+    # a byte-level location only adds a hit that no parsed location explains (e.g. a DICOM preamble)
+    parsed = {h.kind for h in found if h.location not in _RAW_LOCATIONS}
+    rep.hits += [h for h in found if h.location not in _RAW_LOCATIONS or h.kind not in parsed]
 
 
 def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),

@@ -67,9 +67,15 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError, IndexError):
         return None
+    return number if math.isfinite(number) else None  # NaN/inf in a header means "unknown"
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = _float(ds, keyword)
+    return int(value) if value is not None else None
 
 
 def _multi(ds: Dataset, keyword: str) -> set[str]:
@@ -152,9 +158,12 @@ def orientation(iop) -> str | None:
     The slice normal (row × column direction) within ``PLANE_TOLERANCE_DEG`` of the
     x (L-R) axis is sagittal, of y (A-P) coronal, of z (S-I) axial.
     """
-    if iop is None or len(iop) != 6:
+    try:
+        v = np.asarray([float(x) for x in iop], dtype=float)
+    except (TypeError, ValueError):  # absent, single-valued or not numeric
         return None
-    v = np.asarray([float(x) for x in iop])
+    if v.shape != (6,):
+        return None
     normal = np.cross(v[:3], v[3:])
     norm = np.linalg.norm(normal)
     if not np.isfinite(norm) or norm < 1e-6:
@@ -178,6 +187,15 @@ def body_part(ds: Dataset) -> str | None:
     return None
 
 
+def _pair(value) -> tuple[float | None, float | None]:
+    """Two finite floats of a 2-valued DS (PixelSpacing), else (None, None)."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None, None
+    return (a, b) if math.isfinite(a) and math.isfinite(b) else (None, None)
+
+
 def derive_meta(ds: Dataset, *, n_slices: int | None = None, n_timepoints: int | None = None,
                 slice_spacing: float | None = None) -> dict:
     """The ``meta`` dict of a :class:`tasks.continuity.SeriesCheck` (keys in docs/contracts.md).
@@ -189,7 +207,7 @@ def derive_meta(ds: Dataset, *, n_slices: int | None = None, n_timepoints: int |
     Returns:
         A dict with every contract key; None where unknown.
     """
-    spacing = ds.get("PixelSpacing")
+    spacing = _pair(ds.get("PixelSpacing"))
     iop = ds.get("ImageOrientationPatient")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     description = ds.get("SeriesDescription")
@@ -202,10 +220,10 @@ def derive_meta(ds: Dataset, *, n_slices: int | None = None, n_timepoints: int |
         "manufacturer": ds.get("Manufacturer") or None,
         "model": ds.get("ManufacturerModelName") or None,
         "field_strength": _float(ds, "MagneticFieldStrength"),
-        "rows": int(ds.Rows) if "Rows" in ds else None,
-        "cols": int(ds.Columns) if "Columns" in ds else None,
-        "pixel_spacing_row": float(spacing[0]) if spacing else None,
-        "pixel_spacing_col": float(spacing[1]) if spacing else None,
+        "rows": _int(ds, "Rows"),
+        "cols": _int(ds, "Columns"),
+        "pixel_spacing_row": spacing[0],
+        "pixel_spacing_col": spacing[1],
         "slice_thickness": _float(ds, "SliceThickness"),
         "slice_spacing": slice_spacing,
         "n_slices": n_slices,

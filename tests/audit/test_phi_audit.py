@@ -49,8 +49,6 @@ def test_tokens_keep_uids_whole():
 
 
 # --------------------------------------------------------------------------- curated output
-pytestmark_e2e = [pytest.mark.slow, pytest.mark.prefect_server]
-
 
 @pytest.fixture(scope="module")
 def curated(prefect_server, sample, manifest, tmp_path_factory):

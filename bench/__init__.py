@@ -1,0 +1,1 @@
+"""Reproducible benchmarks (``make bench`` → docs/benchmarks.md). See bench/run.py."""

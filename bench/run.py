@@ -1,0 +1,103 @@
+"""``make bench``: run every benchmark and write docs/benchmarks.md.
+
+    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog]
+
+Full mode takes ≈ 10–15 min on 2 cores; ``--quick`` (≈ 2 min) runs the same code on small
+sizes, ``--tiny`` (≈ 30 s, no Prefect flow by default) is for the pytest smoke test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench import catalog_scale, conversion, curation, scaling
+from bench.common import REPO, machine, versions
+from bench.report import all_finite, render
+
+SECTIONS = ("conversion", "curation", "flows", "rss", "catalog")
+MODES = {
+    # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
+    "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
+                 cur=[(256, 60), (512, 60), (256, 200), (512, 200)], cur_runs=3,
+                 archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5),
+    "quick": dict(conv=[(128, 30)], conv_runs=3, cur=[(128, 30)], cur_runs=3,
+                  archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3),
+    "tiny": dict(conv=[(32, 8)], conv_runs=3, cur=[(32, 8)], cur_runs=3,
+                 archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3),
+}
+INTROS = {
+    "Per-series conversion": (
+        "Generated sagittal uint16 series (≈ 200 mm field of view, 3 mm slices). *ours* = "
+        "`tasks.convert_nifti.volumes_to_nifti` (dicom2nifti's array and affine → RAS → clean header) on the "
+        "checked volume; *native* keeps the acquired spacing (like-for-like with the references), *RAS 1 mm* "
+        "is what the pipeline writes. dicom2nifti = `dicom_series_to_nifti(dir, out, reorient_nifti=True)` "
+        "(it copies the folder to a temp dir first, part of its cost); dcm2niix = the PyPI binary, "
+        "`-b n`, `-z n` / `-z y`, run as a subprocess. Wall-clock seconds."),
+    "Curation cost per series": (
+        "The plain stage functions in sequence on one generated series: `deidentify_exam` (with a "
+        "`PseudonymStore` in a temp dir) → `check_series` → `volume_to_png` → `volumes_to_nifti` (RAS, 1 mm). "
+        "CPU-seconds from `time.process_time` (this process, all threads)."),
+    "Scaling and memory": (
+        "`flows.curate.curate(runner=\"dask\", workers=N)` on the same generated archive, in a child process "
+        "with its own `PREFECT_HOME` and a temporary Prefect server; 1 and 2 workers alternate. The per-series "
+        "peak RSS comes from a fresh process curating one series (`python -m bench.curation --rss`)."),
+    "Catalog at Duke-110K size": (
+        "Exams, series, slices and stage_results generated column-wise with the catalog schemas and the "
+        "project's Parquet writer, views from `catalog.views.build_research_db`, queries through DuckDB."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small sizes, ≈ 2 min (smoke run)")
+    mode.add_argument("--tiny", action="store_true", help="tiny sizes, for the pytest smoke test")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--json", type=Path, help="also write the raw timings here")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    a = ap.parse_args(argv)
+    mode_name = "quick" if a.quick else "tiny" if a.tiny else "full"
+    cfg = MODES[mode_name]
+    chosen = [s.strip() for s in a.sections.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}")
+    command = "python -m bench.run " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    mach, vers = machine(), versions()
+    t0 = time.perf_counter()
+    sections: dict[str, dict] = {}
+
+    def section(title: str, fn) -> None:
+        t = time.perf_counter()
+        print(f"[bench] {title} …", flush=True)
+        sections[title] = {**fn(), "intro": INTROS[title]}
+        print(f"[bench] {title}: {time.perf_counter() - t:.0f} s", flush=True)
+
+    if "conversion" in chosen:
+        section("Per-series conversion", lambda: conversion.run(cfg["conv"], cfg["conv_runs"]))
+    if "curation" in chosen:
+        section("Curation cost per series", lambda: curation.run(cfg["cur"], cfg["cur_runs"]))
+    if "flows" in chosen or "rss" in chosen:
+        section("Scaling and memory", lambda: scaling.run(
+            cfg["archive"], cfg["flow_reps"], cfg["rss"] if "rss" in chosen else [], cfg["rss_runs"],
+            flows="flows" in chosen))
+    if "catalog" in chosen:
+        section("Catalog at Duke-110K size", lambda: catalog_scale.run(cfg["scale"], cfg["query_runs"]))
+    elapsed = time.perf_counter() - t0
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))
+    if a.json:
+        a.json.write_text(json.dumps({k: v.get("raw") for k, v in sections.items()}, default=str, indent=1))
+    for s in sections.values():
+        for t in s["targets"]:
+            print(f"  {'MET    ' if t['met'] else 'NOT MET'} {t['name']}: {t['measured']} (target {t['target']})")
+    print(f"[bench] wrote {a.out} in {elapsed / 60:.1f} min", flush=True)
+    return 0 if all_finite(sections) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
