@@ -6,7 +6,7 @@ VAR := $(CURDIR)/var
 ENV := source deploy/env.sh &&
 export MRIFOUNDRY_HOME ?= $(VAR)
 
-.PHONY: demo test venv sample server deploy worker stop clean-var bench docs
+.PHONY: demo pacs-demo test venv sample server deploy worker stop clean-var bench docs
 
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,9 +43,24 @@ demo: venv
 	echo "catalog: $$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb"; \
 	echo "summary: $$MRIFOUNDRY_HOME/demo/research/qc/summary.md  montage: $$MRIFOUNDRY_HOME/demo/research/qc/montage.png"
 
+## pacs-demo: the same as demo, but the sample archive is served by a local Orthanc PACS (C-FIND/C-GET)
+pacs-demo: venv
+	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop; deploy/orthanc.sh stop' EXIT; \
+	$(ENV) $(PY) -m flows.cli sample; \
+	deploy/orthanc.sh install; deploy/orthanc.sh start 4242 8042; \
+	$(ENV) deploy/orthanc.sh upload "$$MRIFOUNDRY_HOME/sample/archive"; \
+	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
+	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-pacs-demo --watch --watch-timeout 1800; \
+	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/pacs-demo" \
+	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"
+
 ## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
 test: venv
 	$(PY) -m pytest -q
+
+## bench: speed/memory figures with same-run reference ratios → docs/benchmarks.md (≈ 11 min on 2 cores)
+bench: venv
+	$(PY) -m bench.run --out docs/benchmarks.md
 
 docs: venv
 	$(PY) -m flows.cli catalog-docs

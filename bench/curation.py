@@ -99,6 +99,14 @@ def run(sizes: list[tuple[int, int]], runs: int) -> dict:
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process, MB. VmHWM, not ru_maxrss: on Linux a child's ru_maxrss starts
+    at its parent's RSS at fork time (it survives exec), which would report the bench's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 

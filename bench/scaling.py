@@ -181,7 +181,7 @@ def run(archive: tuple[int, int, int, int], reps: int, rss_sizes: list[tuple[int
                         "measured": f"{peak:.0f} MB", "met": peak <= RSS_TARGET_MB})
     tables.append({"title": "Peak RSS of one process curating one series (de-id, continuity, PNG, NIfTI 1 mm)",
                    "headers": ["series", "after imports MB", "peak MB", "runs"], "rows": rss_rows,
-                   "note": "ru_maxrss of a fresh Python process (after imports = the floor before any data). A Dask "
+                   "note": "VmHWM of a fresh Python process (after imports = the floor before any data). A Dask "
                            "worker adds its own runtime: see the flow table's peak worker RSS, when the flow runs."})
     return {"tables": tables, "targets": targets, "raw": raw}
 

@@ -16,7 +16,8 @@ def _cmd_curate(a) -> int:
                  date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
                  n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
-                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner)
+                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner,
+                 phi_audit=not a.no_phi_audit)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -58,9 +59,24 @@ def _cmd_sample(a) -> int:
     from mrifoundry.sample import generate_sample
     from mrifoundry.settings import Settings
     out = Path(a.out) if a.out else Settings().sample_dir
-    m = generate_sample(out, seed=a.seed)
+    if (out / "manifest.json").exists() and not a.force:
+        m = json.loads((out / "manifest.json").read_text())
+        print(f"sample archive already at {out} (seed {m['seed']}); --force regenerates it")
+    else:
+        if a.force and out.exists():
+            import shutil
+            shutil.rmtree(out)
+        m = generate_sample(out, seed=a.seed)
+        print(f"sample archive written to {out}")
     print(json.dumps(m.get("counts", {}), indent=1))
     return 0
+
+
+def _cmd_phi_audit(a) -> int:
+    from tasks.phi_audit import audit_output
+    rep = audit_output(Path(a.out), Path(a.reports) if a.reports else None)
+    print(rep.to_markdown())
+    return 0 if rep.ok else 1
 
 
 def _cmd_catalog_docs(a) -> int:
@@ -96,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--rerun", choices=["missing", "failed", "all"], default="missing")
     c.add_argument("--workers", type=int, default=2, help="concurrent tasks (threads or Dask worker processes)")
+    c.add_argument("--no-phi-audit", action="store_true", help="skip the final PHI audit")
     c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm")
     c.set_defaults(fn=_cmd_curate)
 
@@ -108,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sample", help="generate the embedded sample archive")
     s.add_argument("--out")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="regenerate even if it exists")
     s.set_defaults(fn=_cmd_sample)
+
+    pa = sub.add_parser("phi-audit", help="search every restricted-zone identifier outside it (exit 1 on a hit)")
+    pa.add_argument("--out", required=True, help="output root of the curation")
+    pa.add_argument("--reports", help="the report export, to also search report-text fragments")
+    pa.set_defaults(fn=_cmd_phi_audit)
 
     d = sub.add_parser("catalog-docs", help="write docs/catalog.md from catalog/schema.py")
     d.add_argument("--path", default=str(Path(__file__).resolve().parent.parent / "docs" / "catalog.md"))

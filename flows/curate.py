@@ -66,6 +66,16 @@ def select_task(out: str, run_id: str, params: CurateParams) -> dict:
     return {"exam_ids": sel.exam_ids, "counts": sel.counts}
 
 
+@task(name="phi-audit")
+def phi_audit_task(out: str, reports: str | None) -> dict:
+    """Search every identifier of the restricted zone outside it; fail loudly, naming where."""
+    from tasks.phi_audit import audit_output
+    rep = audit_output(Path(out), Path(reports) if reports else None)
+    create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
+    rep.raise_if_leaks()
+    return {"hits": len(rep.hits)}
+
+
 @task(name="finalize-catalog")
 def finalize_task(out: str, run_id: str) -> dict:
     return finalize_catalog(Workspace(Path(out), run_id))
@@ -130,9 +140,11 @@ def curate(
     workers: int = 2,
     batch_size: int = 256,
     runner: str = "threads",
+    phi_audit: bool = True,
 ) -> dict:
     """Curate an archive into OUT/research (see README). Parameters mirror ``CurateParams``;
-    ``runner`` is threads, dask, dask://host:port or slurm (flows/runners.py)."""
+    ``runner`` is threads, dask, dask://host:port or slurm (flows/runners.py); ``phi_audit``
+    ends the run with the PHI audit of the whole output (tasks/phi_audit.py)."""
     logger = get_run_logger()
     params = resolve(CurateParams(**{k: v for k, v in locals().items() if k in CurateParams.model_fields}))
     out_dir = Path(params.out)
@@ -149,6 +161,8 @@ def curate(
         if montage:
             create_link_artifact(f"file://{montage.resolve()}", link_text="QC montage (PNG)", key="curate-qc-montage")
         logger.info("catalog: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if phi_audit:
+            phi_audit_task(str(out_dir), params.reports)
     failed = sum(c.get("failed", 0) for c in stages.values())
     if failed:
         raise RuntimeError(f"{failed} stage task(s) failed; see stage_results. "

@@ -40,6 +40,9 @@ def ensure_sample(sample_dir: Path, seed: int = 0) -> Path:
     """Generate the embedded sample archive once (≤ 60 s)."""
     if (sample_dir / "manifest.json").exists():
         return sample_dir
+    if sample_dir.exists():  # an interrupted generation (the manifest is written last)
+        import shutil
+        shutil.rmtree(sample_dir)
     from mrifoundry.sample import generate_sample
     generate_sample(sample_dir, seed=seed)
     return sample_dir

@@ -16,7 +16,6 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
 _INDEX_TAGS = ["AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
@@ -61,8 +60,9 @@ def _read_header(path: str) -> dict:
     row = dict(path=path, parsed=False, accession_number=None, study_uid=None, series_uid=None,
                patient_mrn=None, modality=None, study_key=None)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError, KeyError):
+        # force: raw datasets without preamble/file meta exist in the wild; junk is caught below
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS, force=True)
+    except Exception:  # noqa: BLE001 — forced parsing of non-DICOM raises many types
         return row
     sop = str(getattr(ds, "SOPClassUID", "") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
     if sop == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in ds:

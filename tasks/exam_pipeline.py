@@ -65,6 +65,7 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     if tmp.exists():
         shutil.rmtree(tmp)
     res = deidentify_exam([Path(f) for f in got["files"]], tmp, exam_id, cfg, store)
+    tmp.mkdir(parents=True, exist_ok=True)  # every series rejected: an empty folder still replaces the old one
     replace_dir(tmp, out_dir)
     ws.ledger.forget_exam_stage(exam_id, "deid")
     for rej in res.rejected:

@@ -202,9 +202,7 @@ def burned_in_next_to_clean(st: Study) -> CaseExpect:
 @case("a study whose only series has BurnedInAnnotation YES (deid writes nothing)")
 def burned_in_only(st: Study) -> CaseExpect:
     s, _ = st.series("a", extra={"BurnedInAnnotation": "YES"})
-    return CaseExpect([rejected(s, "burned_in_annotation", stage="deid")], known_gap=(
-        "needs fix in tasks/exam_pipeline.py run_deid (or tasks/deid.py deidentify_exam): when every series "
-        "is rejected nothing creates the temp folder and replace_dir raises FileNotFoundError (deid_error)"))
+    return CaseExpect([rejected(s, "burned_in_annotation", stage="deid")])
 
 
 @case("a study holding only an SR (no image series at all)")

@@ -25,8 +25,6 @@ def test_corpus_is_broad():
     assert len({c.description for c in CASES}) == len(CASES)
 
 
-
-
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_case_outcome(name, corpus, tmp_path, request):
     root, expects = corpus
