@@ -1,31 +1,20 @@
 """Image archives behind one interface: look a study up by accession, fetch its files.
 
 :class:`FolderArchive` serves any folder of DICOM (nested or flat, with or without a
-DICOMDIR) through an index of headers kept in the restricted zone. A PACS client
-(C-FIND/C-GET with pynetdicom) implements the same :class:`Archive` protocol.
+DICOMDIR) through a header index kept in the restricted zone (tasks/folder_index.py). A
+PACS client (C-FIND/C-GET with pynetdicom, tasks/pacs.py) implements the same
+:class:`Archive` protocol.
 """
 from __future__ import annotations
 
-import os
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pydicom
+import duckdb
 
-MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
-_INDEX_TAGS = ["AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
-               "MediaStorageSOPClassUID", "SOPClassUID"]
-INDEX_SCHEMA = pa.schema([
-    ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("parsed", pa.bool_()),
-    ("accession_number", pa.string()), ("study_uid", pa.string()), ("series_uid", pa.string()),
-    ("patient_mrn", pa.string()), ("modality", pa.string()), ("study_key", pa.string()),
-])
-
+from tasks.folder_index import build_index
 
 @dataclass(frozen=True)
 class StudyRef:
@@ -52,132 +41,71 @@ class Archive(Protocol):
         """
 
 
-def _study_key(acc: str, uid: str) -> str:
-    return acc if acc else f"uid:{uid}"
-
-
-def _read_header(path: str) -> dict:
-    row = dict(path=path, parsed=False, accession_number=None, study_uid=None, series_uid=None,
-               patient_mrn=None, modality=None, study_key=None)
-    try:
-        # force: raw datasets without preamble/file meta exist in the wild; junk is caught below
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS, force=True)
-    except Exception:  # noqa: BLE001 — forced parsing of non-DICOM raises many types
-        return row
-    sop = str(getattr(ds, "SOPClassUID", "") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
-    if sop == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in ds:
-        row["parsed"] = None  # a DICOMDIR: not an image of any study
-        return row
-    uid = str(ds.get("StudyInstanceUID", "") or "")
-    if not uid:
-        return row
-    acc = str(ds.get("AccessionNumber", "") or "").strip()
-    row.update(parsed=True, accession_number=acc, study_uid=uid, series_uid=str(ds.get("SeriesInstanceUID", "")),
-               patient_mrn=str(ds.get("PatientID", "") or ""), modality=str(ds.get("Modality", "") or ""),
-               study_key=_study_key(acc, uid))
-    return row
-
-
-def _read_headers(paths: list[str]) -> list[dict]:
-    return [_read_header(p) for p in paths]
-
-
 class FolderArchive:
-    """A folder of DICOM files, indexed once (incrementally on later runs).
-
-    Files that cannot be parsed are attributed to the study whose files share their folder
-    (when exactly one does), so the de-identification stage can reject them with a reason.
+    """A folder of DICOM files, indexed once per process (incrementally: unchanged files are
+    not parsed again). Lookups are SQL over the index file, so no process holds the archive's
+    file list in memory. Files that cannot be parsed are attributed to the study whose files
+    share their folder (when exactly one does), so de-identification rejects them with a reason.
     """
 
     def __init__(self, root: Path, index_path: Path, workers: int = 2):
         self.root = Path(root)
         self.index_path = Path(index_path)
         self.workers = workers
-        self._rows: list[dict] | None = None
-        self._groups: dict[str, list[dict]] | None = None
+        self._indexed = False
+        self._lock = threading.Lock()
 
-    def _scan(self) -> list[dict]:
+    def ensure_index(self) -> None:
+        """Build or refresh the index once for this object.
+
+        Raises:
+            RetrievalError: the folder does not exist (archive_unreachable).
+        """
         from mrifoundry.errors import RetrievalError
-        if not self.root.is_dir():
-            raise RetrievalError("archive", "archive_unreachable", "archive folder does not exist")
-        previous: dict[str, dict] = {}
+        with self._lock:
+            if self._indexed:
+                return
+            if not self.root.is_dir():
+                raise RetrievalError("archive", "archive_unreachable", "archive folder does not exist")
+            build_index(self.root, self.index_path, workers=self.workers)
+            self._indexed = True
+
+    def use_existing_index(self) -> None:
+        """Trust the index on disk (built by the selection step of this run)."""
         if self.index_path.exists():
-            previous = {r["path"]: r for r in pq.read_table(self.index_path).to_pylist()}
-        rows, todo = [], []
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in sorted(files):
-                p = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    continue
-                old = previous.get(p)
-                if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
-                    rows.append(old)
-                else:
-                    todo.append((p, st.st_size, st.st_mtime_ns))
-        if todo:
-            paths = [t[0] for t in todo]
-            chunks = [paths[i:i + 500] for i in range(0, len(paths), 500)]
-            if self.workers > 1 and len(chunks) > 1:
-                with ProcessPoolExecutor(self.workers) as ex:
-                    parsed = [r for chunk in ex.map(_read_headers, chunks) for r in chunk]
-            else:
-                parsed = _read_headers(paths)
-            for (p, size, mtime), r in zip(todo, parsed):
-                r.update(size=size, mtime_ns=mtime)
-                rows.append(r)
-        self._attribute_orphans(rows)
-        rows.sort(key=lambda r: r["path"])
-        self.index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.index_path.with_name(f".{self.index_path.name}.tmp{os.getpid()}")
-        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tmp)
-        os.replace(tmp, self.index_path)
-        return rows
+            self._indexed = True
+        else:
+            self.ensure_index()
 
-    @staticmethod
-    def _attribute_orphans(rows: list[dict]) -> None:
-        by_dir: dict[str, set[str]] = defaultdict(set)
-        for r in rows:
-            if r["parsed"]:
-                by_dir[os.path.dirname(r["path"])].add(r["study_key"])
-        for r in rows:
-            if r["parsed"] is False:
-                keys = by_dir.get(os.path.dirname(r["path"]), set())
-                r["study_key"] = next(iter(keys)) if len(keys) == 1 else None
+    def _sql(self, query: str, params: list) -> list[tuple]:
+        if not self._indexed:
+            self.ensure_index()
+        # one short-lived connection per call: safe across threads
+        con = duckdb.connect(config={"enable_progress_bar": False})
+        try:
+            return con.execute(query.replace("IDX", f"read_parquet('{self.index_path}')"), params).fetchall()
+        finally:
+            con.close()
 
-    @property
-    def rows(self) -> list[dict]:
-        if self._rows is None:
-            self._rows = self._scan()
-        return self._rows
+    _STUDY = ("SELECT study_key, any_value(accession_number) FILTER (WHERE parsed), "
+              "any_value(study_uid) FILTER (WHERE parsed), any_value(patient_mrn) FILTER (WHERE parsed), "
+              "COUNT(*) FROM IDX WHERE study_key IS NOT NULL {where} GROUP BY 1 HAVING bool_or(parsed) ORDER BY 1")
 
-    def _group(self) -> dict[str, list[dict]]:
-        # built once per archive object: find() is called once per exam
-        if self._groups is None:
-            groups: dict[str, list[dict]] = defaultdict(list)
-            for r in self.rows:
-                if r["study_key"]:
-                    groups[r["study_key"]].append(r)
-            self._groups = dict(groups)
-        return self._groups
-
-    def _ref(self, key: str, files: list[dict]) -> StudyRef:
-        head = next(f for f in files if f["parsed"])
-        return StudyRef(key=key, accession_number=head["accession_number"] or "", study_uid=head["study_uid"],
-                        patient_mrn=head["patient_mrn"] or "", n_files=len(files))
+    def _refs(self, rows) -> list[StudyRef]:
+        return [StudyRef(key=k, accession_number=a or "", study_uid=u, patient_mrn=m or "", n_files=n)
+                for k, a, u, m, n in rows]
 
     def studies(self) -> list[StudyRef]:
-        return [self._ref(k, v) for k, v in sorted(self._group().items()) if any(f["parsed"] for f in v)]
+        return self._refs(self._sql(self._STUDY.format(where=""), []))
 
     def find(self, accession_number: str) -> list[StudyRef]:
-        files = self._group().get(accession_number.strip(), [])
-        return [self._ref(accession_number.strip(), files)] if any(f["parsed"] for f in files) else []
+        """Also accepts the ``uid:<StudyInstanceUID>`` keys of studies without an accession number."""
+        return self._refs(self._sql(self._STUDY.format(where="AND study_key = ?"), [accession_number.strip()]))
 
     def fetch(self, study: StudyRef, dest: Path) -> list[Path]:
         # folder archive: read in place, nothing is copied
         from mrifoundry.errors import RetrievalError
-        files = [Path(r["path"]) for r in self._group().get(study.key, [])]
+        files = [Path(r[0]) for r in self._sql("SELECT path FROM IDX WHERE study_key = ? ORDER BY path", [study.key])]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise RetrievalError("archive", "archive_unreachable", f"{len(missing)} indexed files vanished")

@@ -32,7 +32,8 @@ def _archive(ws: Workspace, params: CurateParams):
         if key not in _ARCHIVES:
             _ARCHIVES[key] = open_archive(params.archive, ws.restricted, workers=1)
         arch = _ARCHIVES[key]
-        _ = getattr(arch, "rows", None)  # load the index under the lock
+        # the selection step of this run built the index: retrieval only reads it
+        getattr(arch, "use_existing_index", lambda: None)()
         return arch
 
 
@@ -42,7 +43,9 @@ def run_retrieve(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutc
     sel = selection.lookup(ws, exam_id)
     arch = _archive(ws, params)
     key = sel["study_key"]
-    studies = arch.find(key) if not key.startswith("uid:") else [s for s in arch.studies() if s.key == key]
+    studies = arch.find(key)
+    if not studies and key.startswith("uid:"):  # archives that look up accession numbers only (PACS)
+        studies = [s for s in arch.studies() if s.key == key]
     if not studies:
         raise RejectedItem(exam_id, "accession_not_found", "no study with this accession number in the archive")
     files = [str(f) for s in studies for f in arch.fetch(s, ws.staging(exam_id))]

@@ -58,7 +58,7 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
         selection = [dict(exam_id=ids.exam_id(s.key, ws.salt), study_key=s.key, protocol=None, body_part=None,
                           source="archive") for s in archive.studies()]
     # index the archive now, once, so per-exam tasks only read the index
-    _ = archive.rows if hasattr(archive, "rows") else None
+    getattr(archive, "ensure_index", lambda: None)()
     counts["exams_selected"] = len(selection)
     merged = _merge_selection(ws.selection_path, selection)
     write_parquet_atomic(pa.Table.from_pylist(merged, schema=SELECTION_SCHEMA), ws.selection_path)

@@ -1,0 +1,148 @@
+"""The folder archive's header index, built by streaming: bounded memory at any archive size.
+
+Pass 1 walks the folder and writes (path, size, mtime) in chunks; DuckDB joins that with the
+previous index to find new or changed files; pass 2 parses only those, in chunks, in a
+process pool; a final SQL statement attributes unparseable files to the study of their
+folder and writes the index sorted by study key, so a lookup by key reads one row group.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pydicom
+
+MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
+_INDEX_TAGS = ["AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
+               "MediaStorageSOPClassUID", "SOPClassUID"]
+INDEX_SCHEMA = pa.schema([
+    ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("parsed", pa.bool_()),
+    ("accession_number", pa.string()), ("study_uid", pa.string()), ("series_uid", pa.string()),
+    ("patient_mrn", pa.string()), ("modality", pa.string()), ("study_key", pa.string()),
+])
+STAT_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
+CHUNK = 5000
+
+
+def study_key(acc: str, uid: str) -> str:
+    return acc if acc else f"uid:{uid}"
+
+
+def read_header(path: str) -> dict:
+    """Index columns of one file; ``parsed`` False for non-DICOM, None for a DICOMDIR."""
+    row = dict(path=path, parsed=False, accession_number=None, study_uid=None, series_uid=None,
+               patient_mrn=None, modality=None, study_key=None)
+    try:
+        # force: raw datasets without preamble/file meta exist in the wild; junk is caught below
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS, force=True)
+    except Exception:  # noqa: BLE001 — forced parsing of non-DICOM raises many types
+        return row
+    meta = getattr(ds, "file_meta", None)
+    sop = str(getattr(ds, "SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "")
+    if sop == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in ds:
+        row["parsed"] = None
+        return row
+    uid = str(ds.get("StudyInstanceUID", "") or "")
+    if not uid:
+        return row
+    acc = str(ds.get("AccessionNumber", "") or "").strip()
+    row.update(parsed=True, accession_number=acc, study_uid=uid, series_uid=str(ds.get("SeriesInstanceUID", "")),
+               patient_mrn=str(ds.get("PatientID", "") or ""), modality=str(ds.get("Modality", "") or ""),
+               study_key=study_key(acc, uid))
+    return row
+
+
+def _read_headers(paths: list[str]) -> list[dict]:
+    return [read_header(p) for p in paths]
+
+
+def _q(p: Path | str) -> str:
+    return "'" + str(p).replace("'", "''") + "'"
+
+
+def build_index(root: Path, index_path: Path, workers: int = 2) -> int:
+    """(Re)build ``index_path`` for the folder ``root``; files unchanged since the previous
+    index (same size and mtime) are not parsed again. Returns the number of files indexed."""
+    work = index_path.with_name(f".{index_path.stem}.build{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "stat").mkdir(parents=True)
+    (work / "parsed").mkdir()
+    try:
+        buf: list[tuple[str, int, int]] = []
+        n_parts = 0
+
+        def flush_stat():
+            nonlocal n_parts, buf
+            if buf:
+                cols = list(zip(*buf))
+                pq.write_table(pa.table({"path": cols[0], "size": cols[1], "mtime_ns": cols[2]}, schema=STAT_SCHEMA),
+                               work / "stat" / f"{n_parts:06d}.parquet")
+                n_parts += 1
+                buf = []
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                buf.append((p, st.st_size, st.st_mtime_ns))
+                if len(buf) >= CHUNK:
+                    flush_stat()
+        flush_stat()
+        if n_parts == 0:
+            pq.write_table(STAT_SCHEMA.empty_table(), work / "stat" / "000000.parquet")
+        con = duckdb.connect(config={"enable_progress_bar": False})
+        stat = f"read_parquet({_q(work / 'stat' / '*.parquet')})"
+        prev = f"read_parquet({_q(index_path)})" if index_path.exists() else None
+        todo_sql = (f"SELECT s.path FROM {stat} s LEFT JOIN {prev} p ON p.path = s.path "
+                    f"AND p.size = s.size AND p.mtime_ns = s.mtime_ns WHERE p.path IS NULL"
+                    if prev else f"SELECT path FROM {stat}")
+        reader = con.sql(todo_sql).to_arrow_reader(CHUNK)
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            for k, batch in enumerate(reader):
+                paths = batch.column(0).to_pylist()
+                if pool:
+                    step = max(1, len(paths) // (workers * 4))
+                    rows = [r for part in pool.map(_read_headers, [paths[i:i + step] for i in range(0, len(paths), step)])
+                            for r in part]
+                else:
+                    rows = _read_headers(paths)
+                pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.remove(1).remove(1)),
+                               work / "parsed" / f"{k:06d}.parquet")
+        finally:
+            if pool:
+                pool.shutdown()
+        parsed_glob = work / "parsed" / "*.parquet"
+        parsed = (f"SELECT s.path, s.size, s.mtime_ns, r.* EXCLUDE (path) FROM read_parquet({_q(parsed_glob)}) r "
+                  f"JOIN {stat} s USING (path)") if list((work / "parsed").glob("*.parquet")) else None
+        reused = (f"SELECT p.* FROM {prev} p JOIN {stat} s ON p.path = s.path AND p.size = s.size "
+                  f"AND p.mtime_ns = s.mtime_ns") if prev else None
+        parts = [q for q in (parsed, reused) if q]
+        union = " UNION ALL ".join(f"({q})" for q in parts) if parts else \
+            "SELECT * FROM (SELECT NULL::VARCHAR path) WHERE false"
+        tmp = index_path.with_name(f".{index_path.name}.tmp{os.getpid()}")
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        # a file that does not parse is attributed to its folder's study when exactly one study lives there
+        con.execute(f"""
+            COPY (
+              WITH f AS ({union}),
+              d AS (SELECT regexp_replace(path, '/[^/]*$', '') AS dir, min(study_key) AS k,
+                           count(DISTINCT study_key) AS n FROM f WHERE parsed GROUP BY 1)
+              SELECT f.* REPLACE (CASE WHEN f.parsed = false AND d.n = 1 THEN d.k ELSE f.study_key END
+                                  AS study_key)
+              FROM f LEFT JOIN d ON d.dir = regexp_replace(f.path, '/[^/]*$', '')
+              ORDER BY study_key NULLS LAST, path
+            ) TO {_q(tmp)} (FORMAT parquet, ROW_GROUP_SIZE 20000)""")
+        n = con.execute(f"SELECT COUNT(*) FROM read_parquet({_q(tmp)})").fetchone()[0]
+        con.close()
+        os.replace(tmp, index_path)
+        return n
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
