@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.schema import RESEARCH_TABLES, Table, to_arrow
+from mrifoundry.duck import quiet_connect
 
 
 def catalog_dir(research: Path) -> Path:
@@ -62,7 +62,7 @@ def consolidate(research: Path, table: Table) -> int:
     new = pa.concat_tables([pq.read_table(p, schema=table.schema) for p in parts])
     new_exams = pa.array(sorted({p.stem for p in parts}))
     if target.exists():
-        con = duckdb.connect(config={"enable_progress_bar": False})
+        con = quiet_connect()
         con.register("new_exams", pa.table({"exam_id": new_exams}))
         old = con.sql(
             f"SELECT * FROM read_parquet('{target}') WHERE exam_id NOT IN (SELECT exam_id FROM new_exams)"

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import duckdb
 
 from tasks.folder_index import build_index
+from mrifoundry.duck import quiet_connect
 
 @dataclass(frozen=True)
 class StudyRef:
@@ -81,7 +81,7 @@ class FolderArchive:
         if not self._indexed:
             self.ensure_index()
         # one short-lived connection per call: safe across threads
-        con = duckdb.connect(config={"enable_progress_bar": False})
+        con = quiet_connect()
         try:
             return con.execute(query.replace("IDX", f"read_parquet('{self.index_path}')"), params).fetchall()
         finally:

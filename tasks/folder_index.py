@@ -12,10 +12,10 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
+from mrifoundry.duck import quiet_connect
 
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
 _INDEX_TAGS = ["AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
@@ -97,7 +97,7 @@ def build_index(root: Path, index_path: Path, workers: int = 2) -> int:
         flush_stat()
         if n_parts == 0:
             pq.write_table(STAT_SCHEMA.empty_table(), work / "stat" / "000000.parquet")
-        con = duckdb.connect(config={"enable_progress_bar": False})
+        con = quiet_connect()
         stat = f"read_parquet({_q(work / 'stat' / '*.parquet')})"
         prev = f"read_parquet({_q(index_path)})" if index_path.exists() else None
         todo_sql = (f"SELECT s.path FROM {stat} s LEFT JOIN {prev} p ON p.path = s.path "
