@@ -101,12 +101,21 @@ class Identifiers:
         return found
 
 
+# placeholder values archives put in identifying fields: not identifiers, and they occur in
+# ordinary headers (ImageType ...\NONE) and in Prefect's own tables
+_PLACEHOLDERS = {b"none", b"null", b"unknown", b"anonymous", b"anon", b"test", b"default", b"patient",
+                 b"other", b"empty", b"missing", b"undefined", b"unnamed", b"nobody"}
+
+
 def _distinctive(toks: tuple[bytes, ...]) -> bool:
-    """Long enough not to occur by chance: digits-only ≥ 6, other single tokens ≥ 4 characters."""
+    """Long enough not to occur by chance: digits-only ≥ 6, other single tokens ≥ 4 characters,
+    and not a placeholder word."""
     if not toks:
         return False
     if len(toks) == 1:
         t = toks[0]
+        if t in _PLACEHOLDERS:
+            return False
         return len(t) >= 6 if t.replace(b".", b"").isdigit() and b"." not in t else len(t) >= 4
     return sum(len(t) for t in toks) >= 4
 
