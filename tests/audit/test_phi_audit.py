@@ -228,8 +228,8 @@ def test_prefect_flow_run_parameter_and_log(copy_out, ids, source):
         assert all(h.place == db for h in hits)
     finally:
         _remove_planted_run(run_id)
-    hits, _ = _hits(copy_out, ids, prefect_db=_prefect_db())
-    assert not [h for h in hits if h.place == db], "the planted run was not removed"
+    rep = audit(copy_out, ids, prefect_db=_prefect_db())
+    assert rep.ok and not rep.hits, "the planted run was not removed from the shared Prefect database"
 
 
 def _remove_planted_run(run_id: str) -> None:
