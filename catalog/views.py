@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import EXAMS, RESEARCH_TABLES, REPORTS, SERIES, SLICES
+from catalog.schema import RESEARCH_TABLES, REPORTS, SERIES, SLICES
 from catalog.store import catalog_dir, table_file
 
 DB_NAME = "catalog.duckdb"
@@ -82,4 +82,4 @@ def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection
     return duckdb.connect(str(db), read_only=read_only)
 
 
-__all__ = ["build_research_db", "build_restricted_db", "connect", "EXAMS"]
+__all__ = ["build_research_db", "build_restricted_db", "connect"]

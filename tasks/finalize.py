@@ -56,4 +56,4 @@ def run_summary(ws: Workspace, selection_counts: dict[str, int], table_counts: d
     return md, montage
 
 
-__all__ = ["finalize_catalog", "run_summary", "Path"]
+__all__ = ["finalize_catalog", "run_summary"]
