@@ -116,12 +116,11 @@ class Ledger:
                 "SELECT DISTINCT exam_id FROM stage_results WHERE stage=? AND status=?", (stage, status)).fetchall()
         return {r[0] for r in rows}
 
-    def exam_failed(self, exam_id: str) -> bool:
-        """True when any item of the exam has a ``failed`` row in any stage."""
+    def failed_exams(self) -> set[str]:
+        """Exams with a ``failed`` row for any item in any stage (one query, not one per exam)."""
         with self._conn() as c:
-            row = c.execute("SELECT 1 FROM stage_results WHERE exam_id=? AND status='failed' LIMIT 1",
-                            (exam_id,)).fetchone()
-        return row is not None
+            rows = c.execute("SELECT DISTINCT exam_id FROM stage_results WHERE status='failed'").fetchall()
+        return {r[0] for r in rows}
 
     def counts(self) -> list[tuple[str, str, str | None, int]]:
         """(stage, status, reason, n) over the whole ledger."""

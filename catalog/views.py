@@ -46,9 +46,9 @@ def build_research_db(research: Path) -> Path:
             "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "
             "FROM stage_results WHERE status <> 'done' GROUP BY ALL ORDER BY n DESC")
         con.execute(
-            f"CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
-            f"r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
-            f"JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
+            "CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
+            "r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
+            "JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
     finally:
         con.close()
     os.replace(tmp, db)

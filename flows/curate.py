@@ -59,10 +59,6 @@ STAGE_TASKS = {s: _stage_task(s) for s in exam_pipeline.STAGES}
 def select_task(out: str, run_id: str, params: CurateParams) -> dict:
     ws = Workspace(Path(out), run_id)
     sel = select_exams(ws, params)
-    if params.rerun == "failed":
-        failed = {e for e in sel.exam_ids if ws.ledger.exam_failed(e)}
-        sel.exam_ids = [e for e in sel.exam_ids if e in failed]
-        sel.counts["exams_with_failures"] = len(sel.exam_ids)
     return {"exam_ids": sel.exam_ids, "counts": sel.counts}
 
 

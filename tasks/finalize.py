@@ -14,8 +14,9 @@ from tasks.workspace import Workspace
 def finalize_catalog(ws: Workspace) -> dict[str, int]:
     """Consolidate the tables and rebuild the DuckDB views; returns row counts per table."""
     counts = {t.name: consolidate(ws.research, t) for t in (EXAMS, SERIES, SLICES)}
-    write_table(ws.research, STAGE_RESULTS, ws.ledger.to_arrow())
-    counts[STAGE_RESULTS.name] = ws.ledger.to_arrow().num_rows
+    ledger = ws.ledger.to_arrow()
+    write_table(ws.research, STAGE_RESULTS, ledger)
+    counts[STAGE_RESULTS.name] = ledger.num_rows
     build_research_db(ws.research)
     if (ws.restricted / "reports" / "reports.parquet").exists():
         build_restricted_db(ws.restricted)

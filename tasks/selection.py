@@ -62,7 +62,12 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
     counts["exams_selected"] = len(selection)
     merged = _merge_selection(ws.selection_path, selection)
     write_parquet_atomic(pa.Table.from_pylist(merged, schema=SELECTION_SCHEMA), ws.selection_path)
-    return Selection([s["exam_id"] for s in selection], counts)
+    exam_ids = [s["exam_id"] for s in selection]
+    if params.rerun == "failed":  # only exams with a failed item in the ledger
+        failed = ws.ledger.failed_exams()
+        exam_ids = [e for e in exam_ids if e in failed]
+        counts["exams_with_failures"] = len(exam_ids)
+    return Selection(exam_ids, counts)
 
 
 def _merge_selection(path: Path, new: list[dict]) -> list[dict]:

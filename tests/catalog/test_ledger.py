@@ -41,3 +41,11 @@ def test_forget_exam_stage_only_drops_sub_items(tmp_path):
     led.record("s1", "continuity", "rejected", exam_id="e1", item_kind="series", reason="missing_slice")
     led.forget_exam_stage("e1", "continuity")
     assert led.status("e1", "continuity") == "done" and led.status("s1", "continuity") is None
+
+
+def test_failed_exams_lists_exams_with_any_failed_item(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    led.record("e1", "deid", "done", exam_id="e1")
+    led.record("s9", "convert", "failed", exam_id="e2", item_kind="series", reason="convert_error")
+    led.record("e3", "retrieve", "rejected", exam_id="e3", reason="accession_not_found")
+    assert led.failed_exams() == {"e2"}
