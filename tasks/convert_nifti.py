@@ -113,19 +113,41 @@ def dicom_to_image(files: list[Path]) -> nib.Nifti1Image:
     return nib.as_closest_canonical(result["NII"])
 
 
+def _inside_source(img: nib.Nifti1Image, source: nib.Nifti1Image) -> np.ndarray:
+    """Mask of output voxels whose centre lies within half a voxel of the source grid.
+
+    A source voxel stands for the slab ±½ voxel around its centre, so a resampled voxel in
+    that slab is measured data; beyond it (the corners of an oblique stack) is nothing.
+    """
+    m = np.linalg.inv(source.affine) @ img.affine
+    mask = np.ones(img.shape[:3], dtype=bool)
+    grids = np.ogrid[tuple(slice(0, n) for n in img.shape[:3])]
+    for axis, n in enumerate(source.shape[:3]):
+        # source coordinate along `axis` = row `axis` of m applied to (i, j, k, 1); float32 keeps it small
+        coord = sum(np.float32(m[axis, j]) * grids[j].astype(np.float32) for j in range(3)) + np.float32(m[axis, 3])
+        mask &= (coord >= -0.5 - 1e-3) & (coord <= n - 0.5 + 1e-3)
+    return mask
+
+
 def _resample(img: nib.Nifti1Image, cfg: NiftiConfig) -> nib.Nifti1Image:
     if cfg.shape is None and cfg.voxel_size_mm is None:
         return img  # native spacing: no interpolation, no float copy (bench: 0.23 s on 512²×128)
     # float32 before interpolating: scipy keeps the input dtype and would truncate ints
     img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    # mode="nearest", then the mask: the output box is whole voxels, so its last plane can
+    # sit up to a voxel past the last slice centre. With mode="constant" that plane
+    # interpolates towards 0 (a dark edge slice, and data shifted at the border); within
+    # the source slab it takes the edge value, beyond it 0.
     if cfg.shape is not None:
         voxel = (cfg.voxel_size_mm,) * 3 if cfg.voxel_size_mm else tuple(float(z) for z in img.header.get_zooms()[:3])
-        return nibabel.processing.conform(img, out_shape=tuple(cfg.shape), voxel_size=voxel,
-                                          order=cfg.interpolation_order, orientation="RAS")
-    if cfg.voxel_size_mm is not None:
+        out = nibabel.processing.conform(img, out_shape=tuple(cfg.shape), voxel_size=voxel,
+                                         order=cfg.interpolation_order, orientation="RAS", mode="nearest")
+    else:
         v = float(cfg.voxel_size_mm)
-        return nibabel.processing.resample_to_output(img, (v, v, v), order=cfg.interpolation_order)
-    return img
+        out = nibabel.processing.resample_to_output(img, (v, v, v), order=cfg.interpolation_order, mode="nearest")
+    data = np.asarray(out.dataobj)
+    data[~_inside_source(out, img)] = 0
+    return out
 
 
 def _output_dtype(data: np.ndarray, source_integer: bool) -> np.ndarray:
