@@ -154,8 +154,66 @@ REPORTS = Table(
     ),
 )
 
+MODELS = Table(
+    "models", "research", ("model_id",),
+    "One row per pretraining run (flow pretrain): what it trained on and where its checkpoints are.",
+    (
+        Column("model_id", S, "run name (OUT/research/models/<model_id>)"),
+        Column("recipe", S, "recipe name (mri-core, mri-core-tiny, mae …; models/recipes.py)"),
+        Column("objective", S, "dinov2 or mae"),
+        Column("arch", S, "backbone configuration (vit_b16, vit_tiny …)"),
+        Column("init", S, "initialisation: sam (from a SAM image-encoder checkpoint) or random"),
+        Column("query", S, "SQL that chose the training slices"),
+        Column("n_slices", I, "training slices (one epoch = every slice once)"),
+        Column("epochs", I, "epochs trained so far"),
+        Column("iterations", I, "optimizer steps trained so far"),
+        Column("world_size", I, "DDP processes"),
+        Column("final_loss", F, "mean total loss over the last logged window"),
+        Column("images_per_s", F, "training throughput, global-crop images per second (all ranks)"),
+        Column("checkpoint_path", S, "latest teacher checkpoint in the MRI-CORE layout, relative to the research root"),
+        Column("loss_curve_path", S, "loss-curve PNG relative to the research root"),
+        Column("finished_at", TS, "when the run (or its last resume) ended"),
+        Column("code_version", S, "mrifoundry version and git commit"),
+    ),
+)
+
+FEATURE_SETS = Table(
+    "feature_sets", "research", ("feature_set",),
+    "One row per feature extraction (flow extract-features): which model embedded which slices.",
+    (
+        Column("feature_set", S, "name of the feature set (OUT/research/features/<feature_set>/)"),
+        Column("model", S, "zoo entry (models/zoo.py): sam-vit-b, medsam, mri-core, dinov2-vit-b, random"),
+        Column("weights", S, "weights file name (no directory) or 'random'"),
+        Column("weights_sha256", S, "SHA-256 of the weights file (first 16 hex digits)"),
+        Column("image_size", I, "input size the slices were resized to"),
+        Column("dim", I, "feature dimension"),
+        Column("pool", S, "pooling of the patch features: mean or cls"),
+        Column("query", S, "SQL that chose the slices"),
+        Column("n_slices", I, "slices embedded"),
+        Column("patch_grids", B, "patch grids written as .npy shards"),
+        Column("created_at", TS, "when the extraction finished"),
+        Column("code_version", S, "mrifoundry version and git commit"),
+    ),
+)
+
+FEATURES = Table(
+    "features", "research", ("feature_set", "slice_id"),
+    "One row per (feature set, slice): the pooled embedding; patch grids, when written, are in .npy shards.",
+    (
+        Column("feature_set", S, "feature set (feature_sets.feature_set)"),
+        Column("slice_id", S, "slice (slices.slice_id)"),
+        Column("series_id", S, "series of the slice"),
+        Column("exam_id", S, "exam of the slice"),
+        Column("embedding", pa.list_(pa.float32()), "pooled feature vector"),
+        Column("grid_path", S, "patch-grid shard (.npy, [n, D, h, w]) relative to the research root; null if none"),
+        Column("grid_index", I, "row of this slice in its shard"),
+    ),
+)
+
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
-ALL_TABLES = RESEARCH_TABLES + (REPORTS,)
+#: written by downstream flows (pretrain, extract-features), not by curation
+DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES)
+ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
 

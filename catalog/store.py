@@ -10,13 +10,15 @@ Write path (crash-safe, append-only, never duplicating):
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.schema import RESEARCH_TABLES, Table, to_arrow
+from catalog.schema import DERIVED_TABLES, FEATURES, RESEARCH_TABLES, Table, to_arrow
 from mrifoundry.duck import quiet_connect
 
 
@@ -82,3 +84,52 @@ def consolidate(research: Path, table: Table) -> int:
 def write_table(research: Path, table: Table, tbl: pa.Table) -> None:
     """Replace a whole table (used for the ledger export)."""
     write_parquet_atomic(tbl.cast(table.schema), table_file(research, table))
+
+
+def derived_file(research: Path, table: Table) -> Path:
+    """File of a derived table (models, feature_sets) — features live per set, see features_file."""
+    return table_file(research, table)
+
+
+def features_file(research: Path, feature_set: str) -> Path:
+    return research / "features" / feature_set / "features.parquet"
+
+
+def ensure_derived_tables(research: Path) -> None:
+    """Empty files for the derived tables, so their views exist before any downstream run."""
+    for table in DERIVED_TABLES:
+        path = table_file(research, table)
+        if not path.exists():
+            write_parquet_atomic(table.schema.empty_table(), path)
+
+
+@contextlib.contextmanager
+def derived_lock(research: Path):
+    """Serialise writers of the derived tables (pretrain and extract-features may run at once)."""
+    path = catalog_dir(research) / ".derived.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def upsert(research: Path, table: Table, rows: list[dict]) -> int:
+    """Replace the rows of ``table`` with the same key as ``rows``, append the rest; atomic.
+
+    Call under :func:`derived_lock`. Returns the table's row count.
+    """
+    if table is FEATURES:
+        raise ValueError("features are written per feature set (features_file), not upserted")
+    path = table_file(research, table)
+    new = to_arrow(table, rows)
+    if path.exists():
+        old = pq.read_table(path, schema=table.schema)
+        keys = {tuple(r[k] for k in table.key) for r in rows}
+        keep = [i for i, r in enumerate(old.select(list(table.key)).to_pylist())
+                if tuple(r[k] for k in table.key) not in keys]
+        new = pa.concat_tables([old.take(pa.array(keep, pa.int64())), new])
+    write_parquet_atomic(new, path)
+    return new.num_rows

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import RESEARCH_TABLES, REPORTS, SERIES, SLICES
-from catalog.store import catalog_dir, table_file
+from catalog.schema import DERIVED_TABLES, FEATURES, MODELS, RESEARCH_TABLES, REPORTS, SERIES, SLICES
+from catalog.store import catalog_dir, ensure_derived_tables, table_file
 
 DB_NAME = "catalog.duckdb"
 
@@ -22,9 +22,19 @@ def _q(s: str) -> str:
 
 
 def _view_sql(research: Path, name: str) -> str:
-    path = table_file(research, next(t for t in RESEARCH_TABLES if t.name == name))
+    path = table_file(research, next(t for t in RESEARCH_TABLES + DERIVED_TABLES if t.name == name))
     root = _q(str(research.resolve()) + "/")
     src = f"read_parquet({_q(path.resolve())})"
+    if name == FEATURES.name:
+        # the (empty) table file plus every feature set present when the views were built
+        # (extract-features rebuilds them); a glob matching nothing would fail the view
+        files = [path] + sorted((research / "features").glob("*/features.parquet"))
+        src = f"read_parquet([{', '.join(_q(p.resolve()) for p in files)}])"
+        return (f"SELECT *, CASE WHEN grid_path IS NULL THEN NULL ELSE {root} || grid_path END AS grid_file "
+                f"FROM {src}")
+    if name == MODELS.name:
+        return (f"SELECT *, {root} || checkpoint_path AS checkpoint_file, "
+                f"{root} || loss_curve_path AS loss_curve_file FROM {src}")
     if name == SLICES.name:
         return f"SELECT *, {root} || png_path AS png_file FROM {src}"
     if name == SERIES.name:
@@ -38,9 +48,10 @@ def build_research_db(research: Path) -> Path:
     db = catalog_dir(research) / DB_NAME
     tmp = db.with_name(f".{DB_NAME}.tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
+    ensure_derived_tables(research)
     con = duckdb.connect(str(tmp))
     try:
-        for t in RESEARCH_TABLES:
+        for t in RESEARCH_TABLES + DERIVED_TABLES:
             con.execute(f"CREATE VIEW {t.name} AS {_view_sql(research, t.name)}")
         con.execute(
             "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "

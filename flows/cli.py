@@ -92,6 +92,23 @@ def _cmd_catalog_docs(a) -> int:
     return 0
 
 
+def _cmd_pretrain(a) -> int:
+    from flows.pretrain import pretrain
+    res = pretrain(out=a.out, query=a.query, recipe=a.recipe, init_weights=a.init_weights, run_name=a.run_name,
+                   nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def _cmd_features(a) -> int:
+    from flows.features import extract_features_flow
+    res = extract_features_flow(out=a.out, query=a.query, model=a.model, weights=a.weights, arch=a.arch,
+                                image_size=a.image_size, feature_set=a.feature_set, batch_size=a.batch_size,
+                                patch_grids=a.patch_grids, pool=a.pool)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mrifoundry", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -137,6 +154,30 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--path", default=str(Path(__file__).resolve().parent.parent / "docs" / "catalog.md"))
     d.add_argument("--check", action="store_true")
     d.set_defaults(fn=_cmd_catalog_docs)
+
+    t = sub.add_parser("pretrain", help="pretrain an encoder on catalog slices (flow pretrain)")
+    t.add_argument("--out", help="output root of the curation (its research/ catalog)")
+    t.add_argument("--query", default="SELECT png_file FROM training_slices", help="SQL returning png_file")
+    t.add_argument("--recipe", default="mri-core", help="mri-core | mri-core-tiny | mae | mae-tiny")
+    t.add_argument("--init-weights", help="local SAM checkpoint (recipes with init=sam)")
+    t.add_argument("--run-name")
+    t.add_argument("--nproc", type=int, default=1, help="DDP processes (torchrun) — GPUs, or CPU with gloo")
+    t.add_argument("--restart", action="store_true", help="ignore an existing train state of the run")
+    t.add_argument("--overrides", help='JSON, e.g. \'{"epochs": 2, "batch_size": 64}\'')
+    t.set_defaults(fn=_cmd_pretrain)
+
+    fe = sub.add_parser("features", help="embed catalog slices with a zoo model (flow extract-features)")
+    fe.add_argument("--out")
+    fe.add_argument("--query", default="SELECT slice_id FROM training_slices", help="SQL returning slice_id")
+    fe.add_argument("--model", default="mri-core", help="sam-vit-b | medsam | mri-core | dinov2-vit-b | random")
+    fe.add_argument("--weights", help="local weights file")
+    fe.add_argument("--arch", help="override the architecture preset (e.g. vit_tiny)")
+    fe.add_argument("--image-size", type=int)
+    fe.add_argument("--feature-set")
+    fe.add_argument("--batch-size", type=int, default=32)
+    fe.add_argument("--patch-grids", action="store_true")
+    fe.add_argument("--pool", default="mean", choices=["mean", "cls"])
+    fe.set_defaults(fn=_cmd_features)
 
     a = p.parse_args(argv)
     return a.fn(a)

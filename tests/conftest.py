@@ -87,3 +87,26 @@ def pytest_sessionfinish(session, exitstatus):
         subprocess.run([str(REPO / "deploy" / "worker.sh"), "stop"], cwd=REPO, capture_output=True)
         subprocess.run([str(REPO / "deploy" / "server.sh"), "stop"], cwd=REPO, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small_catalog(manifest, sample, tmp_path_factory) -> Path:
+    """Research root of a small curated catalog — one brain and one body exam, PNG only,
+    curated by the plain stage functions (no Prefect) — for the model tests."""
+    from mrifoundry.settings import CurateParams
+    from tasks.exam_pipeline import curate_exam
+    from tasks.finalize import finalize_catalog
+    from tasks.selection import select_exams
+    from tasks.workspace import Workspace
+    from tests.flows.helpers import copy_exams
+    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
+             and not any(s.get("defect") for s in e["series"])]
+    picked = [e for e in clean if e.get("body_part") == "brain"][:1] + [e for e in clean if e.get("body_part") != "brain"][:1]
+    archive, out = tmp_path_factory.mktemp("small-archive"), tmp_path_factory.mktemp("small-out")
+    copy_exams(manifest, sample, archive, lambda e: e in picked)
+    ws = Workspace(out)
+    params = CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_nifti=False)
+    for exam_id in select_exams(ws, params).exam_ids:
+        curate_exam(ws, params, exam_id)
+    finalize_catalog(ws)
+    return ws.research

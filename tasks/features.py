@@ -1,0 +1,149 @@
+"""Embed catalog slices with a zoo model; write features registered in the catalog.
+
+Output of one feature set (replaced as a whole when re-extracted):
+``OUT/research/features/<set>/features.parquet`` (one pooled vector per slice, table
+``features``) and, with ``patch_grids``, ``grids_<k>.npy`` shards of [n, D, h, w] float16
+patch grids (``features.grid_path``/``grid_index`` say where a slice's grid is). A row in
+``feature_sets`` records model, weights hash, query and size.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from catalog.schema import FEATURE_SETS, FEATURES, to_arrow
+from catalog.store import derived_lock, features_file, upsert, write_parquet_atomic
+from catalog.views import build_research_db, connect
+from mrifoundry import code_version
+from tasks.slice_dataset import load_slice
+
+
+def weights_digest(path: str | Path | None) -> str:
+    if not path:
+        return "random"
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def query_slice_rows(research: Path, sql: str) -> list[dict]:
+    """Rows of ``sql`` joined to the slices table: slice_id, series_id, exam_id, png_file.
+
+    The query must return ``slice_id`` (e.g. ``SELECT slice_id FROM training_slices WHERE …``).
+    """
+    con = connect(research)
+    try:
+        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
+        if "slice_id" not in cols:
+            raise ValueError("the feature query must return a slice_id column")
+        rows = con.execute(
+            f"SELECT s.slice_id, s.series_id, s.exam_id, s.png_file FROM (SELECT DISTINCT slice_id FROM ({sql})) q "
+            "JOIN slices s USING (slice_id) ORDER BY s.slice_id").fetchall()
+    finally:
+        con.close()
+    return [dict(zip(("slice_id", "series_id", "exam_id", "png_file"), r)) for r in rows]
+
+
+def prepare(paths: list[str], size: int, mean, std) -> torch.Tensor:
+    """PNGs → [B, 3, size, size]: slice-wise min-max to [0, 1], bilinear resize, grey → 3
+    channels, then the model's own normalisation."""
+    imgs = torch.stack([F.interpolate(load_slice(p)[None], size=(size, size), mode="bilinear",
+                                      antialias=True, align_corners=False)[0] for p in paths])
+    imgs = imgs.clamp(0, 1).expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=imgs.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=imgs.dtype).view(1, 3, 1, 1)
+    return (imgs - m) / s
+
+
+def extract_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
+                     batch_size: int = 32, patch_grids: bool = False, pool: str = "mean", shard_size: int = 1024,
+                     device: str = "cpu", on_progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Embed the slices of ``sql`` with ``model`` (a ``models.zoo.ZooModel``).
+
+    Pooling ``mean`` averages the patch grid; ``cls`` takes the cls token (DINOv2-family
+    models only). Returns the ``feature_sets`` row.
+    """
+    if not feature_set.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"feature set name {feature_set!r}: letters, digits, - and _ only")
+    rows = query_slice_rows(research, sql)
+    final_dir = features_file(research, feature_set).parent
+    work = final_dir.with_name(f".{feature_set}.tmp{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    encoder = model.encoder.to(device).eval()
+    out_rows, shard, shard_k, dim = [], [], 0, None
+    t0 = time.perf_counter()
+
+    def flush_shard():
+        nonlocal shard, shard_k
+        if shard:
+            np.save(work / f"grids_{shard_k:05d}.npy", np.concatenate(shard).astype(np.float16))
+            shard, shard_k = [], shard_k + 1
+
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start:start + batch_size]
+                x = prepare([r["png_file"] for r in batch], model.image_size, model.mean, model.std).to(device)
+                grid = model.embed(x)                     # [B, D, h, w]
+                vec = grid.mean(dim=(2, 3)) if pool == "mean" else model.pooled(x, pool=pool)
+                vec = vec.float().cpu().numpy()
+                dim = vec.shape[1]
+                for i, r in enumerate(batch):
+                    rec = {"feature_set": feature_set, "slice_id": r["slice_id"], "series_id": r["series_id"],
+                           "exam_id": r["exam_id"], "embedding": vec[i].tolist(), "grid_path": None, "grid_index": None}
+                    if patch_grids:
+                        rec["grid_path"] = f"features/{feature_set}/grids_{shard_k:05d}.npy"
+                        rec["grid_index"] = sum(len(a) for a in shard) + i
+                    out_rows.append(rec)
+                if patch_grids:
+                    shard.append(grid.float().cpu().numpy())
+                    if sum(len(a) for a in shard) >= shard_size:
+                        flush_shard()
+                if on_progress:
+                    done = min(start + batch_size, len(rows))
+                    on_progress(done, len(rows), done / max(time.perf_counter() - t0, 1e-9))
+        flush_shard()
+        tbl = to_arrow(FEATURES, out_rows) if out_rows else FEATURES.schema.empty_table()
+        write_parquet_atomic(tbl, work / "features.parquet")
+        row = {"feature_set": feature_set, "model": model.name,
+               "weights": Path(weights).name if weights else "random", "weights_sha256": weights_digest(weights),
+               "image_size": int(model.image_size), "dim": int(dim or model.embed_dim), "pool": pool, "query": sql,
+               "n_slices": len(out_rows), "patch_grids": patch_grids,
+               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
+        with derived_lock(research):
+            # swap the whole set in: readers see the old set or the new one, never a mix
+            old = final_dir.with_name(f".{feature_set}.old{os.getpid()}")
+            if final_dir.exists():
+                final_dir.rename(old)
+            work.rename(final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            upsert(research, FEATURE_SETS, [row])
+            build_research_db(research)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def load_features(research: Path, feature_set: str) -> tuple[list[str], np.ndarray]:
+    """(slice_ids, [n, D] float32 matrix) of a feature set — for probing and FRD."""
+    import pyarrow.parquet as pq
+    tbl = pq.read_table(features_file(research, feature_set), columns=["slice_id", "embedding"])
+    emb = tbl.column("embedding").combine_chunks()
+    flat = np.asarray(emb.flatten(), dtype=np.float32)
+    n = len(tbl)
+    return tbl.column("slice_id").to_pylist(), flat.reshape(n, -1) if n else flat.reshape(0, 0)
+
+
+__all__ = ["extract_features", "load_features", "query_slice_rows", "weights_digest", "prepare"]
