@@ -162,13 +162,13 @@ def render_markdown(res: dict) -> str:
         f"Device: **{res['device']}**, torch {res['torch']}, bf16 autocast.", "",
         "| workload | batch | images/s | peak memory | vs target 800/s (H100) | vs MRI-CORE 160/s (A6000) |",
         "|---|---|---|---|---|---|",
-        f"| ViT-B/16 224² fwd+bwd+AdamW | {v['batch']} | {v['images_per_s']:.0f} | {mem(v['peak_mem_gib'])} | "
+        f"| {v['arch']} {v['size']}² fwd+bwd+AdamW | {v['batch']} | {v['images_per_s']:.0f} | {mem(v['peak_mem_gib'])} | "
         f"{v['images_per_s'] / TARGET_H100:.2f}× | {v['images_per_s'] / MRI_CORE_A6000:.2f}× |",
-        f"| DINOv2 step (2×224 + 8×96, iBOT, 65k head, EMA) | {d['batch']} | {d['images_per_s']:.0f} | "
+        f"| DINOv2 step, recipe {d['recipe']} (2 global + local crops, iBOT, head, EMA) | {d['batch']} | {d['images_per_s']:.0f} | "
         f"{mem(d['peak_mem_gib'])} | {res['ratio_vs_target']:.2f}× | {res['ratio_vs_mri_core_a6000']:.2f}× |",
         "",
-        f"ViT step: {v['tflops_per_image_fwd_bwd'] * 1e3:.0f} GFLOP per image (fwd+bwd, FlopCounterMode), "
-        f"{v['achieved_tflops']:.0f} TFLOP/s achieved."])
+        f"ViT step: {v['tflops_per_image_fwd_bwd'] * 1e3:.2f} GFLOP per image (fwd+bwd, FlopCounterMode), "
+        f"{v['achieved_tflops']:.2f} TFLOP/s achieved."])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,15 +55,11 @@ def query_slice_rows(research: Path, sql: str) -> list[dict]:
     return [dict(zip(("slice_id", "series_id", "exam_id", "png_file"), r)) for r in rows]
 
 
-def prepare(paths: list[str], size: int, mean, std) -> torch.Tensor:
-    """PNGs → [B, 3, size, size]: slice-wise min-max to [0, 1], bilinear resize, grey → 3
-    channels, then the model's own normalisation."""
-    imgs = torch.stack([F.interpolate(load_slice(p)[None], size=(size, size), mode="bilinear",
-                                      antialias=True, align_corners=False)[0] for p in paths])
-    imgs = imgs.clamp(0, 1).expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=imgs.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=imgs.dtype).view(1, 3, 1, 1)
-    return (imgs - m) / s
+def load_batch(paths: list[str], size: int) -> torch.Tensor:
+    """PNGs → [B, 1, size, size] in [0, 1]: slice-wise min-max, bilinear (antialiased) resize
+    so slices of any matrix stack; the zoo model applies its own normalisation."""
+    return torch.stack([F.interpolate(load_slice(p)[None], size=(size, size), mode="bilinear",
+                                      antialias=True, align_corners=False)[0] for p in paths]).clamp(0, 1)
 
 
 def extract_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
@@ -95,7 +91,7 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
         with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
                 batch = rows[start:start + batch_size]
-                x = prepare([r["png_file"] for r in batch], model.image_size, model.mean, model.std).to(device)
+                x = load_batch([r["png_file"] for r in batch], model.image_size).to(device)
                 grid = model.embed(x)                     # [B, D, h, w]
                 vec = grid.mean(dim=(2, 3)) if pool == "mean" else model.pooled(x, pool=pool)
                 vec = vec.float().cpu().numpy()
@@ -146,4 +142,4 @@ def load_features(research: Path, feature_set: str) -> tuple[list[str], np.ndarr
     return tbl.column("slice_id").to_pylist(), flat.reshape(n, -1) if n else flat.reshape(0, 0)
 
 
-__all__ = ["extract_features", "load_features", "query_slice_rows", "weights_digest", "prepare"]
+__all__ = ["extract_features", "load_features", "query_slice_rows", "weights_digest", "load_batch"]

@@ -389,8 +389,8 @@ def _dino_step(batch: dict, model, teacher: DinoNet, dino_loss: DINOLoss, ibot_l
         student_logits += list(out["cls_local"].chunk(cfg.n_local))
     l_dino = dino_loss(student_logits, list(t_dino), n_global=n_g)
     weights = mask_weights(masks)
-    n_masked_images = int((masks.sum(-1) > 0).sum())
-    l_ibot = ibot_loss.forward_masked(out["patch"], t_ibot, weights, n_masked_images)
+    # DINOv2 divides by every global crop, masked or not (so the iBOT term scales with the mask probability)
+    l_ibot = ibot_loss.forward_masked(out["patch"], t_ibot, weights, masks.shape[0])
     l_koleo = sum(koleo(c) for c in out["cls_backbone"].chunk(n_g))
     loss = cfg.dino_weight * l_dino + cfg.ibot_weight * l_ibot + cfg.koleo_weight * l_koleo
     return {"loss": loss, "dino": l_dino, "ibot": l_ibot, "koleo": l_koleo}, bsz

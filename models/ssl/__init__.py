@@ -1,0 +1,28 @@
+"""Self-supervised objectives and their plumbing: DINO/iBOT/KoLeo losses, block masking,
+multi-crop augmentation, cosine schedules, the EMA teacher update and MAE.
+
+One module per concern, so a meta-architecture composes the objectives by weight.
+"""
+from models.ssl.ema import update_teacher
+from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from models.ssl.mae import MAE
+from models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
+from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
+from models.ssl.schedules import Schedules, build_schedules, cosine_schedule
+
+__all__ = [
+    "DINOLoss",
+    "KoLeoLoss",
+    "MAE",
+    "MaskingGenerator",
+    "MultiCrop",
+    "MultiCropConfig",
+    "Schedules",
+    "build_schedules",
+    "collate_multicrop",
+    "cosine_schedule",
+    "iBOTPatchLoss",
+    "mask_weights",
+    "sample_masks",
+    "update_teacher",
+]
