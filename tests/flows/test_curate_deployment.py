@@ -133,3 +133,37 @@ def test_second_run_adds_nothing_and_redoes_nothing(demo):
     con.close()
     assert after == before
     assert _ledger_attempts(out) == attempts, "a finished item was redone"
+
+
+def test_pretrain_and_extract_features_deployments_on_the_demo_catalog(demo, manifest):
+    """`prefect deployment run pretrain/pretrain-mri-core` (tiny recipe) on the demo catalog,
+    then `extract-features` with the checkpoint it wrote: both land in the catalog."""
+    out, _ = demo
+    r = subprocess.run([PREFECT, "deployment", "run", "pretrain/pretrain-mri-core", "-p", "recipe=mri-core-tiny",
+                        "-p", f"out={out}", "-p", "run_name=tiny-demo", "-p", 'overrides={"max_iterations": 3}',
+                        "--watch", "--watch-timeout", "600"], cwd=REPO, capture_output=True, text=True, timeout=700)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    con = connect(out / "research")
+    row = con.execute("SELECT iterations, n_slices, checkpoint_file, loss_curve_file, final_loss FROM models "
+                      "WHERE model_id = 'tiny-demo'").fetchone()
+    n_train = con.execute("SELECT COUNT(*) FROM training_slices").fetchone()[0]
+    con.close()
+    assert row is not None and row[0] == 3 and row[1] == n_train
+    ckpt, curve = Path(row[2]), Path(row[3])
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    art = subprocess.run([PREFECT, "artifact", "inspect", "pretrain-loss-curve"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, COLUMNS="2000"))  # no line wrapping
+    assert str(curve) in art.stdout
+    r = subprocess.run([PREFECT, "deployment", "run", "extract-features/extract-features", "-p", f"out={out}",
+                        "-p", f"weights={ckpt}", "-p", "arch=vit_tiny", "-p", "image_size=64",
+                        "-p", "feature_set=tiny-demo", "-p",
+                        "query=SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 30",
+                        "--watch", "--watch-timeout", "600"], cwd=REPO, capture_output=True, text=True, timeout=700)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    con = connect(out / "research")
+    n, dim = con.execute("SELECT COUNT(*), MAX(len(embedding)) FROM features WHERE feature_set = 'tiny-demo'").fetchone()
+    con.close()
+    assert (n, dim) == (30, 64)
+    # nothing the downstream flows wrote (run dirs, features, Prefect's database) carries PHI
+    hits = find_phi([out / "research" / "models", out / "research" / "features"], manifest)
+    assert not hits, hits[:10]
