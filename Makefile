@@ -6,7 +6,7 @@ VAR := $(CURDIR)/var
 ENV := source deploy/env.sh &&
 export MRIFOUNDRY_HOME ?= $(VAR)
 
-.PHONY: demo pacs-demo test venv sample server deploy worker stop clean-var bench docs
+.PHONY: demo demo-pretrain pacs-demo test venv sample server deploy worker stop clean-var bench docs
 
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,19 @@ pacs-demo: venv
 	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-pacs-demo --watch --watch-timeout 1800; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/pacs-demo" \
 	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"
+
+## demo-pretrain: after `make demo`: the tiny MRI-CORE recipe (40 iterations, CPU) on the demo catalog, then its features
+demo-pretrain: venv
+	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop' EXIT; \
+	test -f "$$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb" || { echo "run make demo first"; exit 1; }; \
+	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
+	$(ENV) $(VENV)/bin/prefect deployment run pretrain/pretrain-demo --watch --watch-timeout 900; \
+	$(ENV) $(VENV)/bin/prefect deployment run extract-features/extract-features -p out="{home}/demo" \
+	  -p pretrained=mri-core-tiny-demo -p "query=SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 500" \
+	  --watch --watch-timeout 900; \
+	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	  "SELECT model_id, iterations, round(final_loss, 3) AS final_loss, loss_curve_file FROM models"; \
+	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" "SELECT feature_set, model, n_slices, dim FROM feature_sets"
 
 ## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
 test: venv

@@ -189,3 +189,36 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+RECORDED = Path(__file__).resolve().parent / "results" / "gpu_pretrain.json"
+
+
+def section(tiny: bool = False) -> dict:
+    """The ``GPU pretraining`` section of docs/benchmarks.md (bench/run.py): measured now on
+    CUDA; else the figures recorded on a lent GPU machine (bench/results/gpu_pretrain.json,
+    written by ``python -m bench.gpu_pretrain --json …`` there); else a note that none exist."""
+    if torch.cuda.is_available():
+        res, source = run(tiny, None, 20, 5), "measured in this run"
+    elif RECORDED.exists():
+        res, source = json.loads(RECORDED.read_text()), f"recorded in `{RECORDED.relative_to(RECORDED.parents[2])}`"
+    else:
+        return {"tables": [], "targets": [{
+            "name": "DINOv2 step, ViT-B/16 224², batch 128, bf16 (one H100)", "target": f"≥ {TARGET_H100:.0f} images/s",
+            "measured": "not measured: no GPU was lent to the sessions so far", "met": False}],
+            "note": "no GPU figures yet", "raw": None}
+    d, v = res["dino"], res["vit"]
+    mem = (lambda x: round(x, 1) if x is not None else "n/a")  # noqa: E731
+    rows = [[f"{v['arch']} {v['size']}² fwd+bwd+AdamW", v["batch"], round(v["images_per_s"], 1), mem(v["peak_mem_gib"]),
+             round(v["images_per_s"] / TARGET_H100, 2)],
+            [f"DINOv2 step ({d['recipe']})", d["batch"], round(d["images_per_s"], 1), mem(d["peak_mem_gib"]),
+             round(res["ratio_vs_target"], 2)]]
+    return {"tables": [{"title": f"{res['device']}, torch {res['torch']} ({source})",
+                        "headers": ["workload", "batch", "images/s", "peak GiB", "ratio vs 800/s target"],
+                        "rows": rows,
+                        "note": f"MRI-CORE's rate: {MRI_CORE_A6000:.0f} images/s per A6000; ours / theirs = "
+                                f"{res['ratio_vs_mri_core_a6000']:.2f}."}],
+            "targets": [{"name": "DINOv2 step, ViT-B/16 224², batch 128, bf16 (one GPU)",
+                         "target": f"≥ {TARGET_H100:.0f} images/s", "measured": f"{d['images_per_s']:.0f} images/s",
+                         "met": d["images_per_s"] >= TARGET_H100 and not res.get("tiny")}],
+            "raw": res}

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench import catalog_scale, conversion, curation, scaling
+from bench import catalog_scale, conversion, curation, gpu_pretrain, scaling
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
-SECTIONS = ("conversion", "curation", "flows", "rss", "catalog")
+SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "gpu")
 MODES = {
     # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
     "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
@@ -48,6 +48,12 @@ INTROS = {
     "Catalog at Duke-110K size": (
         "Exams, series, slices and stage_results generated column-wise with the catalog schemas and the "
         "project's Parquet writer, views from `catalog.views.build_research_db`, queries through DuckDB."),
+    "GPU pretraining": (
+        "`bench/gpu_pretrain.py`: a ViT-B/16 forward + backward + AdamW step at 224², and the real DINOv2 "
+        "training step of `tasks.pretrain` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
+        "forward, EMA) on synthetic crops, batch 128, bf16 autocast — the GPU-bound ceiling of the MRI-CORE "
+        "recipe. Measured live when this machine has CUDA, else taken from the figures recorded on a lent GPU "
+        "machine. Target: ≥ 800 images/s on one H100 (MRI-CORE: ≈ 160 images/s per A6000)."),
 }
 
 
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             flows="flows" in chosen))
     if "catalog" in chosen:
         section("Catalog at Duke-110K size", lambda: catalog_scale.run(cfg["scale"], cfg["query_runs"]))
+    if "gpu" in chosen:
+        section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
     elapsed = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))

@@ -104,7 +104,7 @@ def _cmd_features(a) -> int:
     from flows.features import extract_features_flow
     res = extract_features_flow(out=a.out, query=a.query, model=a.model, weights=a.weights, arch=a.arch,
                                 image_size=a.image_size, feature_set=a.feature_set, batch_size=a.batch_size,
-                                patch_grids=a.patch_grids, pool=a.pool)
+                                patch_grids=a.patch_grids, pool=a.pool, pretrained=a.pretrained)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--batch-size", type=int, default=32)
     fe.add_argument("--patch-grids", action="store_true")
     fe.add_argument("--pool", default="mean", choices=["mean", "cls"])
+    fe.add_argument("--pretrained", help="a model_id of the catalog's models table (a pretrain run) instead of --model/--weights")
     fe.set_defaults(fn=_cmd_features)
 
     a = p.parse_args(argv)

@@ -13,6 +13,23 @@ from flows.pretrain import _expand, _research
 from tasks.features import extract_features
 
 
+def pretrained_checkpoint(research, model_id: str) -> tuple[str, str]:
+    """(checkpoint file, arch) of a ``models`` row.
+
+    Raises:
+        LookupError: no such run in the catalog, or it has no checkpoint yet.
+    """
+    from catalog.views import connect
+    con = connect(research)
+    try:
+        row = con.execute("SELECT checkpoint_file, arch FROM models WHERE model_id = ?", [model_id]).fetchone()
+    finally:
+        con.close()
+    if row is None or row[0] is None:
+        raise LookupError(f"no pretrained model {model_id!r} with a checkpoint in the catalog's models table")
+    return row[0], row[1]
+
+
 @task(name="embed-slices")
 def embed_task(research: str, query: str, model: str, weights: str | None, arch: str | None,
                image_size: int | None, feature_set: str, batch_size: int, patch_grids: bool, pool: str) -> dict:
@@ -37,12 +54,15 @@ def embed_task(research: str, query: str, model: str, weights: str | None, arch:
 def extract_features_flow(out: str | None = None, query: str = "SELECT slice_id FROM training_slices",
                           model: str = "mri-core", weights: str | None = None, arch: str | None = None,
                           image_size: int | None = None, feature_set: str | None = None, batch_size: int = 32,
-                          patch_grids: bool = False, pool: str = "mean") -> dict:
+                          patch_grids: bool = False, pool: str = "mean", pretrained: str | None = None) -> dict:
     """Embed ``query``'s slices (it returns slice_id) with zoo entry ``model`` loaded from the
-    local ``weights`` ({home} expands to MRIFOUNDRY_HOME; a ``models`` row's checkpoint works
-    for mri-core); write feature set ``feature_set`` (default: the model name)."""
+    local ``weights`` ({home} expands to MRIFOUNDRY_HOME); write feature set ``feature_set``
+    (default: the model name). ``pretrained=<model_id>`` takes a run of the ``pretrain`` flow
+    from the catalog's ``models`` table instead (its latest teacher checkpoint and arch)."""
     research = _research(out)
-    name = feature_set or model
+    if pretrained:
+        model, weights, arch = "mri-core", *pretrained_checkpoint(research, pretrained)
+    name = feature_set or pretrained or model
     row = embed_task(str(research), query, model, _expand(weights), arch, image_size, name, batch_size,
                      patch_grids, pool)
     create_markdown_artifact(

@@ -154,9 +154,10 @@ def test_pretrain_and_extract_features_deployments_on_the_demo_catalog(demo, man
     art = subprocess.run([PREFECT, "artifact", "inspect", "pretrain-loss-curve"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, env=dict(os.environ, COLUMNS="2000"))  # no line wrapping
     assert str(curve) in art.stdout
+    assert ckpt.exists()
+    # by model_id: the flow takes checkpoint and arch from the models table
     r = subprocess.run([PREFECT, "deployment", "run", "extract-features/extract-features", "-p", f"out={out}",
-                        "-p", f"weights={ckpt}", "-p", "arch=vit_tiny", "-p", "image_size=64",
-                        "-p", "feature_set=tiny-demo", "-p",
+                        "-p", "pretrained=tiny-demo", "-p",
                         "query=SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 30",
                         "--watch", "--watch-timeout", "600"], cwd=REPO, capture_output=True, text=True, timeout=700)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -42,36 +42,35 @@ def test_query_must_return_png_file(small_catalog):
 
 
 def test_dino_loss_falls_when_overfitting_one_batch(slice_paths):
-    """A fixed batch of crops and a fixed teacher (momentum 1): the student fits the targets and
-    the total loss falls. (With a moving teacher one batch collapses to the uniform output
-    the centring drives it to — the loss then rises to ≈ 2·log K, which is why DINO needs data.)"""
+    """One fixed batch, fixed masks, a frozen teacher and frozen centres (momentum 1): the
+    targets are fixed, so the real training step must fit them and the total loss falls.
+    Measured over 5 random batches: last/first 0.37–0.51 after 60 steps. (With a moving
+    teacher and centring, one batch collapses towards the uniform output instead.)"""
     torch.manual_seed(0)
     cfg = _tiny(batch_size=8)
-    backbone = build_backbone(cfg)
-    student = DinoNet(backbone, DINOHead(64, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim))
-    teacher = DinoNet(build_backbone(cfg), DINOHead(64, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim))
+    head = (64, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+    student = DinoNet(build_backbone(cfg), DINOHead(*head))
+    teacher = DinoNet(build_backbone(cfg), DINOHead(*head))
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    crop = MultiCrop(MultiCropConfig(global_size=64, local_size=32, n_local=2))
-    ds = SliceDataset(slice_paths[:8], crop)
+    ds = SliceDataset(slice_paths[::max(1, len(slice_paths) // 8)][:8],
+                      MultiCrop(MultiCropConfig(global_size=64, local_size=32, n_local=2)))
     batch = collate_multicrop([ds[i] for i in range(8)])
-    dino, ibot, koleo = DINOLoss(cfg.head_out_dim), iBOTPatchLoss(cfg.head_out_dim), KoLeoLoss()
-    opt = torch.optim.AdamW(student.parameters(), lr=2e-3)
+    dino = DINOLoss(cfg.head_out_dim, center_momentum=1.0)
+    ibot = iBOTPatchLoss(cfg.head_out_dim, center_momentum=1.0)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     masker = MaskingGenerator((4, 4), max_num_patches=8)
-    from models.ssl.ema import update_teacher
     losses = []
-    for it in range(40):
-        parts, _ = _dino_step(batch, student, teacher, dino, ibot, koleo, masker, cfg,
-                              {"teacher_temp": 0.04}, Dist(), 0)  # same masks every step: one batch
+    for _ in range(60):
+        parts, _ = _dino_step(batch, student, teacher, dino, ibot, KoLeoLoss(), masker, cfg,
+                              {"teacher_temp": 0.04}, Dist(), 0)  # iteration 0 every time: the same masks
         opt.zero_grad()
         parts["loss"].backward()
         opt.step()
-        update_teacher(teacher, student, 1.0)
         losses.append(float(parts["loss"].detach()))
     assert all(np.isfinite(losses))
-    # measured: 10.7 → 8.2 (the floor is the teacher's entropy, not 0)
-    assert np.mean(losses[-5:]) < 0.85 * losses[0], losses
-    assert np.mean(losses[-5:]) < min(losses[:3]), losses
+    assert np.mean(losses[-5:]) < 0.65 * losses[0], losses
+    assert dino.center.abs().sum() == 0  # the centres stayed frozen: the targets never moved
 
 
 def test_train_writes_mri_core_checkpoint_that_loads_through_the_zoo(slice_paths, tmp_path):
