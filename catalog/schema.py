@@ -210,9 +210,48 @@ FEATURES = Table(
     ),
 )
 
+DATASETS = Table(
+    "datasets", "research", ("dataset_id",),
+    "One row per labelled (segmentation) dataset ingested by tasks/labelled.py.",
+    (
+        Column("dataset_id", S, "name of the dataset (OUT/research/labelled/<dataset_id>/)"),
+        Column("source", S, "input kind: nifti-pairs (imagesTr/labelsTr), png-list (MRI-CORE list file), "
+                            "mni152-wm, phantom …"),
+        Column("root", S, "folder or list file it was ingested from (a path; public/de-identified data only)"),
+        Column("n_patients", I, "patients (cases) ingested, skipped cases excluded"),
+        Column("n_slices", I, "2D slices ingested (labelled_slices rows)"),
+        Column("label_names", S, "JSON object {label value: name}, e.g. {\"0\": \"background\", \"1\": \"wm\"}"),
+        Column("split_seed", I, "seed of the patient-level train/val/test split"),
+        Column("created_at", TS, "when the ingest finished"),
+        Column("code_version", S, "mrifoundry version and git commit"),
+    ),
+)
+
+LABELLED_SLICES = Table(
+    "labelled_slices", "research", ("dataset_id", "slice_id"),
+    "One row per 2D slice of a labelled dataset: image PNG (per-slice min-max) and uint8 label mask PNG.",
+    (
+        Column("dataset_id", S, "dataset (datasets.dataset_id)"),
+        Column("slice_id", S, "patient_id + '_z' + slice index, unique within the dataset"),
+        Column("patient_id", S, "opaque case id from the public dataset's file name (NIfTI case stem or the "
+                                "png-list rule); never an MRN"),
+        Column("split", S, "train, val or test; assigned per patient (seeded), so a patient is in one split"),
+        Column("slice_index", I, "index along the slicing axis of the RAS volume (png-list: order in the list)"),
+        Column("image_path", S, "image PNG (uint8, min-max per slice) relative to the research root"),
+        Column("mask_path", S, "mask PNG (uint8 label values) relative to the research root"),
+        Column("width", I, "PNG width"),
+        Column("height", I, "PNG height"),
+        Column("spacing_x", F, "pixel spacing along the width, mm (NIfTI header); null for PNG input"),
+        Column("spacing_y", F, "pixel spacing along the height, mm (NIfTI header); null for PNG input"),
+        Column("slice_thickness", F, "voxel size along the slicing axis, mm; null for PNG input"),
+        Column("has_foreground", B, "the mask has a non-zero pixel"),
+        Column("foreground_fraction", F, "fraction of non-zero mask pixels"),
+    ),
+)
+
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
 #: written by downstream flows (pretrain, extract-features), not by curation
-DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES)
+DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, DATASETS, LABELLED_SLICES)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

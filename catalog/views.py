@@ -11,7 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import DERIVED_TABLES, FEATURES, MODELS, RESEARCH_TABLES, REPORTS, SERIES, SLICES
+from catalog.schema import (DERIVED_TABLES, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS, SERIES,
+                            SLICES)
 from catalog.store import catalog_dir, ensure_derived_tables, table_file
 
 DB_NAME = "catalog.duckdb"
@@ -35,6 +36,9 @@ def _view_sql(research: Path, name: str) -> str:
     if name == MODELS.name:
         return (f"SELECT *, {root} || checkpoint_path AS checkpoint_file, "
                 f"{root} || loss_curve_path AS loss_curve_file FROM {src}")
+    if name == LABELLED_SLICES.name:
+        return (f"SELECT *, {root} || image_path AS image_file, "
+                f"{root} || mask_path AS mask_file FROM {src}")
     if name == SLICES.name:
         return f"SELECT *, {root} || png_path AS png_file FROM {src}"
     if name == SERIES.name:
