@@ -249,9 +249,29 @@ LABELLED_SLICES = Table(
     ),
 )
 
+EVALUATIONS = Table(
+    "evaluations", "research", ("eval_id", "metric"),
+    "One row per (evaluation run, metric): linear probing, zero-shot and few-shot segmentation, FRD.",
+    (
+        Column("eval_id", S, "evaluation run name"),
+        Column("kind", S, "linear-probe, zero-shot, few-shot or frd"),
+        Column("model", S, "zoo entry, or a pretrain run's model_id"),
+        Column("weights_sha256", S, "SHA-256 prefix of the weights file, or 'random'"),
+        Column("dataset", S, "labelled dataset_id, or the SQL that chose the slices"),
+        Column("metric", S, "metric name, e.g. accuracy, dice_2d, dice_3d, nsd_3d, dice_k16, frd"),
+        Column("value", F, "metric value"),
+        Column("std", F, "standard deviation over repeats; null for a single run"),
+        Column("n", I, "items the metric is computed over (slices, patients or images)"),
+        Column("details", S, "JSON: parameters and per-item results"),
+        Column("picture_path", S, "PNG (confusion matrix, overlays, curves) relative to the research root; null if none"),
+        Column("created_at", TS, "when the evaluation finished"),
+        Column("code_version", S, "mrifoundry version and git commit"),
+    ),
+)
+
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
 #: written by downstream flows (pretrain, extract-features), not by curation
-DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, DATASETS, LABELLED_SLICES)
+DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, DATASETS, LABELLED_SLICES, EVALUATIONS)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

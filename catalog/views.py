@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import (DERIVED_TABLES, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS, SERIES,
+from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS, SERIES,
                             SLICES)
 from catalog.store import catalog_dir, ensure_derived_tables, table_file
 
@@ -32,6 +32,9 @@ def _view_sql(research: Path, name: str) -> str:
         files = [path] + sorted((research / "features").glob("*/features.parquet"))
         src = f"read_parquet([{', '.join(_q(p.resolve()) for p in files)}])"
         return (f"SELECT *, CASE WHEN grid_path IS NULL THEN NULL ELSE {root} || grid_path END AS grid_file "
+                f"FROM {src}")
+    if name == EVALUATIONS.name:
+        return (f"SELECT *, CASE WHEN picture_path IS NULL THEN NULL ELSE {root} || picture_path END AS picture_file "
                 f"FROM {src}")
     if name == MODELS.name:
         return (f"SELECT *, {root} || checkpoint_path AS checkpoint_file, "

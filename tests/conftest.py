@@ -91,8 +91,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def small_catalog(manifest, sample, tmp_path_factory) -> Path:
-    """Research root of a small curated catalog — one brain and one body exam, PNG only,
-    curated by the plain stage functions (no Prefect) — for the model tests."""
+    """Research root of a small curated catalog — one brain and two body exams, PNG only,
+    curated by the plain stage functions (no Prefect) — for the model and evaluation tests."""
     from mrifoundry.settings import CurateParams
     from tasks.exam_pipeline import curate_exam
     from tasks.finalize import finalize_catalog
@@ -101,7 +101,13 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]
-    picked = [e for e in clean if e.get("body_part") == "brain"][:1] + [e for e in clean if e.get("body_part") != "brain"][:1]
+    picked, patients = [], set()
+    # one brain (real MNI anatomy) and two body exams, three different patients
+    for want_brain in (True, False, False):
+        e = next(e for e in clean if (str(e.get("body_part")).lower() == "brain") == want_brain
+                 and e["patient_mrn"] not in patients and e not in picked)
+        picked.append(e)
+        patients.add(e["patient_mrn"])
     archive, out = tmp_path_factory.mktemp("small-archive"), tmp_path_factory.mktemp("small-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
     ws = Workspace(out)

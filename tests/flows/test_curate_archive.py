@@ -30,7 +30,7 @@ def curated(prefect_server, sample, manifest, tmp_path_factory):
     extra = [e for e in manifest["exams"] if e.get("in_archive") and e not in exams and
              any(s["orientation"] == "oblique" for s in e["series"])][:1]
     extra += [e for e in manifest["exams"] if e.get("in_archive") and e not in exams and
-              e.get("body_part") == "brain"][:1]
+              str(e.get("body_part")).lower() == "brain"][:1]
     exams += copy_exams(manifest, sample, archive, lambda e: e in extra)
     state = curate(archive=str(archive), reports=None, out=str(out), return_state=True)
     return out, exams, state

@@ -1,0 +1,90 @@
+"""Evaluation flows: ``linear-probe`` and ``zero-shot`` (more in docs/evaluation.md).
+
+Wiring only (tasks/evaluate.py). A model is a zoo entry with local weights, or a
+``pretrain`` run of the catalog (``pretrained=<model_id>``). Results land in the catalog's
+``evaluations`` table; pictures are linked as artifacts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from flows.features import pretrained_checkpoint
+from flows.pretrain import _expand, _research
+
+
+def resolve_model(research: Path, model: str, weights: str | None, arch: str | None, image_size: int | None,
+                  pretrained: str | None, seed: int = 0):
+    """(ZooModel, label, weights sha) for the flow parameters."""
+    import torch
+
+    from models import zoo
+    from tasks.features import weights_digest
+    if pretrained:
+        weights, arch = pretrained_checkpoint(research, pretrained)
+        model, label = "mri-core", pretrained
+    else:
+        weights, label = _expand(weights), model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    opts = {"seed": seed} if model == "random" else {}
+    return zoo.load(model, weights, arch=arch, image_size=image_size, device=device, **opts), label, \
+        weights_digest(weights)
+
+
+@task(name="linear-probe")
+def probe_task(research: str, eval_id: str, query: str, model: str, weights: str | None, arch: str | None,
+               image_size: int | None, pretrained: str | None, epochs: int, seed: int) -> dict:
+    from tasks.evaluate import linear_probe_eval
+    m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
+    return linear_probe_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha, query=query,
+                             epochs=epochs, seed=seed)
+
+
+@task(name="zero-shot")
+def zero_shot_task(research: str, eval_id: str, dataset_id: str, split: str, k_values: list[int], model: str,
+                   weights: str | None, arch: str | None, image_size: int | None, pretrained: str | None,
+                   seed: int) -> dict:
+    from tasks.evaluate import zero_shot_eval
+    m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
+    res = zero_shot_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha,
+                         dataset_id=dataset_id, split=split, k_values=tuple(k_values), seed=seed)
+    return {**res, "dice_per_k": {str(k): v for k, v in res["dice_per_k"].items()}}
+
+
+@flow(name="linear-probe", log_prints=False)
+def linear_probe(out: str | None = None,
+                 query: str = "SELECT png_file, patient_id, body_part AS label FROM training_slices",
+                 model: str = "mri-core", weights: str | None = None, arch: str | None = None,
+                 image_size: int | None = None, pretrained: str | None = None, eval_id: str | None = None,
+                 epochs: int = 100, seed: int = 0) -> dict:
+    """Linear probing: ``query`` returns png_file, patient_id, label; patient-level 60:40 split."""
+    research = _research(out)
+    name = eval_id or f"probe-{pretrained or model}"
+    res = probe_task(str(research), name, query, model, weights, arch, image_size, pretrained, epochs, seed)
+    get_run_logger().info("linear probe %s: accuracy %.3f (balanced %.3f) on %d test slices", name, res["accuracy"],
+                          res["balanced_accuracy"], res["n_test"])
+    create_link_artifact(f"file://{res['confusion_png']}", link_text="confusion matrix (PNG)", key="probe-confusion")
+    create_markdown_artifact(f"# Linear probe `{name}`\n\naccuracy **{res['accuracy']:.3f}**, balanced "
+                             f"{res['balanced_accuracy']:.3f}, {res['n_test']} test slices, classes "
+                             f"{', '.join(res['classes'])}", key="probe-summary")
+    return res
+
+
+@flow(name="zero-shot", log_prints=False)
+def zero_shot(dataset_id: str, out: str | None = None, split: str = "test",
+              k_values: list[int] = (4, 8, 16, 32, 64, 128), model: str = "mri-core", weights: str | None = None,
+              arch: str | None = None, image_size: int | None = None, pretrained: str | None = None,
+              eval_id: str | None = None, seed: int = 0) -> dict:
+    """Zero-shot segmentation of a labelled dataset by k-means over patch features."""
+    research = _research(out)
+    name = eval_id or f"zeroshot-{pretrained or model}-{dataset_id}"
+    res = zero_shot_task(str(research), name, dataset_id, split, list(k_values), model, weights, arch, image_size,
+                         pretrained, seed)
+    get_run_logger().info("zero-shot %s: best k=%s, DSC per k %s", name, res["best_k"], res["dice_per_k"])
+    for i, p in enumerate(res["overlays"]):
+        create_link_artifact(f"file://{p}", link_text=f"k-means overlay {i + 1} (PNG)", key=f"zero-shot-overlay-{i + 1}")
+    table = "\n".join(f"| {k} | {v:.3f} |" for k, v in res["dice_per_k"].items())
+    create_markdown_artifact(f"# Zero-shot `{name}`\n\n| k | DSC |\n|---|---|\n{table}", key="zero-shot-summary")
+    return res

@@ -1,0 +1,136 @@
+"""Evaluations of a zoo model on catalog data, recorded in the ``evaluations`` table.
+
+- ``linear_probe_eval``: pooled features of a frozen encoder, a linear classifier
+  (tasks/linear_probe.py) on a patient-level 60:40 split; labels from a catalog column.
+- ``zero_shot_eval``: k-means over patch features of a labelled dataset's slices
+  (tasks/zero_shot.py), DSC per k, overlay pictures.
+
+Outputs go to ``OUT/research/evaluations/<eval_id>/``; pictures are linked from the rows.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from catalog.schema import EVALUATIONS
+from catalog.store import derived_lock, upsert
+from catalog.views import build_research_db, connect
+from mrifoundry import code_version
+from tasks.features import load_batch
+from tasks.labelled import load_labelled
+from tasks.linear_probe import patient_split, plot_confusion, train_linear_probe
+from tasks.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
+
+
+def eval_dir(research: Path, eval_id: str) -> Path:
+    if not eval_id.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"evaluation name {eval_id!r}: letters, digits, - and _ only")
+    return research / "evaluations" / eval_id
+
+
+def record(research: Path, rows: list[dict]) -> None:
+    """Upsert evaluation rows (same eval_id + metric replaces) and refresh the views."""
+    now, version = dt.datetime.now(dt.timezone.utc), code_version()
+    rows = [{"std": None, "n": None, "details": None, "picture_path": None, **r, "created_at": now,
+             "code_version": version} for r in rows]
+    with derived_lock(research):
+        upsert(research, EVALUATIONS, rows)
+        build_research_db(research)
+
+
+@torch.no_grad()
+def _embed_pooled(model, paths: list[str], batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = load_batch(paths[i:i + batch_size], model.image_size)
+        out.append(model.pooled(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
+
+
+def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, query: str,
+                      epochs: int = 100, seed: int = 0, batch_size: int = 32) -> dict:
+    """Probe ``model`` on the slices of ``query``, which returns ``png_file``, ``patient_id``
+    and ``label`` (e.g. ``SELECT png_file, patient_id, body_part AS label FROM training_slices``).
+
+    Raises:
+        ValueError: the query lacks a column, or fewer than two classes or patients.
+    """
+    con = connect(research)
+    try:
+        cur = con.execute(query)
+        cols = [d[0] for d in cur.description]
+        data = [dict(zip(cols, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    missing = {"png_file", "patient_id", "label"} - set(cols)
+    if missing:
+        raise ValueError(f"the probing query must return png_file, patient_id and label; missing {sorted(missing)}")
+    labels = [str(r["label"]) for r in data]
+    if len(set(labels)) < 2:
+        raise ValueError("linear probing needs at least two classes")
+    X = _embed_pooled(model, [r["png_file"] for r in data], batch_size)
+    tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed)
+    y = np.array(labels)
+    res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test slices)")
+    details = json.dumps({"query": query, "epochs": epochs, "seed": seed, "classes": res.class_names,
+                          "confusion": res.confusion.tolist(), "n_train": len(tr), "n_test": len(te),
+                          "best_epoch_accuracy": res.best_accuracy})
+    base = {"eval_id": eval_id, "kind": "linear-probe", "model": model_label, "weights_sha256": weights_sha,
+            "dataset": query, "n": len(te), "details": details, "picture_path": str(png.relative_to(research))}
+    record(research, [{**base, "metric": "accuracy", "value": res.accuracy},
+                      {**base, "metric": "balanced_accuracy", "value": res.balanced_accuracy}])
+    return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te),
+            "classes": res.class_names, "confusion_png": str(png)}
+
+
+@torch.no_grad()
+def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, dataset_id: str,
+                   split: str = "test", k_values=(4, 8, 16, 32, 64, 128), seed: int = 0, n_overlays: int = 3,
+                   batch_size: int = 16, foreground_only: bool = True) -> dict:
+    """k-means zero-shot segmentation of a labelled dataset's ``split`` (foreground = label > 0).
+
+    MRI-CORE evaluates slices with foreground only (its loaders drop empty masks); set
+    ``foreground_only=False`` to include the empty ones.
+    """
+    from PIL import Image
+    rows = load_labelled(research, dataset_id, split)
+    if foreground_only:
+        rows = [r for r in rows if r["has_foreground"]]
+    if not rows:
+        raise ValueError(f"dataset {dataset_id!r} has no {split} slices to segment")
+    feats, masks, images = [], [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        x = load_batch([r["image_file"] for r in chunk], model.image_size)
+        feats.append(model.embed(x).float().cpu().numpy())
+        for r in chunk:
+            m = np.asarray(Image.open(r["mask_file"])) > 0
+            # masks at the model's input size: the same geometry as the features
+            masks.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize(
+                (model.image_size, model.image_size), Image.NEAREST)) > 0)
+        images.append(x[:, 0].numpy())
+    F, M, imgs = np.concatenate(feats), np.stack(masks), np.concatenate(images)
+    scores = zero_shot_dice(F, M, k_values=k_values, seed=seed)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    best_k = max(scores, key=scores.get) if scores else None
+    pictures = []
+    if best_k is not None:
+        labels = upsample_nearest(kmeans_segment(F, best_k, seed=seed), M.shape[-2:])
+        for j in np.linspace(0, len(F) - 1, min(n_overlays, len(F))).astype(int):
+            pictures.append(overlay_png(imgs[j], labels[j], out / f"overlay_k{best_k}_{j:03d}.png"))
+    base = {"eval_id": eval_id, "kind": "zero-shot", "model": model_label, "weights_sha256": weights_sha,
+            "dataset": f"{dataset_id}:{split}", "n": len(F)}
+    rows_out = [{**base, "metric": f"dice_k{k}", "value": v,
+                 "details": json.dumps({"k": k, "seed": seed, "foreground_only": foreground_only}),
+                 "picture_path": str(pictures[0].relative_to(research)) if (pictures and k == best_k) else None}
+                for k, v in scores.items()]
+    record(research, rows_out)
+    return {"dice_per_k": scores, "best_k": best_k, "n_slices": len(F), "overlays": [str(p) for p in pictures]}
