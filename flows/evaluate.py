@@ -88,3 +88,30 @@ def zero_shot(dataset_id: str, out: str | None = None, split: str = "test",
     table = "\n".join(f"| {k} | {v:.3f} |" for k, v in res["dice_per_k"].items())
     create_markdown_artifact(f"# Zero-shot `{name}`\n\n| k | DSC |\n|---|---|\n{table}", key="zero-shot-summary")
     return res
+
+
+@task(name="frd")
+def frd_task(research: str, eval_id: str, reference_sql: str, dataset_ids: list[str], n: int, seed: int,
+             workers: int) -> dict:
+    from tasks.evaluate import frd_eval
+    res = frd_eval(Path(research), eval_id=eval_id, reference_sql=reference_sql, dataset_ids=dataset_ids, n=n,
+                   seed=seed, workers=workers)
+    return {ds: {k: r[k] for k in ("frd", "n_reference", "n_other", "n_features", "cache_hits", "cache_misses")}
+            for ds, r in res.items()}
+
+
+@flow(name="frd", log_prints=False)
+def frd_flow(dataset_ids: list[str], out: str | None = None,
+             reference_sql: str = "SELECT png_file FROM training_slices", n: int = 200, seed: int = 0,
+             workers: int = 2, eval_id: str = "frd") -> dict:
+    """FRDv1 (frd-score) of labelled datasets against the pretraining slices (dataset 1),
+    ``n`` images per side drawn with ``seed``; features cached, so a second FRD against the
+    same reference recomputes nothing for it."""
+    research = _research(out)
+    res = frd_task(str(research), eval_id, reference_sql, list(dataset_ids), n, seed, workers)
+    lines = ["| dataset | FRD | n | features | cache hits / misses |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {r['frd']:.3f} | {r['n_other']} | {r['n_features']} | {r['cache_hits']} / {r['cache_misses']} |"
+              for d, r in res.items()]
+    create_markdown_artifact("# FRD against the pretraining set\n\n" + "\n".join(lines), key="frd-summary")
+    get_run_logger().info("FRD: %s", {d: round(r["frd"], 3) for d, r in res.items()})
+    return res

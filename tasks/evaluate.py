@@ -134,3 +134,36 @@ def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, wei
                 for k, v in scores.items()]
     record(research, rows_out)
     return {"dice_per_k": scores, "best_k": best_k, "n_slices": len(F), "overlays": [str(p) for p in pictures]}
+
+
+def non_blank(paths: list[str]) -> list[str]:
+    """Drop constant images: pyradiomics (and frd-score) fail on them."""
+    from PIL import Image
+    keep = []
+    for p in paths:
+        with Image.open(p) as im:
+            lo, hi = im.convert("L").getextrema()
+        if hi > lo:
+            keep.append(p)
+    return keep
+
+
+def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: list[str], n: int, seed: int = 0,
+             workers: int = 2) -> dict:
+    """FRD of each labelled dataset against the pretraining slices of ``reference_sql``,
+    the same ``n`` images per side (seeded); per-image features cached under
+    ``research/frd_cache``. One ``evaluations`` row per dataset (metric ``frd``)."""
+    from tasks.frd import frd, labelled_images, pretraining_images, sample_images
+    reference = sample_images(non_blank(pretraining_images(research, reference_sql)), n, seed)
+    out, rows = {}, []
+    for ds in dataset_ids:
+        other = sample_images(non_blank(labelled_images(research, ds)), n, seed)
+        r = frd(reference, other, cache_dir=research / "frd_cache", workers=workers)
+        out[ds] = r
+        rows.append({"eval_id": eval_id, "kind": "frd", "model": "frd-score v1", "weights_sha256": "n/a",
+                     "dataset": ds, "metric": f"frd:{ds}", "value": float(r["frd"]), "n": n,
+                     "details": json.dumps({"reference_sql": reference_sql, "seed": seed, "n": n,
+                                            "n_features": r["n_features"], "cache_hits": r["cache_hits"],
+                                            "cache_misses": r["cache_misses"], "seconds": r["seconds"]})})
+    record(research, rows)
+    return out

@@ -54,3 +54,15 @@ def test_zero_shot_flow(research):
     pictures = [r[3] for r in rows if r[3]]
     assert len(pictures) == 1 and open(pictures[0], "rb").read(4) == b"\x89PNG"
     assert len(res["overlays"]) == 3
+
+
+def test_frd_flow_uses_its_cache_the_second_time(research):
+    from flows.evaluate import frd_flow
+    first = frd_flow(dataset_ids=["mni-wm"], out=str(research.parent), n=8, workers=1, eval_id="frd-tiny")
+    again = frd_flow(dataset_ids=["mni-wm"], out=str(research.parent), n=8, workers=1, eval_id="frd-tiny")
+    assert first["mni-wm"]["cache_misses"] == 16 and again["mni-wm"]["cache_misses"] == 0
+    assert again["mni-wm"]["frd"] == first["mni-wm"]["frd"]
+    con = connect(research)
+    value = con.execute("SELECT value FROM evaluations WHERE eval_id = 'frd-tiny' AND metric = 'frd:mni-wm'").fetchone()
+    con.close()
+    assert value[0] == pytest.approx(first["mni-wm"]["frd"])
