@@ -6,7 +6,7 @@ VAR := $(CURDIR)/var
 ENV := source deploy/env.sh &&
 export MRIFOUNDRY_HOME ?= $(VAR)
 
-.PHONY: demo demo-pretrain pacs-demo test venv sample server deploy worker stop clean-var bench docs
+.PHONY: demo demo-pretrain demo-eval pacs-demo test venv sample server deploy worker stop clean-var bench docs
 
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,12 +60,20 @@ demo-pretrain: venv
 	test -f "$$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb" || { echo "run make demo first"; exit 1; }; \
 	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
 	$(ENV) $(VENV)/bin/prefect deployment run pretrain/pretrain-demo --watch --watch-timeout 900; \
-	$(ENV) $(VENV)/bin/prefect deployment run extract-features/extract-features -p out="{home}/demo" \
+	$(ENV) $(VENV)/bin/prefect deployment run extract-features/extract-features -p out="$$MRIFOUNDRY_HOME/demo" \
 	  -p pretrained=mri-core-tiny-demo -p "query=SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 500" \
 	  --watch --watch-timeout 900; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT model_id, iterations, round(final_loss, 3) AS final_loss, loss_curve_file FROM models"; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" "SELECT feature_set, model, n_slices, dim FROM feature_sets"
+
+## demo-eval: after `make demo` (and optionally `make demo-pretrain`): probing, zero-shot … on the demo tasks → a report
+demo-eval: venv
+	@set -e; trap 'deploy/server.sh stop' EXIT; \
+	test -f "$$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb" || { echo "run make demo first"; exit 1; }; \
+	deploy/server.sh start; \
+	$(ENV) $(PY) -m flows.cli demo-eval --out "$$MRIFOUNDRY_HOME/demo"; \
+	echo "report: $$MRIFOUNDRY_HOME/demo/research/evaluations/demo-report.md"
 
 ## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
 test: venv

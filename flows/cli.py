@@ -109,6 +109,12 @@ def _cmd_features(a) -> int:
     return 0
 
 
+def _cmd_demo_eval(a) -> int:
+    from flows.demo_eval import demo_eval
+    print(json.dumps(demo_eval(out=a.out), indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mrifoundry", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -179,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--pool", default="mean", choices=["mean", "cls"])
     fe.add_argument("--pretrained", help="a model_id of the catalog's models table (a pretrain run) instead of --model/--weights")
     fe.set_defaults(fn=_cmd_features)
+
+    de = sub.add_parser("demo-eval", help="every evaluation on the demo catalog and the labelled demo tasks → a report")
+    de.add_argument("--out", default="{home}/demo")
+    de.set_defaults(fn=_cmd_demo_eval)
 
     a = p.parse_args(argv)
     return a.fn(a)

@@ -115,3 +115,48 @@ def frd_flow(dataset_ids: list[str], out: str | None = None,
     create_markdown_artifact("# FRD against the pretraining set\n\n" + "\n".join(lines), key="frd-summary")
     get_run_logger().info("FRD: %s", {d: round(r["frd"], 3) for d, r in res.items()})
     return res
+
+
+@task(name="few-shot")
+def fewshot_task(research: str, eval_id: str, dataset_id: str, preset: str, overrides: dict, model: str,
+                 weights: str | None, arch: str | None, pretrained: str | None) -> dict:
+    from tasks.evaluate import fewshot_eval
+    from tasks.fewshot import FewShotConfig
+    cfg = FewShotConfig.tiny(**overrides) if preset == "tiny" else FewShotConfig(**overrides)
+    return fewshot_eval(Path(research), eval_id=eval_id, dataset_id=dataset_id, cfg=cfg, model=model,
+                        weights=_expand(weights), arch=arch, pretrained=pretrained)
+
+
+@flow(name="few-shot", log_prints=False)
+def few_shot(dataset_id: str, out: str | None = None, model: str = "sam-vit-b", weights: str | None = None,
+             arch: str | None = None, pretrained: str | None = None, preset: str = "mri-core",
+             overrides: dict | None = None, eval_id: str | None = None) -> dict:
+    """MRI-CORE's few-shot segmentation (adapters in encoder blocks 0, 1, 10, 11 and the mask
+    decoder; 5 training slices; R repeats) on a labelled dataset. ``preset``: mri-core | tiny."""
+    research = _research(out)
+    name = eval_id or f"fewshot-{pretrained or model}-{dataset_id}"
+    res = fewshot_task(str(research), name, dataset_id, preset, dict(overrides or {}), model, weights, arch,
+                       pretrained)
+    s = res["summary"]
+    get_run_logger().info("few-shot %s: test 3D DSC %.3f ± %.3f, 3D NSD %.3f ± %.3f", name,
+                          s["test_dsc_3d"]["mean"], s["test_dsc_3d"]["std"], s["test_nsd_3d"]["mean"],
+                          s["test_nsd_3d"]["std"])
+    create_link_artifact(f"file://{res['curves_png']}", link_text="few-shot training curves (PNG)",
+                         key="few-shot-curves")
+    table = "\n".join(f"| {m} | {v['mean']:.3f} ± {v['std']:.3f} |" for m, v in s.items())
+    create_markdown_artifact(f"# Few-shot `{name}`\n\n| metric | mean ± std |\n|---|---|\n{table}",
+                             key="few-shot-summary")
+    return res
+
+
+@flow(name="transfer-analysis", log_prints=False)
+def transfer(model_a: str, model_b: str, out: str | None = None, frd_eval_id: str = "frd",
+             metric: str = "test_dsc_3d", eval_id: str | None = None) -> dict:
+    """Few-shot gain of ``model_a`` over ``model_b`` per dataset against FRD (MRI-CORE fig. 4)."""
+    from tasks.evaluate import transfer_eval
+    research = _research(out)
+    name = eval_id or f"transfer-{model_a}-vs-{model_b}"
+    res = transfer_eval(research, eval_id=name, model_a=model_a, model_b=model_b, frd_eval_id=frd_eval_id,
+                        metric=metric)
+    create_link_artifact(f"file://{res['png']}", link_text="gain vs FRD (PNG)", key="transfer-plot")
+    return {k: res[k] for k in ("n", "pearson", "spearman", "png")}

@@ -167,3 +167,110 @@ def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: l
                                             "cache_misses": r["cache_misses"], "seconds": r["seconds"]})})
     record(research, rows)
     return out
+
+
+SAM_ARCH_FOR_VIT = {"vit_tiny": "sam_tiny", "vit_b16": "mri_core_sam"}
+
+
+def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arch: str | None,
+                    pretrained: str | None, seed: int = 0):
+    """(label, weights sha, factory) — the factory builds a fresh adapter SAM for each repeat.
+
+    A pretrain run (``pretrained``) or ``mri-core`` loads into MRI-CORE's SAM fork with the
+    pos_embed fixed; ``random`` is a seeded random SAM encoder (the baseline).
+    """
+    from models import zoo
+    from models.adapters import build_sam_for_fewshot
+    from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+    from tasks.features import weights_digest
+    label = pretrained or model
+    if pretrained:
+        from flows.features import pretrained_checkpoint
+        weights, vit_arch = pretrained_checkpoint(research, pretrained)
+        model, arch = "mri-core", SAM_ARCH_FOR_VIT.get(vit_arch, vit_arch)
+    if model == "random":
+        import dataclasses
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = build_sam_encoder(dataclasses.replace(SAM_CONFIGS[arch or "sam_vit_b"], img_size=cfg.image_size))
+        source = encoder
+    else:
+        opts = {"as_sam": True} if model == "mri-core" else {}
+        source = zoo.load(model, weights, arch=arch, image_size=cfg.image_size, **opts)
+
+    def factory():
+        return build_sam_for_fewshot(source, cfg.image_size, encoder_adapter_depths=cfg.encoder_adapter_depths)
+    return label, weights_digest(weights), factory
+
+
+def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, model: str, weights: str | None = None,
+                 arch: str | None = None, pretrained: str | None = None) -> dict:
+    """MRI-CORE's few-shot protocol on a labelled dataset; mean ± std over ``cfg.repeats``
+    rows in ``evaluations`` (test 2D/3D DSC and 3D NSD, foreground-only and all slices) and a
+    training-curve PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.fewshot import METRICS, run_fewshot
+    label, sha, factory = fewshot_factory(research, cfg, model=model, weights=weights, arch=arch,
+                                          pretrained=pretrained, seed=cfg.seed)
+    rows = load_labelled(research, dataset_id)
+    res = run_fewshot(factory, rows, cfg)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r, rep in enumerate(res["repeats"]):
+        ax[0].plot(rep["curves"]["train_loss"], lw=1, label=f"repeat {r}")
+        val = rep["curves"].get("val_dsc_3d") or []
+        if val:
+            ax[1].plot([v[0] for v in val], [v[1] for v in val], marker="o", lw=1, label=f"repeat {r}")
+    ax[0].set_title("training loss (DiceCE, per epoch)")
+    ax[1].set_title("validation 3D DSC")
+    ax[0].set_xlabel("epoch")
+    ax[1].set_xlabel("epoch")
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"{label} few-shot on {dataset_id}", fontsize=10)
+    fig.tight_layout()
+    png = out / "curves.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    details = json.dumps({"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+                          "per_repeat": {m: res["summary"][m]["values"] for m in METRICS}})
+    base = {"eval_id": eval_id, "kind": "few-shot", "model": label, "weights_sha256": sha, "dataset": dataset_id,
+            "n": cfg.repeats, "details": details, "picture_path": str(png.relative_to(research))}
+    record(research, [{**base, "metric": m, "value": res["summary"][m]["mean"], "std": res["summary"][m]["std"]}
+                      for m in METRICS])
+    return {"summary": {m: {k: v for k, v in s.items() if k != "values"} for m, s in res["summary"].items()},
+            "curves_png": str(png)}
+
+
+def transfer_eval(research: Path, *, eval_id: str, model_a: str, model_b: str, frd_eval_id: str = "frd",
+                  metric: str = "test_dsc_3d") -> dict:
+    """MRI-CORE figure 4: per dataset, the few-shot gain of ``model_a`` over ``model_b``
+    (``metric``) against the dataset's FRD to the pretraining set; Pearson and Spearman."""
+    from tasks.transfer import transfer_analysis
+    con = connect(research)
+    try:
+        fs = con.execute("SELECT model, dataset, value FROM evaluations WHERE kind = 'few-shot' AND metric = ? "
+                         "AND model IN (?, ?)", [metric, model_a, model_b]).fetchall()
+        frd_rows = con.execute("SELECT dataset, value FROM evaluations WHERE kind = 'frd' AND eval_id = ?",
+                               [frd_eval_id]).fetchall()
+    finally:
+        con.close()
+    score = {(m, d): v for m, d, v in fs}
+    frd_by = dict(frd_rows)
+    rows = [{"dataset": d, "gain": score[(model_a, d)] - score[(model_b, d)], "frd": frd_by[d]}
+            for d in sorted(frd_by) if (model_a, d) in score and (model_b, d) in score]
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    res = transfer_analysis(rows, out / "gain_vs_frd.png", x_label="FRD to the pretraining set",
+                            y_label=f"{metric} gain: {model_a} − {model_b}")
+    base = {"eval_id": eval_id, "kind": "transfer", "model": f"{model_a} vs {model_b}", "weights_sha256": "n/a",
+            "dataset": ",".join(r["dataset"] for r in rows), "n": res["n"],
+            "details": json.dumps({"rows": rows, "metric": metric}), "picture_path": str(Path(res["png"]).relative_to(research))}
+    record(research, [{**base, "metric": "pearson_r", "value": res["pearson"]["r"]},
+                      {**base, "metric": "pearson_p", "value": res["pearson"]["p"]},
+                      {**base, "metric": "spearman_r", "value": res["spearman"]["r"]},
+                      {**base, "metric": "spearman_p", "value": res["spearman"]["p"]}])
+    return res

@@ -66,3 +66,41 @@ def test_frd_flow_uses_its_cache_the_second_time(research):
     value = con.execute("SELECT value FROM evaluations WHERE eval_id = 'frd-tiny' AND metric = 'frd:mni-wm'").fetchone()
     con.close()
     assert value[0] == pytest.approx(first["mni-wm"]["frd"])
+
+
+def test_few_shot_flow_tiny(research):
+    from flows.evaluate import few_shot
+    res = few_shot(dataset_id="mni-wm", out=str(research.parent), model="random", arch="sam_tiny", preset="tiny",
+                   overrides={"repeats": 1, "epochs": 10, "k_patients": 1, "n_val_patients": 0}, eval_id="fs-tiny")
+    con = connect(research)
+    rows = dict(con.execute("SELECT metric, value FROM evaluations WHERE eval_id = 'fs-tiny'").fetchall())
+    pic = con.execute("SELECT DISTINCT picture_file FROM evaluations WHERE eval_id = 'fs-tiny'").fetchone()[0]
+    con.close()
+    assert rows["test_dsc_3d"] == pytest.approx(res["summary"]["test_dsc_3d"]["mean"])
+    assert 0.0 <= rows["test_dsc_2d"] <= 1.0 and 0.0 <= rows["test_nsd_3d"] <= 1.0
+    assert open(pic, "rb").read(4) == b"\x89PNG"
+
+
+def test_transfer_flow_relates_gain_to_frd(research):
+    """Gains and FRDs recorded as rows → the flow's Pearson/Spearman equal SciPy's on them."""
+    from scipy import stats
+
+    from flows.evaluate import transfer
+    from tasks.evaluate import record
+    gains = {"d1": (0.80, 0.70), "d2": (0.60, 0.58), "d3": (0.90, 0.60), "d4": (0.50, 0.49)}
+    frds = {"d1": 3.0, "d2": 1.0, "d3": 5.0, "d4": 0.5}
+    rows = []
+    for d, (a, b) in gains.items():
+        for model, v in (("A", a), ("B", b)):
+            rows.append({"eval_id": f"fs-{model}-{d}", "kind": "few-shot", "model": model, "weights_sha256": "x",
+                         "dataset": d, "metric": "test_dsc_3d", "value": v})
+        rows.append({"eval_id": "frd-synthetic", "kind": "frd", "model": "frd-score v1", "weights_sha256": "n/a",
+                     "dataset": d, "metric": f"frd:{d}", "value": frds[d]})
+    record(research, rows)
+    res = transfer(model_a="A", model_b="B", out=str(research.parent), frd_eval_id="frd-synthetic", eval_id="tr")
+    x = [frds[d] for d in sorted(gains)]
+    y = [gains[d][0] - gains[d][1] for d in sorted(gains)]
+    assert res["n"] == 4
+    assert res["pearson"]["r"] == pytest.approx(stats.pearsonr(x, y)[0])
+    assert res["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y)[0])
+    assert open(res["png"], "rb").read(4) == b"\x89PNG"
