@@ -60,7 +60,8 @@ def demo_eval(out: str = "{home}/demo") -> dict:
     for m in _models(research):
         label = m["label"]
         probe = linear_probe(out=out, eval_id=f"demo-probe-{label}", epochs=50,
-                             query="SELECT png_file, patient_id, body_part AS label FROM training_slices "
+                             query="SELECT png_file, patient_id, sequence_type AS label FROM training_slices "
+                                   "WHERE sequence_type IN ('T1', 'T2', 'PD', 'STIR', 'DWI') "
                                    "USING SAMPLE 600 ROWS (reservoir, 0)", **m["kw"])
         zs = {d: zero_shot(dataset_id=d, out=out, eval_id=f"demo-zs-{label}-{d}", k_values=[2, 4, 8, 16],
                            **m["kw"]) for d in DATASETS}
@@ -69,7 +70,7 @@ def demo_eval(out: str = "{home}/demo") -> dict:
               for d in DATASETS}
         results[label] = {"probe": probe, "zero_shot": zs, "few_shot": fs}
         lines += [f"## {label}", "",
-                  f"- linear probe (body part, patient-level 60:40): accuracy **{probe['accuracy']:.3f}** "
+                  f"- linear probe (sequence type, patient-level 60:40): accuracy **{probe['accuracy']:.3f}** "
                   f"(balanced {probe['balanced_accuracy']:.3f}); [confusion matrix]({probe['confusion_png']})"]
         for d, r in zs.items():
             best = r["best_k"]

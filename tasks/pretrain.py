@@ -353,6 +353,11 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
             (run_dir / f"indices.rank{d.rank}.json").write_text(json.dumps(seen))
         if d.world_size > 1 and dist.is_initialized():
             dist.barrier()
+    if not window and (run_dir / "metrics.jsonl").exists():
+        # nothing left to train (a re-run of a finished run): report what the run logged
+        logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        window = [r["loss"] for r in logged[-10:]]
+        ips = logged[-1].get("images_per_s", 0.0) if logged else 0.0
     tail = window[-max(1, min(len(window), 10)):] if window else [float("nan")]
     return TrainResult(iterations=it, epochs_done=it // steps_per_epoch, total_iterations=total,
                        final_loss=float(np.mean(tail)), images_per_s=ips, checkpoint=last_ckpt,

@@ -103,6 +103,10 @@ def test_resume_continues_the_schedule_exactly(slice_paths, tmp_path):
     train(_tiny(max_iterations=3), paths, tmp_path / "split")
     again = train(_tiny(max_iterations=6), paths, tmp_path / "split")
     assert again.iterations == full.iterations == 6
+    # a re-run of a finished run trains nothing and reports the logged losses, not NaN
+    done = train(_tiny(max_iterations=6), paths, tmp_path / "split")
+    logged = [json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert done.iterations == 6 and done.final_loss == pytest.approx(np.mean(logged[-10:]))
 
     def recs(run):
         return [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
