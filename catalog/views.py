@@ -100,4 +100,15 @@ def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection
     return duckdb.connect(str(db), read_only=read_only)
 
 
-__all__ = ["build_research_db", "build_restricted_db", "connect"]
+def query_dicts(research: Path, sql: str) -> tuple[list[str], list[dict]]:
+    """(column names, rows as dicts) of ``sql`` on the research catalog (read-only)."""
+    con = connect(research)
+    try:
+        cur = con.execute(sql)
+        cols = [d[0] for d in cur.description]
+        return cols, [dict(zip(cols, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+__all__ = ["build_research_db", "build_restricted_db", "connect", "query_dicts"]

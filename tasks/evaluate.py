@@ -18,7 +18,7 @@ import torch
 
 from catalog.schema import EVALUATIONS
 from catalog.store import derived_lock, upsert
-from catalog.views import build_research_db, connect
+from catalog.views import build_research_db, connect, query_dicts
 from mrifoundry import code_version
 from tasks.features import load_batch
 from tasks.labelled import load_labelled
@@ -59,13 +59,7 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
     Raises:
         ValueError: the query lacks a column, or fewer than two classes or patients.
     """
-    con = connect(research)
-    try:
-        cur = con.execute(query)
-        cols = [d[0] for d in cur.description]
-        data = [dict(zip(cols, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    cols, data = query_dicts(research, query)
     missing = {"png_file", "patient_id", "label"} - set(cols)
     if missing:
         raise ValueError(f"the probing query must return png_file, patient_id and label; missing {sorted(missing)}")

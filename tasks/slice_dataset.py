@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catalog.views import connect
+from catalog.views import query_dicts
 
 
 def query_slices(research: Path, sql: str) -> list[dict]:
@@ -18,13 +18,7 @@ def query_slices(research: Path, sql: str) -> list[dict]:
     ``png_file`` so a run's epoch order depends only on the seed, not on the catalog's
     file order.
     """
-    con = connect(research)
-    try:
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    cols, rows = query_dicts(research, sql)
     if "png_file" not in cols:
         raise ValueError("the training query must return a png_file column (e.g. SELECT png_file FROM training_slices)")
     rows.sort(key=lambda r: r["png_file"])

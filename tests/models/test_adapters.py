@@ -17,15 +17,6 @@ from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
 TINY = SAM_CONFIGS["sam_tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: with 2 threads on a loaded 2-core box, OpenMP waits cost 10-25x the work
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _encoder(cfg=TINY, seed=0):
     torch.manual_seed(seed)
     return build_sam_encoder(cfg).eval()

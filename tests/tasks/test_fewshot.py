@@ -19,15 +19,6 @@ from tasks.fewshot import (METRICS, FewShotConfig, fewshot_lr, pick_fewshot, ran
 SPLITS = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: with 2 threads on a loaded 2-core box, OpenMP waits cost 10-25x the work
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_discs(root: Path, n_patients: int = 8, n_slices: int = 6, size: int = 64, seed: int = 0) -> list[dict]:
     """``load_labelled``-like rows: per patient a stack of slices with a bright disc (the label)
     whose radius swells and shrinks over the stack (first and last slice empty), plus a dimmer
