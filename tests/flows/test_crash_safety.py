@@ -104,9 +104,13 @@ def test_sigkill_mid_run_loses_nothing_and_redoes_nothing(prefect_server, archiv
         time.sleep(0.5)
         if ledger.exists():
             con = sqlite3.connect(ledger)
-            done_before = {r[0] for r in con.execute(
-                "SELECT item_id FROM stage_results WHERE stage='catalog' AND status='done'")}
-            con.close()
+            try:
+                done_before = {r[0] for r in con.execute(
+                    "SELECT item_id FROM stage_results WHERE stage='catalog' AND status='done'")}
+            except sqlite3.OperationalError:
+                continue  # the file exists a moment before the ledger creates its table
+            finally:
+                con.close()
             if len(done_before) >= 2:
                 break
     os.killpg(proc.pid, signal.SIGKILL)
