@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -114,6 +115,16 @@ def derived_lock(research: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def swap_dir(work: Path, final: Path) -> None:
+    """Replace folder ``final`` by ``work`` (two renames): readers see the old folder or the
+    new one, never a mix. Call under :func:`derived_lock`."""
+    old = final.with_name(f".{final.name}.old{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    work.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def upsert(research: Path, table: Table, rows: list[dict]) -> int:

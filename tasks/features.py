@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from catalog.schema import FEATURE_SETS, FEATURES, to_arrow
-from catalog.store import derived_lock, features_file, upsert, write_parquet_atomic
+from catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
 from catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from tasks.slice_dataset import load_slice
@@ -119,12 +119,7 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
                "n_slices": len(out_rows), "patch_grids": patch_grids,
                "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
         with derived_lock(research):
-            # swap the whole set in: readers see the old set or the new one, never a mix
-            old = final_dir.with_name(f".{feature_set}.old{os.getpid()}")
-            if final_dir.exists():
-                final_dir.rename(old)
-            work.rename(final_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_dir(work, final_dir)  # the whole set: readers see the old one or the new one
             upsert(research, FEATURE_SETS, [row])
             build_research_db(research)
     finally:

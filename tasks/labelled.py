@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from catalog.schema import DATASETS, LABELLED_SLICES, RESEARCH_TABLES, to_arrow
-from catalog.store import derived_lock, table_file, upsert, write_parquet_atomic
+from catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
 from catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from tasks.convert_png import normalize_uint8
@@ -166,11 +166,7 @@ def _publish(research: Path, dataset_id: str, work: Path, rows: list[dict], ds_r
     """Swap the slice folder in, replace the dataset's catalog rows, rebuild the views."""
     final = labelled_dir(research, dataset_id)
     with derived_lock(research):
-        old = final.with_name(f".{dataset_id}.old{os.getpid()}")
-        if final.exists():
-            final.rename(old)
-        work.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(work, final)
         # one atomic write drops every old row of the dataset (upsert would keep slices that a
         # re-ingest no longer produces, e.g. keep_empty=False) and adds the new ones
         path = table_file(research, LABELLED_SLICES)
