@@ -152,9 +152,12 @@ class MAETransform:
 
 
 def _loader(dataset, sampler, cfg: PretrainConfig, collate, device) -> torch.utils.data.DataLoader:
+    # its own generator: creating a loader draws a base seed, and from the global RNG that
+    # draw would shift the augmentations of a resumed run against an uninterrupted one
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                                       persistent_workers=cfg.num_workers > 0)
+                                       persistent_workers=cfg.num_workers > 0,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
 
 
 # ---------------------------------------------------------------- checkpoints
