@@ -22,6 +22,17 @@ def _q(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
+#: relative path column → absolute column added by the view, per table
+ABSOLUTE_COLUMNS = {
+    SLICES.name: (("png_path", "png_file"),),
+    SERIES.name: (("dicom_dir", "dicom_folder"), ("nifti_path", "nifti_file")),
+    FEATURES.name: (("grid_path", "grid_file"),),
+    EVALUATIONS.name: (("picture_path", "picture_file"),),
+    MODELS.name: (("checkpoint_path", "checkpoint_file"), ("loss_curve_path", "loss_curve_file")),
+    LABELLED_SLICES.name: (("image_path", "image_file"), ("mask_path", "mask_file")),
+}
+
+
 def _view_sql(research: Path, name: str) -> str:
     path = table_file(research, next(t for t in RESEARCH_TABLES + DERIVED_TABLES if t.name == name))
     root = _q(str(research.resolve()) + "/")
@@ -31,23 +42,9 @@ def _view_sql(research: Path, name: str) -> str:
         # (extract-features rebuilds them); a glob matching nothing would fail the view
         files = [path] + sorted((research / "features").glob("*/features.parquet"))
         src = f"read_parquet([{', '.join(_q(p.resolve()) for p in files)}])"
-        return (f"SELECT *, CASE WHEN grid_path IS NULL THEN NULL ELSE {root} || grid_path END AS grid_file "
-                f"FROM {src}")
-    if name == EVALUATIONS.name:
-        return (f"SELECT *, CASE WHEN picture_path IS NULL THEN NULL ELSE {root} || picture_path END AS picture_file "
-                f"FROM {src}")
-    if name == MODELS.name:
-        return (f"SELECT *, {root} || checkpoint_path AS checkpoint_file, "
-                f"{root} || loss_curve_path AS loss_curve_file FROM {src}")
-    if name == LABELLED_SLICES.name:
-        return (f"SELECT *, {root} || image_path AS image_file, "
-                f"{root} || mask_path AS mask_file FROM {src}")
-    if name == SLICES.name:
-        return f"SELECT *, {root} || png_path AS png_file FROM {src}"
-    if name == SERIES.name:
-        return (f"SELECT *, {root} || dicom_dir AS dicom_folder, "
-                f"CASE WHEN nifti_path IS NULL THEN NULL ELSE {root} || nifti_path END AS nifti_file FROM {src}")
-    return f"SELECT * FROM {src}"
+    # root || NULL is NULL, so a path column that may be null needs no CASE
+    extra = "".join(f", {root} || {rel} AS {absolute}" for rel, absolute in ABSOLUTE_COLUMNS.get(name, ()))
+    return f"SELECT *{extra} FROM {src}"
 
 
 def build_research_db(research: Path) -> Path:
