@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import catalog_scale, conversion, curation, gpu_pretrain, scaling
+from bench import catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
@@ -54,6 +54,12 @@ INTROS = {
         "forward, EMA) on synthetic crops, batch 128, bf16 autocast — the GPU-bound ceiling of the MRI-CORE "
         "recipe. Measured live when this machine has CUDA, else taken from the figures recorded on a lent GPU "
         "machine. Target: ≥ 800 images/s on one H100 (MRI-CORE: ≈ 160 images/s per A6000)."),
+    "GPU volume pretraining": (
+        "`bench/gpu_pretrain3d.py`: each volume recipe's full training step (`tasks.pretrain3d.build_method`: "
+        "encoder, decoder, SSL heads, losses) + backward + AdamW on synthetic 96³ crops at the recipe's batch, "
+        "bf16 autocast, against the bare encoder's step on the same batch (the reference: recipe / encoder is "
+        "the share of the backbone's rate the heads and second views leave). Live on CUDA, else the figures "
+        "recorded on a lent GPU machine."),
 }
 
 
@@ -95,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         section("Catalog at Duke-110K size", lambda: catalog_scale.run(cfg["scale"], cfg["query_runs"]))
     if "gpu" in chosen:
         section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
+        section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))
     elapsed = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))

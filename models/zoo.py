@@ -130,7 +130,7 @@ def register(entry: ZooEntry, *, overwrite: bool = False) -> ZooEntry:
     """Add an entry; re-registering a name needs ``overwrite=True``."""
     if entry.name in ZOO and not overwrite:
         raise ValueError(f"zoo entry {entry.name!r} already registered")
-    if entry.family not in ("sam", "dinov2"):
+    if entry.family not in ("sam", "dinov2", "volume"):
         raise ValueError(f"unknown family {entry.family!r}")
     ZOO[entry.name] = entry
     return entry
@@ -298,6 +298,15 @@ register(ZooEntry(
     "dinov2-vit-b", "dinov2", _build_dinov2, "dinov2_vitb14_pretrain.pth", IMAGENET_MEAN,
     IMAGENET_STD, source="facebookresearch/dinov2", licence="Apache-2.0",
     description="official DINOv2 ViT-B/14 backbone (518 px, layerscale)"))
+def _build_brainfound(entry: ZooEntry, path: Path, arch: str | None, image_size: int | None) -> ZooModel:
+    return _dino_model(entry, _backbone_state(_torch_load(path)), arch or "vit_b16", image_size)
+
+
+register(ZooEntry(
+    "brainfound", "dinov2", _build_brainfound, "teacher_checkpoint.pth", IMAGENET_MEAN, IMAGENET_STD,
+    source="this project's pretrain-brainfound runs (BrainFound publishes no weights)", licence="-",
+    description="DINOv2 ViT on 3-channel axial T1/T2/FLAIR stacks (R, G, B); feed [B, 3, H, W] stacks "
+                "built by tasks/brainfound_stacks.py"))
 register(ZooEntry(
     "random", "dinov2", _build_random, None, IMAGENET_MEAN, IMAGENET_STD, source="-",
     licence="-", description="randomly initialised ViT (default ViT-B/16 224), seedable",
@@ -323,3 +332,9 @@ def save_mri_core_checkpoint(backbone_sd: dict, head_sd: dict, path: str | Path,
     torch.save({"teacher": teacher}, tmp)
     os.replace(tmp, path)
     return path
+
+
+# the volume encoders (Triad, BrainSegFounder, PRISM): models/zoo3d.py
+from models.zoo3d import register_all as _register_volume_entries  # noqa: E402
+
+_register_volume_entries()

@@ -72,6 +72,9 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
     """
     if not feature_set.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"feature set name {feature_set!r}: letters, digits, - and _ only")
+    if getattr(model, "family", None) == "volume":
+        raise ValueError(f"{model.name!r} is a volume encoder: it embeds [B, C, D, H, W] volumes "
+                         "(models.zoo3d.VolumeZooModel.pooled), not catalog slices")
     rows = query_slice_rows(research, sql)
     final_dir = features_file(research, feature_set).parent
     work = final_dir.with_name(f".{feature_set}.tmp{os.getpid()}")

@@ -140,7 +140,11 @@ def param_groups(net: DinoNet | nn.Module, cfg: PretrainConfig, depth: int) -> l
 
 # ---------------------------------------------------------------- data
 class MAETransform:
-    """One random-resized crop + flip, grey → 3 channels, ImageNet normalisation (MAE's recipe)."""
+    """One random-resized crop + flip, ImageNet normalisation (MAE's recipe, no colour changes).
+
+    Input ``[1, H, W]`` (grey, replicated to 3 channels) or ``[3, H, W]`` (a T1/T2/FLAIR stack,
+    tasks/brainfound_stacks.py, used as is); float in [0, 1]. Output ``[3, size, size]``.
+    """
 
     def __init__(self, size: int):
         from torchvision.transforms import v2
@@ -148,7 +152,9 @@ class MAETransform:
                              v2.RandomHorizontalFlip(), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.t(img.expand(3, -1, -1))
+        if img.ndim != 3 or img.shape[0] not in (1, 3):
+            raise ValueError(f"expected a [1|3, H, W] image, got shape {tuple(img.shape)}")
+        return self.t(img.expand(3, -1, -1) if img.shape[0] == 1 else img)
 
 
 def _loader(dataset, sampler, cfg: PretrainConfig, collate, device) -> torch.utils.data.DataLoader:

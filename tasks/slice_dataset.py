@@ -26,13 +26,22 @@ def query_slices(research: Path, sql: str) -> list[dict]:
 
 
 def load_slice(path: str | Path) -> torch.Tensor:
-    """PNG → float [1, H, W] in [0, 1], min-max normalised per slice (MRI-CORE: slice-wise
-    beat volume-wise). Curated PNGs already span 0..255; other PNGs get the same scaling."""
+    """PNG → float ``[C, H, W]`` in [0, 1], min-max normalised per slice and channel
+    (MRI-CORE: slice-wise beat volume-wise).
+
+    Grey PNGs (curated slices) give ``C = 1``; RGB(A) PNGs — contrast stacks from
+    tasks/brainfound_stacks.py — give ``C = 3`` (alpha dropped), each channel scaled on its own
+    so one contrast's range never rescales another. A constant channel (e.g. a zero-filled
+    missing contrast) becomes all 0. Curated PNGs already span 0..255; others get the same scaling.
+    """
     with Image.open(path) as im:
-        a = np.asarray(im.convert("L"), dtype=np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return torch.from_numpy(a)[None]
+        rgb = im.mode in ("RGB", "RGBA")
+        a = np.asarray(im.convert("RGB" if rgb else "L"), dtype=np.float32)
+    a = a.transpose(2, 0, 1) if rgb else a[None]
+    lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    a = np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 class SliceDataset(torch.utils.data.Dataset):

@@ -118,6 +118,35 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     return ws.research
 
 
+@pytest.fixture(scope="session")
+def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
+    """Research root of a small curated catalog with NIfTI volumes — two brain exams (T1, T2,
+    FLAIR) and one body exam at 3 mm (small volumes, fast tests) — for the volume recipes."""
+    from mrifoundry.settings import CurateParams
+    from tasks.exam_pipeline import curate_exam
+    from tasks.finalize import finalize_catalog
+    from tasks.selection import select_exams
+    from tasks.workspace import Workspace
+    from tests.flows.helpers import copy_exams
+    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
+             and not any(s.get("defect") for s in e["series"])]
+    picked, patients = [], set()
+    for part in ("BRAIN", "BRAIN", "KNEE"):
+        e = next(e for e in clean if e.get("body_part") == part and e["patient_mrn"] not in patients
+                 and e not in picked)
+        picked.append(e)
+        patients.add(e["patient_mrn"])
+    archive, out = tmp_path_factory.mktemp("volume-archive"), tmp_path_factory.mktemp("volume-out")
+    copy_exams(manifest, sample, archive, lambda e: e in picked)
+    ws = Workspace(out)
+    params = CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_png=False,
+                          voxel_size_mm=3.0)
+    for exam_id in select_exams(ws, params).exam_ids:
+        curate_exam(ws, params, exam_id)
+    finalize_catalog(ws)
+    return ws.research
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models on 2 cores shared with a Prefect server: one intra-op thread is faster

@@ -1,9 +1,21 @@
-"""DINOv2 multi-crop augmentation for grey MRI slices, and its crop-major collate.
+"""DINOv2 multi-crop augmentation for MRI slices, and its crop-major collate.
 
-Differences from DINOv2's ImageNet recipe, all because the input is one grey channel:
-no hue/saturation jitter and no random grayscale (both are no-ops on a replicated grey
-channel), and the augmentations run on the single channel, which is replicated to three
-only before normalisation (same result, a third of the work).
+Two inputs: a grey slice ``[1, H, W]`` and a contrast stack ``[3, H, W]`` (BrainFound: the same
+axial slice of T1, T2 and FLAIR as R, G, B; tasks/brainfound_stacks.py). One rule covers both:
+**channels never mix**. Every intensity augmentation acts on each channel by itself, with its
+random parameters drawn once per crop (so the three contrasts of a crop see the same factor):
+
+- brightness: the channel times a factor;
+- contrast: the channel blended with *its own* mean (torchvision's ColorJitter blends an RGB
+  image with the mean of its luminance 0.299 R + 0.587 G + 0.114 B, which would leak T2 and
+  FLAIR into T1's channel; on one channel the two are identical, draws included);
+- Gaussian blur and solarisation: per channel (as torchvision does them);
+- no hue/saturation jitter and no random grayscale: no-ops on a replicated grey channel, and
+  on a contrast stack they would mix (hue rotates channels into each other, grayscale averages
+  them).
+
+A grey slice is augmented as one channel and replicated to three only before normalisation
+(same result, a third of the work); a stack is used as is.
 
 Randomness comes from torch's generator (torchvision's transforms draw from it), so
 ``torch.manual_seed`` makes a call reproducible; DataLoader workers seed it per worker.
@@ -17,7 +29,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-__all__ = ["MultiCrop", "MultiCropConfig", "collate_multicrop"]
+__all__ = ["ChannelwiseJitter", "MultiCrop", "MultiCropConfig", "collate_multicrop"]
 
 # The backbones start from SAM, whose preprocessing uses ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,7 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class MultiCropConfig:
-    """Multi-crop settings; defaults are DINOv2's, adapted to grey MRI.
+    """Multi-crop settings; defaults are DINOv2's, adapted to MRI (no colour augmentations).
 
     Per-global-crop settings are tuples indexed by the crop; crops past the tuple's end use
     its last entry.
@@ -39,7 +51,7 @@ class MultiCropConfig:
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
     hflip_p: float = 0.5
-    # brightness/contrast only: hue and saturation mean nothing for a grey channel
+    # brightness/contrast only, per channel (module docstring): hue/saturation would mix contrasts
     brightness: float = 0.4
     contrast: float = 0.4
     jitter_p: float = 0.8
@@ -66,6 +78,29 @@ def _clamp01(t: Tensor) -> Tensor:
 
 def _pick(values: Sequence[float], i: int) -> float:
     return values[min(i, len(values) - 1)]
+
+
+class ChannelwiseJitter(v2.ColorJitter):
+    """Brightness and contrast jitter that keeps channels apart (module docstring).
+
+    Draws exactly what ``v2.ColorJitter(brightness, contrast)`` draws (order, then factors), so
+    a grey channel gets the same result as with torchvision; only the contrast mean differs on
+    three channels: each channel's own mean instead of the luminance mean.
+    """
+
+    def __init__(self, brightness: float, contrast: float) -> None:
+        super().__init__(brightness=brightness, contrast=contrast)
+
+    def transform(self, inpt: Tensor, params: dict) -> Tensor:
+        out = inpt
+        b, c = params["brightness_factor"], params["contrast_factor"]
+        for fn_id in params["fn_idx"].tolist():
+            if fn_id == 0 and b is not None:
+                out = out.mul(b).clamp_(0.0, 1.0)
+            elif fn_id == 1 and c is not None:
+                mean = out.mean(dim=(-2, -1), keepdim=True)
+                out = out.mul(c).add_(mean, alpha=1.0 - c).clamp_(0.0, 1.0)
+        return out
 
 
 def _maybe(p: float, transform: v2.Transform) -> list[v2.Transform]:
@@ -98,7 +133,7 @@ class MultiCrop:
             # bicubic overshoots; jitter and solarize assume [0, 1]
             v2.Lambda(_clamp01),
             v2.RandomHorizontalFlip(p=c.hflip_p),
-            *_maybe(c.jitter_p, v2.ColorJitter(brightness=c.brightness, contrast=c.contrast)),
+            *_maybe(c.jitter_p, ChannelwiseJitter(brightness=c.brightness, contrast=c.contrast)),
             *_maybe(blur_p, v2.GaussianBlur(kernel_size=c.blur_kernel, sigma=c.blur_sigma)),
             *_maybe(solarize_p, v2.RandomSolarize(threshold=c.solarize_threshold, p=1.0)),
         ]
@@ -110,7 +145,8 @@ class MultiCrop:
         return self.normalize(crop.contiguous())
 
     def __call__(self, img: Tensor) -> dict[str, list[Tensor]]:
-        """Crops of ``img`` (``[1, H, W]`` or ``[3, H, W]``, float in [0, 1]).
+        """Crops of ``img``: ``[1, H, W]`` (grey, replicated to 3) or ``[3, H, W]`` (a contrast
+        stack, channels kept apart), float in [0, 1].
 
         Returns:
             ``{"global": [3×g×g] * n_global, "local": [3×l×l] * n_local}``, normalised.

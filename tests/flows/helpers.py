@@ -62,24 +62,46 @@ def _dump_structured(path: Path) -> bytes:
     return json.dumps(rows, default=str).encode()
 
 
-def _grep(patterns: set[bytes], root: Path, ignore_case: bool, words: bool = False) -> list[str]:
-    """Files under ``root`` containing any pattern: GNU grep -F (Aho-Corasick), not a Python loop."""
+def _grep(patterns: set[bytes], root: Path, ignore_case: bool, words: bool = False) -> list[tuple[str, int, bytes]]:
+    """(file, byte offset, match) of every pattern under ``root``: GNU grep -F (Aho-Corasick), not a
+    Python loop."""
     with tempfile.NamedTemporaryFile("wb", suffix=".pat", delete=False) as fh:
         fh.write(b"\n".join(sorted(patterns)) + b"\n")
         pat = fh.name
     try:
-        r = subprocess.run(["grep", "-rlaF", *(["-i"] if ignore_case else []), *(["-w"] if words else []),
+        r = subprocess.run(["grep", "-rHoabF", *(["-i"] if ignore_case else []), *(["-w"] if words else []),
                             "-f", pat, str(root)],
                            capture_output=True)
     finally:
         os.unlink(pat)
     if r.returncode not in (0, 1):
         raise RuntimeError(r.stderr.decode())
-    return r.stdout.decode().splitlines()
+    out = []
+    for line in r.stdout.splitlines():
+        path, offset, match = line.split(b":", 2)
+        out.append((path.decode(), int(offset), match))
+    return out
 
 
-def find_phi(roots: list[Path], manifest: dict) -> list[tuple[str, str]]:
-    """Every (file, kind) where a PHI value of the manifest occurs, exactly or normalised.
+def _context(path: str, offset: int, length: int, width: int = 24) -> tuple[bytes, bytes]:
+    """The bytes just before and just after a match."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, offset - width))
+        before = fh.read(min(offset, width))
+        fh.seek(offset + length)
+        return before, fh.read(width)
+
+
+def _in_dotted_number(before: bytes, after: bytes) -> bool:
+    """A digit run that is one component of a dotted number: a decimal or timestamp fraction
+    (``12:00:01.111793``), a version. A 6-digit device serial meets one in every ~10^5 microsecond
+    timestamps of Prefect's database by chance — the product's audit has the same rule (a dotted
+    number is one token)."""
+    return before[-2:-1].isdigit() and before[-1:] == b"." or after[:1] == b"." and after[1:2].isdigit()
+
+
+def find_phi(roots: list[Path], manifest: dict) -> list[tuple[str, str, bytes]]:
+    """Every (file, kind, context) where a PHI value of the manifest occurs, exactly or normalised.
 
     Compressed files (.gz, .parquet, .duckdb) are expanded to text in a scratch folder first.
     """
@@ -104,7 +126,12 @@ def find_phi(roots: list[Path], manifest: dict) -> list[tuple[str, str]]:
         # by chance inside the 39-digit decimal of a remapped 2.25 UID
         numeric = {t for t in texts if re.fullmatch(rb"[0-9./ -]+", t)}
         for t in targets:
-            hits += [(f, "text") for f in _grep(texts - numeric, t, ignore_case=True)]
-            hits += [(f, "number") for f in _grep(numeric, t, ignore_case=False, words=True)]
-            hits += [(f, "uid") for f in _grep(uids, t, ignore_case=False, words=True)]
+            for kind, found in (("text", _grep(texts - numeric, t, ignore_case=True)),
+                                ("number", _grep(numeric, t, ignore_case=False, words=True)),
+                                ("uid", _grep(uids, t, ignore_case=False, words=True))):
+                for f, offset, match in found:
+                    before, after = _context(f, offset, len(match))
+                    if kind == "number" and _in_dotted_number(before, after):
+                        continue
+                    hits.append((f, kind, before + b"[" + match + b"]" + after))
     return hits

@@ -109,14 +109,69 @@ def test_summary_artifact_and_montage(demo):
     assert montage_is_informative(out / "research" / "qc" / "montage.png")
 
 
+# the tiny configuration of each volume / multi-contrast recipe, through its own deployment
+_RECIPE_RUNS = {
+    "pretrain-triad": ("triad-tiny", []),
+    "pretrain-prism": ("prism-tiny", []),
+    # stage 2 on the knee series only: the stage-1 weights continue there
+    "pretrain-brainsegfounder": ("brainsegfounder-tiny", ["-p", "stage2_query=SELECT series_id, exam_id, nifti_file "
+                                 "FROM series WHERE nifti_path IS NOT NULL AND body_part ILIKE 'knee'"]),
+    # the demo catalog has no brain (facial-anatomy protocols are excluded): stack the T1/T2
+    # series of two body exams, the missing FLAIR filled by the rule
+    "pretrain-brainfound": ("brainfound-tiny", ["-p", "query=SELECT series_id, exam_id, nifti_path, sequence_type, "
+                            "orientation, contrast, n_slices FROM series WHERE nifti_path IS NOT NULL AND exam_id IN (SELECT "
+                            "exam_id FROM series WHERE sequence_type IN ('T1', 'T2') AND orientation = 'axial' "
+                            "GROUP BY exam_id HAVING COUNT(DISTINCT sequence_type) = 2 ORDER BY exam_id LIMIT 2)"]),
+}
+
+
+def test_volume_and_multicontrast_deployments_on_the_demo_catalog(demo):
+    """pretrain-triad, -brainsegfounder, -brainfound and -prism run their tiny recipes through
+    Prefect against the demo catalog (concurrently: the worker takes them together); each
+    checkpoint reloads through the zoo and embeds."""
+    import math
+
+    import torch
+
+    from models import zoo
+    out, _ = demo
+    procs = {}
+    for deployment, (recipe, extra) in _RECIPE_RUNS.items():
+        procs[deployment] = subprocess.Popen(
+            [PREFECT, "deployment", "run", f"pretrain/{deployment}", "-p", f"recipe={recipe}", "-p", f"out={out}",
+             "-p", f"run_name={recipe}-demo", "-p", 'overrides={"max_iterations": 2}', *extra,
+             "--watch", "--watch-timeout", "900"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+    for deployment, proc in procs.items():
+        log = proc.communicate(timeout=1000)[0]
+        assert proc.returncode == 0, deployment + "\n" + log[-3000:]
+    con = connect(out / "research")
+    rows = {r[0]: r[1:] for r in con.execute(
+        "SELECT model_id, objective, arch, iterations, n_slices, final_loss, checkpoint_file, init FROM models "
+        "WHERE model_id LIKE '%-tiny-demo%'").fetchall()}
+    con.close()
+    assert set(rows) >= {f"{r}-demo" for r, _ in _RECIPE_RUNS.values()} | {"brainsegfounder-tiny-demo-stage2"}
+    for model_id, (objective, arch, iterations, n, loss, ckpt, init) in rows.items():
+        assert iterations == 2 and n >= 2 and math.isfinite(loss) and Path(ckpt).is_file(), model_id
+    assert rows["brainsegfounder-tiny-demo-stage2"][-1] == "stage 1 (brainsegfounder-tiny-demo)"
+    vol = torch.rand(2, 1, 32, 32, 32)
+    for model_id, entry in (("triad-tiny-demo", "triad-swin"), ("prism-tiny-demo", "prism"),
+                            ("brainsegfounder-tiny-demo-stage2", "brainsegfounder")):
+        m = zoo.load(entry, rows[model_id][5])
+        feats = m.pooled(vol)
+        assert feats.shape[0] == 2 and torch.isfinite(feats).all() and feats.std() > 0, model_id
+    bf = zoo.load("brainfound", rows["brainfound-tiny-demo"][5], arch="vit_tiny")
+    assert bf.pooled(torch.rand(2, 3, 64, 64)).shape == (2, bf.embed_dim)
+
+
 def test_no_phi_outside_restricted_zone(demo, manifest, sample, test_home):
     out, _ = demo
     roots = [out / "research", out / "state", test_home / "prefect", test_home / "logs"]
     hits = find_phi([r for r in roots if r.exists()], manifest)
     assert not hits, hits[:10]
     # positive controls: the search finds PHI where it is (raw export, restricted catalog)
-    assert {k for _, k in find_phi([sample / "reports.csv"], manifest)} >= {"text", "number"}
-    assert {k for _, k in find_phi([out / "restricted" / "restricted.duckdb"], manifest)} >= {"number"}
+    assert {k for _, k, _ in find_phi([sample / "reports.csv"], manifest)} >= {"text", "number"}
+    assert {k for _, k, _ in find_phi([out / "restricted" / "restricted.duckdb"], manifest)} >= {"number"}
 
 
 def test_second_run_adds_nothing_and_redoes_nothing(demo):

@@ -60,7 +60,8 @@ def _images(n=2, size=64, c=3) -> torch.Tensor:
 
 
 def test_registry():
-    assert zoo.available() == ["dinov2-vit-b", "medsam", "mri-core", "random", "sam-vit-b"]
+    assert zoo.available() == ["brainfound", "brainsegfounder", "dinov2-vit-b", "medsam", "mri-core", "prism", "random",
+                               "sam-vit-b", "triad-swin", "triad-unet"]
     with pytest.raises(ValueError, match="already registered"):
         zoo.register(zoo.ZOO["random"])
     with pytest.raises(ValueError, match="unknown zoo model"):
