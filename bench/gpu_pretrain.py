@@ -179,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    res = run(a.tiny, a.batch, a.steps, a.warmup)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=1))
-    print(render_markdown(res))
+    return write_and_print(run(a.tiny, a.batch, a.steps, a.warmup), a.json, render_markdown)
+
+
+def write_and_print(res: dict, json_path: Path | None, render) -> int:
+    """``--json`` file (for ``make bench`` on a machine without a GPU) and the Markdown table."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=1))
+    print(render(res))
     return 0
 
 

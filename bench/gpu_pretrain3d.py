@@ -23,24 +23,10 @@ from pathlib import Path
 
 import torch
 
+from bench.gpu_pretrain import _timed, write_and_print
+
 RECIPES = ("triad", "triad-unet", "brainsegfounder", "prism")
 RECORDED = Path(__file__).resolve().parent / "results" / "gpu_pretrain3d.json"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step, device: torch.device, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def synthetic_batch(cfg, batch: int, device: torch.device, n_body_parts: int = 4) -> dict:
@@ -141,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    res = run(a.tiny, a.batch, a.steps, a.warmup)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=1))
-    print(render_markdown(res))
-    return 0
+    return write_and_print(run(a.tiny, a.batch, a.steps, a.warmup), a.json, render_markdown)
 
 
 if __name__ == "__main__":
