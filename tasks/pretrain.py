@@ -178,6 +178,52 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict) -> None:
+    """The augmentation draws continue where they stopped: resumed == uninterrupted (CPU, 0 workers)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
+    if d.world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+
+def autocast(bf16: bool, d: Dist):
+    """bf16 autocast on CUDA; nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and d.device.type == "cuda") \
+        else contextlib.nullcontext()
+
+
+def emit(rec: dict, metrics, on_log: Callable[[dict], None] | None, d: Dist) -> None:
+    """One logged step: a line of metrics.jsonl (rank 0) and the caller's callback."""
+    if metrics:
+        metrics.write(json.dumps(rec) + "\n")
+        metrics.flush()
+    if on_log and d.main:
+        on_log(rec)
+
+
+def final_result(run_dir: Path, window: list[float], rate: float, it: int, steps_per_epoch: int, total: int,
+                 checkpoint: Path | None) -> "TrainResult":
+    """The run's result; a re-run of a finished run (nothing left to train) reports what it logged."""
+    if not window and (run_dir / "metrics.jsonl").exists():
+        logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        window = [r["loss"] for r in logged[-10:]]
+        rate = logged[-1].get("images_per_s", 0.0) if logged else 0.0
+    tail = window[-max(1, min(len(window), 10)):] if window else [float("nan")]
+    return TrainResult(iterations=it, epochs_done=it // steps_per_epoch, total_iterations=total,
+                       final_loss=float(np.mean(tail)), images_per_s=rate, checkpoint=checkpoint,
+                       stopped_early=it < total)
+
+
 def save_teacher_checkpoint(run_dir: Path, iteration: int, backbone: nn.Module, head: nn.Module | None) -> Path:
     """MRI-CORE layout at ``eval/training_<it>/teacher_checkpoint.pth`` (the dinov2 trainer's path)."""
     from models.zoo import save_mri_core_checkpoint
@@ -272,17 +318,10 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
             dino_loss.load_state_dict(st["dino_loss"])
             ibot_loss.load_state_dict(st["ibot_loss"])
         start_it = int(st["iteration"])
-        # the augmentation draws continue where they stopped: resumed == uninterrupted (CPU, 0 workers)
-        torch.set_rng_state(st["rng"]["torch"])
-        if st["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
-    model = student
-    if d.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[d.local_rank] if d.device.type == "cuda"
-                                                    else None)
+        restore_rng(st["rng"])
+    model = wrap_ddp(student, d)
     stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and d.device.type == "cuda")
-           else contextlib.nullcontext())
+    amp = autocast(cfg.bf16, d)
 
     metrics = (run_dir / "metrics.jsonl").open("a") if d.main else None
     it, window, last_ckpt = start_it, [], None
@@ -332,11 +371,7 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
                            **{k: float(v.detach()) for k, v in parts.items()},
                            "lr": s["lr"], "wd": s["wd"], "momentum": s.get("momentum"),
                            "teacher_temp": s.get("teacher_temp"), "images_per_s": ips}
-                    if metrics:
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
-                    if on_log and d.main:
-                        on_log(rec)
+                    emit(rec, metrics, on_log, d)
                     t_log, n_log = time.perf_counter(), 0
                 epoch_end = it % steps_per_epoch == 0
                 if d.main and (it % cfg.checkpoint_every == 0 or epoch_end or it == stop_at):
@@ -345,9 +380,7 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
                                   "dino_loss": dino_loss.state_dict() if teacher is not None else None,
                                   "ibot_loss": ibot_loss.state_dict() if teacher is not None else None,
                                   "iteration": it, "n_slices": n, "world_size": d.world_size,
-                                  "rng": {"torch": torch.get_rng_state(),
-                                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                                  "config": cfg.to_dict()}, state_path)
+                                  "rng": rng_state(), "config": cfg.to_dict()}, state_path)
                 if d.main and (epoch_end or it == stop_at):
                     net = teacher if teacher is not None else student
                     last_ckpt = save_teacher_checkpoint(run_dir, it, _unwrap(net).backbone if teacher is not None
@@ -362,15 +395,7 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
             (run_dir / f"indices.rank{d.rank}.json").write_text(json.dumps(seen))
         if d.world_size > 1 and dist.is_initialized():
             dist.barrier()
-    if not window and (run_dir / "metrics.jsonl").exists():
-        # nothing left to train (a re-run of a finished run): report what the run logged
-        logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        window = [r["loss"] for r in logged[-10:]]
-        ips = logged[-1].get("images_per_s", 0.0) if logged else 0.0
-    tail = window[-max(1, min(len(window), 10)):] if window else [float("nan")]
-    return TrainResult(iterations=it, epochs_done=it // steps_per_epoch, total_iterations=total,
-                       final_loss=float(np.mean(tail)), images_per_s=ips, checkpoint=last_ckpt,
-                       stopped_early=it < total)
+    return final_result(run_dir, window, ips, it, steps_per_epoch, total, last_ckpt)
 
 
 def _dino_step(batch: dict, model, teacher: DinoNet, dino_loss: DINOLoss, ibot_loss: iBOTPatchLoss,

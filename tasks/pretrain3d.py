@@ -12,7 +12,6 @@ directory holds, besides those:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,7 +27,8 @@ from torch import nn
 
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
-from tasks.pretrain import TrainResult, _atomic_save, _unwrap, setup_distributed
+from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, restore_rng, rng_state,
+                            setup_distributed, wrap_ddp)
 from tasks.slice_sampler import EpochSampler
 from tasks.volume_dataset import VolumeDataset, body_part_classes, select_pairs
 
@@ -136,16 +136,10 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_it = int(st["iteration"])
-        torch.set_rng_state(st["rng"]["torch"])
-        if st["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
-    net = model
-    if d.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda"
-                                                  else None)
+        restore_rng(st["rng"])
+    net = wrap_ddp(model, d)
     stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and d.device.type == "cuda")
-           else contextlib.nullcontext())
+    amp = autocast(cfg.bf16, d)
     metrics = (run_dir / "metrics.jsonl").open("a") if d.main else None
     it, window, last_ckpt, vps = start_it, [], None, 0.0
     t_log, n_log = time.perf_counter(), 0
@@ -183,20 +177,13 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
                     vps = n_log / max(time.perf_counter() - t_log, 1e-9)
                     rec = {"iteration": it, "total": total, "epoch": it / steps_per_epoch,
                            **{k: float(v.detach()) for k, v in parts.items()}, "lr": lr, "images_per_s": vps}
-                    if metrics:
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
-                    if on_log and d.main:
-                        on_log(rec)
+                    emit(rec, metrics, on_log, d)
                     t_log, n_log = time.perf_counter(), 0
                 epoch_end = it % steps_per_epoch == 0
                 if d.main and (it % cfg.checkpoint_every == 0 or epoch_end or it == stop_at):
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
                                   "n_volumes": n, "world_size": d.world_size, "body_parts": body_parts,
-                                  "rng": {"torch": torch.get_rng_state(),
-                                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                                          else None},
-                                  "config": cfg.to_dict()}, state_path)
+                                  "rng": rng_state(), "config": cfg.to_dict()}, state_path)
                 if d.main and (epoch_end or it == stop_at):
                     last_ckpt = save_encoder_checkpoint(run_dir, it, model, cfg, body_parts or [])
                 if it >= stop_at:
@@ -206,14 +193,7 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
             metrics.close()
         if d.world_size > 1 and dist.is_initialized():
             dist.barrier()
-    if not window and (run_dir / "metrics.jsonl").exists():
-        logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        window = [r["loss"] for r in logged[-10:]]
-        vps = logged[-1].get("images_per_s", 0.0) if logged else 0.0
-    tail = window[-max(1, min(len(window), 10)):] if window else [float("nan")]
-    return TrainResult(iterations=it, epochs_done=it // steps_per_epoch, total_iterations=total,
-                       final_loss=float(np.mean(tail)), images_per_s=vps, checkpoint=last_ckpt,
-                       stopped_early=it < total)
+    return final_result(run_dir, window, vps, it, steps_per_epoch, total, last_ckpt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,3 +83,31 @@ def test_triad_needs_texts_and_prism_needs_pairs(volumes, tmp_path):
     one_per_exam = [rows[0], next(r for r in rows if r["exam_id"] != rows[0]["exam_id"])]
     with pytest.raises(ValueError, match="PRISM pairs"):
         train_volumes(recipe("prism-tiny"), one_per_exam, tmp_path / "p")
+
+
+def test_ddp_two_processes_gloo(volumes, tmp_path):
+    """torchrun, 2 CPU processes (gloo), the job file the flow writes for nproc > 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    rows, texts = volumes
+    run = tmp_path / "ddp"
+    run.mkdir()
+    (run / "volumes.json").write_text(json.dumps(rows))
+    np.save(run / "texts.npy", texts)
+    job = run / "job.json"
+    job.write_text(json.dumps({"config": recipe("triad-tiny", max_iterations=2, batch_size=2).to_dict(),
+                               "rows_file": str(run / "volumes.json"), "texts_file": str(run / "texts.npy"),
+                               "run_dir": str(run), "init_state": None, "resume": True}))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "tasks.pretrain3d", str(job)], cwd=Path(__file__).resolve().parents[2],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads((run / "result.json").read_text())
+    assert res["iterations"] == 2 and math.isfinite(res["final_loss"])
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and all(math.isfinite(x["recon"]) and x["recon"] > 0 for x in logged)
+    assert torch.isfinite(zoo.load("triad-swin", res["checkpoint"]).pooled(torch.rand(1, 1, 32, 32, 32))).all()
