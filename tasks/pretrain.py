@@ -446,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     res = train(cfg, paths, Path(job["run_dir"]), init_weights=Path(job["init_weights"]) if job.get("init_weights")
                 else None, resume=job.get("resume", True),
                 on_log=lambda r: print(json.dumps(r), flush=True))
+    return finish_job(res, job_path)
+
+
+def finish_job(res: TrainResult, job_path: Path) -> int:
+    """End of a torchrun job: rank 0 writes ``result.json`` beside the job file."""
     if int(os.environ.get("RANK", "0")) == 0:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
         (job_path.parent / "result.json").write_text(json.dumps(out))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from torch import nn
 
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
-from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, restore_rng, rng_state,
-                            setup_distributed, wrap_ddp)
+from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job, restore_rng,
+                            rng_state, setup_distributed, wrap_ddp)
 from tasks.slice_sampler import EpochSampler
 from tasks.volume_dataset import VolumeDataset, body_part_classes, select_pairs
 
@@ -208,12 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     res = train_volumes(cfg, rows, Path(job["run_dir"]), texts=texts,
                         init_state=Path(job["init_state"]) if job.get("init_state") else None,
                         resume=job.get("resume", True), on_log=lambda r: print(json.dumps(r), flush=True))
-    if int(os.environ.get("RANK", "0")) == 0:
-        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
-        (job_path.parent / "result.json").write_text(json.dumps(out))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+    return finish_job(res, job_path)
 
 
 if __name__ == "__main__":
