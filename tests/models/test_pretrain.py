@@ -32,6 +32,15 @@ def slice_paths(small_catalog) -> list[str]:
     return [r["png_file"] for r in rows]
 
 
+@pytest.fixture(scope="module")
+def stack_paths(volume_catalog, tmp_path_factory) -> list[str]:
+    """BrainFound's 3-channel T1/T2/FLAIR stacks of the volume catalog's brain exams."""
+    from tasks.brainfound_stacks import brainfound_stacks
+    res = brainfound_stacks(volume_catalog, tmp_path_factory.mktemp("stacks"), size=64)
+    assert len(res.rows) >= 8
+    return [r["png_file"] for r in res.rows]
+
+
 def _tiny(**kw):
     return recipe("mri-core-tiny", **kw)
 
@@ -41,11 +50,13 @@ def test_query_must_return_png_file(small_catalog):
         query_slices(small_catalog, "SELECT slice_id FROM slices")
 
 
-def test_dino_loss_falls_when_overfitting_one_batch(slice_paths):
-    """One fixed batch, fixed masks, a frozen teacher and frozen centres (momentum 1): the
+@pytest.mark.parametrize("inputs", ["slice_paths", "stack_paths"])
+def test_dino_loss_falls_when_overfitting_one_batch(inputs, request):
+    """Grey slices (MRI-CORE) and contrast stacks (BrainFound). One fixed batch, fixed masks, a frozen teacher and frozen centres (momentum 1): the
     targets are fixed, so the real training step must fit them and the total loss falls.
     Measured over 5 random batches: last/first 0.37–0.51 after 60 steps. (With a moving
     teacher and centring, one batch collapses towards the uniform output instead.)"""
+    paths = request.getfixturevalue(inputs)
     torch.manual_seed(0)
     cfg = _tiny(batch_size=8)
     head = (64, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
@@ -53,9 +64,13 @@ def test_dino_loss_falls_when_overfitting_one_batch(slice_paths):
     teacher = DinoNet(build_backbone(cfg), DINOHead(*head))
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    ds = SliceDataset(slice_paths[::max(1, len(slice_paths) // 8)][:8],
+    ds = SliceDataset(paths[::max(1, len(paths) // 8)][:8],
                       MultiCrop(MultiCropConfig(global_size=64, local_size=32, n_local=2)))
     batch = collate_multicrop([ds[i] for i in range(8)])
+    # undo the ImageNet normalisation: grey slices are one channel repeated, stacks three contrasts
+    x = batch["global"] * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + \
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    assert ((x[:, 0] - x[:, 1]).abs().max() > 0.05) == (inputs == "stack_paths")
     dino = DINOLoss(cfg.head_out_dim, center_momentum=1.0)
     ibot = iBOTPatchLoss(cfg.head_out_dim, center_momentum=1.0)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
