@@ -107,7 +107,10 @@ def section(tiny: bool = False) -> dict:
     elif RECORDED.exists():
         res, source = json.loads(RECORDED.read_text()), f"recorded in `{RECORDED.relative_to(RECORDED.parents[2])}`"
     else:
-        return {"tables": [], "targets": [], "note": "no GPU figures for the volume recipes yet", "raw": None}
+        return {"tables": [], "targets": [], "raw": None,
+                "note": "Not measured: no GPU machine was lent to the sessions so far. On one, `python -m "
+                        "bench.gpu_pretrain3d --json bench/results/gpu_pretrain3d.json` records the figures this "
+                        "section then reports."}
     rows = [[r["recipe"], r["encoder"], f"{r['roi']}³", r["batch"], round(r["method_volumes_per_s"], 1),
              round(r["method_peak_mem_gib"], 1) if r["method_peak_mem_gib"] is not None else "n/a",
              round(r["encoder_volumes_per_s"], 1), round(r["ratio"], 2)] for r in res["recipes"]]

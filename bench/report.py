@@ -52,6 +52,8 @@ def render(command: str, machine: dict, versions: dict, sections: dict[str, dict
             lines += [f"**{t['title']}**", "", _table(t["headers"], t["rows"]), ""]
             if t.get("note"):
                 lines += [t["note"], ""]
+        if sec.get("note") and not sec["tables"]:
+            lines += [f"*{sec['note']}*", ""]
         appendix += sec.get("appendix", [])
     if appendix:
         lines += ["## Appendix: catalog queries", ""]

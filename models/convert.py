@@ -116,6 +116,38 @@ def _fold(w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return (w.float() * g).to(w.dtype)
 
 
+def dinov2_without_layerscale(dino_sd: dict, *, grid: int) -> dict:
+    """A DINOv2 backbone (hub or trainer layout, layerscale on) → the same keys without
+    ``ls1/ls2.gamma`` (folded into ``attn.proj`` / ``mlp.fc2``, the block's function unchanged)
+    and ``pos_embed`` resized to ``1 + grid²`` positions — what the slice trainer's
+    layerscale-free backbone loads (BrainFound starts from a DINOv2 checkpoint).
+
+    Raises:
+        ValueError: a gamma without its linear layer, or a pos_embed that is not cls + a square grid.
+    """
+    sd = unchunk_block_keys(dino_sd)
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    out = {k: _copy(v) for k, v in sd.items() if not k.endswith(("ls1.gamma", "ls2.gamma"))}
+    for k, g in sd.items():
+        m = _BLOCK.match(k)
+        if not (m and m.group(2) in ("ls1.gamma", "ls2.gamma")):
+            continue
+        lin = f"blocks.{m.group(1)}.attn.proj" if m.group(2) == "ls1.gamma" else f"blocks.{m.group(1)}.mlp.fc2"
+        for part in ("weight", "bias"):
+            if f"{lin}.{part}" not in out:
+                raise ValueError(f"{k} has no {lin}.{part} to fold into")
+            out[f"{lin}.{part}"] = _fold(out[f"{lin}.{part}"], g)
+    pos = out["pos_embed"]
+    n = pos.shape[1] - 1
+    m_ = math.isqrt(n)
+    if m_ * m_ != n:
+        raise ValueError(f"pos_embed {tuple(pos.shape)} is not 1 + a square grid")
+    patch = resize_pos_grid(pos[:, 1:].reshape(1, m_, m_, -1), (grid, grid)).reshape(1, grid * grid, -1)
+    out["pos_embed"] = torch.cat([pos[:, :1], patch], dim=1)
+    return out
+
+
 def dinov2_to_sam(dino_sd: dict, *, grid: int, rel_pos: dict | None = None,
                   neck: dict | None = None, sam_cfg: SamEncoderConfig | None = None) -> dict:
     """DINOv2 ViT state dict → SAM image-encoder state dict (no ``image_encoder.`` prefix).

@@ -40,7 +40,7 @@ class PretrainConfig(_Options):
     # slice stacks built from the catalog's NIfTI (tasks/brainfound_stacks.py)
     inputs: str = "slices"
     arch: str = "vit_b16"                      # models.vit.VIT_CONFIGS
-    init: str = "sam"                          # sam (student = teacher = SAM encoder) | random
+    init: str = "sam"                          # sam (student = teacher = SAM encoder) | dinov2 | random
     sam_arch: str = "sam_vit_b"                # models.sam_encoder.SAM_CONFIGS, for init=sam
     epochs: int = 4
     batch_size: int = 128                      # per process (GPU)
@@ -141,9 +141,10 @@ RECIPES: dict[str, PretrainConfig | VolumeConfig] = {
     # the paper's ablation: the same data path and backbone, MAE instead of DINOv2
     "mae": PretrainConfig(objective="mae", base_lr=1.5e-4, warmup_epochs=0.5),
     "mae-tiny": PretrainConfig(objective="mae", init="random", **_TINY),
-    # BrainFound: DINOv2 on axial T1/T2/FLAIR stacks (3 × 224²); the paper starts from a
-    # DINOv2 checkpoint (init is random here: no ViT-L/14 weights ship; docs/models.md)
-    "brainfound": PretrainConfig(inputs="contrast_stacks", init="random", arch="vit_b16"),
+    # BrainFound: DINOv2 on axial T1/T2/FLAIR stacks (3 × 224²), started from a DINOv2
+    # checkpoint (init_weights: the hub ViT-B/14 file; the paper used ViT-L/14); crops 224/98
+    # as DINOv2's for patch 14
+    "brainfound": PretrainConfig(inputs="contrast_stacks", init="dinov2", arch="vit_b14", local_size=98),
     "brainfound-tiny": PretrainConfig(inputs="contrast_stacks", init="random", **_TINY),
     # Triad (Swin-B v2 or nnU-Net plain conv encoder): masked reconstruction (ratio 0.6,
     # patch 16, 96³) + 0.01 × log-ratio to description embeddings; AdamW (0.9, 0.95),

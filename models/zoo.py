@@ -299,7 +299,7 @@ register(ZooEntry(
     IMAGENET_STD, source="facebookresearch/dinov2", licence="Apache-2.0",
     description="official DINOv2 ViT-B/14 backbone (518 px, layerscale)"))
 def _build_brainfound(entry: ZooEntry, path: Path, arch: str | None, image_size: int | None) -> ZooModel:
-    return _dino_model(entry, _backbone_state(_torch_load(path)), arch or "vit_b16", image_size)
+    return _dino_model(entry, _backbone_state(_torch_load(path)), arch or "vit_b14", image_size)
 
 
 register(ZooEntry(

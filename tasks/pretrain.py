@@ -111,6 +111,17 @@ def init_from_sam(backbone: DinoVisionTransformer, sam_weights: Path) -> None:
     backbone.load_state_dict(converted, strict=True)
 
 
+def init_from_dinov2(backbone: DinoVisionTransformer, weights: Path) -> None:
+    """Student ← a DINOv2 backbone checkpoint (hub ``dinov2_vit*_pretrain.pth`` or a trainer
+    teacher): layerscale folded away, pos_embed resized to the crop grid (BrainFound's start)."""
+    from models.convert import dinov2_without_layerscale
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    for key in ("model", "teacher", "student"):
+        sd = sd[key] if isinstance(sd.get(key), dict) else sd
+    grid = backbone.cfg.img_size // backbone.cfg.patch_size
+    backbone.load_state_dict(dinov2_without_layerscale(sd, grid=grid), strict=True)
+
+
 def param_groups(net: DinoNet | nn.Module, cfg: PretrainConfig, depth: int) -> list[dict]:
     """AdamW groups: layer-wise lr decay, patch_embed lr ×0.2, no weight decay on biases,
     norms and tokens; the head's last layer flagged (frozen during the first steps)."""
@@ -275,11 +286,14 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
                             freeze_last_layer_epochs=cfg.freeze_last_layer_epochs)
 
     backbone = build_backbone(cfg)
-    if cfg.init == "sam":
+    if cfg.init in ("sam", "dinov2"):
         if init_weights is None or not Path(init_weights).exists():
-            raise FileNotFoundError(f"init=sam needs a local SAM image-encoder checkpoint (got {init_weights}); "
-                                    "e.g. sam_vit_b_01ec64.pth from segment-anything's release")
-        init_from_sam(backbone, Path(init_weights))
+            raise FileNotFoundError(
+                f"init={cfg.init} needs a local " + ("SAM image-encoder checkpoint" if cfg.init == "sam" else
+                                                     "DINOv2 backbone checkpoint") + f" (got {init_weights}); e.g. "
+                + ("sam_vit_b_01ec64.pth from segment-anything's release" if cfg.init == "sam"
+                   else "dinov2_vitb14_pretrain.pth from facebookresearch/dinov2"))
+        (init_from_sam if cfg.init == "sam" else init_from_dinov2)(backbone, Path(init_weights))
     depth = backbone.cfg.depth
     grid = cfg.global_size // backbone.cfg.patch_size
 

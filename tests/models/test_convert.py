@@ -193,6 +193,29 @@ def test_layerscale_is_folded_and_preserves_the_function():
         torch.testing.assert_close(_patch_only(plain, x), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_dinov2_checkpoint_initialises_a_layerscale_free_backbone(tmp_path):
+    """BrainFound's start: a hub-layout DINOv2 backbone with layerscale → the trainer's
+    backbone (no layerscale) computes the same function; another crop size resizes pos_embed."""
+    from tasks.pretrain import init_from_dinov2
+    torch.manual_seed(1)
+    hub = DinoVisionTransformer(replace(VIT_TINY, layerscale=1e-5)).eval()
+    with torch.no_grad():
+        for blk in hub.blocks:
+            blk.ls1.gamma.uniform_(0.05, 2.0)
+            blk.ls2.gamma.uniform_(0.05, 2.0)
+    torch.save(hub.state_dict(), tmp_path / "dinov2_hub.pth")
+    plain = DinoVisionTransformer(VIT_TINY).eval()
+    init_from_dinov2(plain, tmp_path / "dinov2_hub.pth")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.forward_features(x)["x_norm_patchtokens"],
+                                   hub.forward_features(x)["x_norm_patchtokens"], atol=1e-5, rtol=1e-5)
+    bigger = DinoVisionTransformer(replace(VIT_TINY, img_size=96)).eval()
+    init_from_dinov2(bigger, tmp_path / "dinov2_hub.pth")           # 4×4 → 6×6 positions
+    assert bigger.pos_embed.shape[1] == 1 + 36
+    torch.testing.assert_close(bigger.pos_embed[:, 0], hub.pos_embed[:, 0])  # the cls slot is kept
+
+
 # --------------------------------------------- SAM windows == global attention at 224 px
 
 def _sam_and_vit(sam_cfg, vit_cfg, seed=0):
