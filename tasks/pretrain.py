@@ -201,6 +201,22 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_train_state(path: Path, d: Dist, n: int, unit: str) -> dict | None:
+    """A run's ``train_state.pt`` (None when there is none) with the RNG restored from it.
+
+    Raises:
+        ValueError: the run had another number of ``unit`` (slices, volumes) or processes.
+    """
+    if not path.exists():
+        return None
+    st = torch.load(path, map_location=d.device, weights_only=False)
+    if st[f"n_{unit}"] != n or st["world_size"] != d.world_size:
+        raise ValueError(f"cannot resume: the run had {st[f'n_{unit}']} {unit} on {st['world_size']} process(es), "
+                         f"now {n} on {d.world_size}; start a new run name")
+    restore_rng(st["rng"])
+    return st
+
+
 def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
     if d.world_size == 1:
         return model
@@ -320,11 +336,8 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
     opt = torch.optim.AdamW(param_groups(student, cfg, depth), betas=(0.9, 0.999))
     start_it = 0
     state_path = run_dir / "train_state.pt"
-    if resume and state_path.exists():
-        st = torch.load(state_path, map_location=d.device, weights_only=False)
-        if st["n_slices"] != n or st["world_size"] != d.world_size:
-            raise ValueError(f"cannot resume: the run had {st['n_slices']} slices on {st['world_size']} process(es), "
-                             f"now {n} on {d.world_size}; start a new run name")
+    st = load_train_state(state_path, d, n, "slices") if resume else None
+    if st is not None:
         student.load_state_dict(st["student"])
         opt.load_state_dict(st["optimizer"])
         if teacher is not None:
@@ -332,7 +345,6 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
             dino_loss.load_state_dict(st["dino_loss"])
             ibot_loss.load_state_dict(st["ibot_loss"])
         start_it = int(st["iteration"])
-        restore_rng(st["rng"])
     model = wrap_ddp(student, d)
     stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
     amp = autocast(cfg.bf16, d)

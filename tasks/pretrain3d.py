@@ -26,8 +26,8 @@ from torch import nn
 
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
-from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job, restore_rng,
-                            rng_state, setup_distributed, wrap_ddp)
+from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job,
+                            load_train_state, rng_state, setup_distributed, wrap_ddp)
 from tasks.slice_sampler import EpochSampler
 from tasks.volume_dataset import VolumeDataset, body_part_classes, select_pairs
 
@@ -127,15 +127,11 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
     opt = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     start_it = 0
     state_path = run_dir / "train_state.pt"
-    if resume and state_path.exists():
-        st = torch.load(state_path, map_location=d.device, weights_only=False)
-        if st["n_volumes"] != n or st["world_size"] != d.world_size:
-            raise ValueError(f"cannot resume: the run had {st['n_volumes']} volumes on {st['world_size']} "
-                             f"process(es), now {n} on {d.world_size}; start a new run name")
+    st = load_train_state(state_path, d, n, "volumes") if resume else None
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_it = int(st["iteration"])
-        restore_rng(st["rng"])
     net = wrap_ddp(model, d)
     stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
     amp = autocast(cfg.bf16, d)
