@@ -95,7 +95,8 @@ def _cmd_catalog_docs(a) -> int:
 def _cmd_pretrain(a) -> int:
     from flows.pretrain import pretrain
     res = pretrain(out=a.out, query=a.query, recipe=a.recipe, init_weights=a.init_weights, run_name=a.run_name,
-                   nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None)
+                   nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None,
+                   stage2_query=a.stage2_query)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -161,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--check", action="store_true")
     d.set_defaults(fn=_cmd_catalog_docs)
 
-    t = sub.add_parser("pretrain", help="pretrain an encoder on catalog slices (flow pretrain)")
+    from models.recipes import RECIPES
+    t = sub.add_parser("pretrain", help="pretrain an encoder on catalog slices or volumes (flow pretrain)")
     t.add_argument("--out", help="output root of the curation (its research/ catalog)")
-    t.add_argument("--query", default="SELECT png_file FROM training_slices", help="SQL returning png_file")
-    t.add_argument("--recipe", default="mri-core", help="mri-core | mri-core-tiny | mae | mae-tiny")
-    t.add_argument("--init-weights", help="local SAM checkpoint (recipes with init=sam)")
+    t.add_argument("--query", help="SQL on the catalog; default per recipe (training slices, converted volumes, "
+                                   "paired volumes for PRISM, brain series for BrainFound)")
+    t.add_argument("--recipe", default="mri-core", choices=sorted(RECIPES), metavar="RECIPE",
+                   help=" | ".join(sorted(RECIPES)))
+    t.add_argument("--init-weights", help="local SAM (init=sam) or DINOv2 (init=dinov2) checkpoint")
+    t.add_argument("--stage2-query", help="BrainSegFounder: the second stage's volumes (model <run>-stage2)")
     t.add_argument("--run-name")
     t.add_argument("--nproc", type=int, default=1, help="DDP processes (torchrun) — GPUs, or CPU with gloo")
     t.add_argument("--restart", action="store_true", help="ignore an existing train state of the run")

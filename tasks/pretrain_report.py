@@ -28,19 +28,25 @@ def read_metrics(path: Path) -> list[dict]:
     return [by_it[k] for k in sorted(by_it)]
 
 
+_NOT_LOSSES = {"iteration", "total", "epoch", "lr", "wd", "momentum", "teacher_temp", "images_per_s"}
+
+
 def plot_loss_curve(records: list[dict], png: Path, title: str) -> Path:
     """Total and component losses against iteration (log y when positive), plus the lr."""
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(3, 1))
     its = [r["iteration"] for r in records]
-    for key in ("loss", "dino", "ibot", "koleo"):
+    # the total, then every term the objective logged (DINO/iBOT/KoLeo, Triad's recon/text, …)
+    terms = [k for k in dict.fromkeys(k for r in records for k in r) if k not in _NOT_LOSSES]
+    marker = "o" if len(records) < 3 else None     # a one-step run still shows its point
+    for key in ["loss"] + [k for k in terms if k != "loss"]:
         ys = [r.get(key) for r in records]
         if any(y is not None for y in ys):
-            ax.plot(its, ys, label=key, lw=1.5 if key == "loss" else 1.0)
+            ax.plot(its, ys, label=key, lw=1.5 if key == "loss" else 1.0, marker=marker)
     ax.set_ylabel("loss")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax_lr.plot(its, [r.get("lr") for r in records], color="tab:gray")
+    ax_lr.plot(its, [r.get("lr") for r in records], color="tab:gray", marker=marker)
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("iteration")
     ax_lr.grid(alpha=0.3)
