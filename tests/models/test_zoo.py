@@ -189,3 +189,18 @@ def test_random_is_seeded_and_takes_no_weights(tmp_path):
         zoo.load("random", tmp_path / "x.pth")
     with pytest.raises(ValueError, match="options"):
         zoo.load("random", arch="vit_tiny", as_sam=True)
+
+
+def test_volume_models_pad_to_32_and_are_refused_by_slice_features(tmp_path):
+    from pathlib import Path
+
+    from models.encoders3d import build_encoder3d
+    from models.zoo3d import VolumeZooModel
+    from tasks.features import extract_features
+    m = VolumeZooModel("v", build_encoder3d("unet_tiny"))
+    vol = torch.rand(1, 1, 33, 20, 64) + 0.1
+    x = m.preprocess(vol)
+    assert x.shape == (1, 1, 64, 32, 64)            # 33 → 64 (15 before, 16 after), 20 → 32 (6 and 6)
+    assert torch.equal(x[:, :, 15:48, 6:26], vol) and x.abs().sum() == vol.abs().sum()
+    with pytest.raises(ValueError, match="volume encoder"):
+        extract_features(Path(tmp_path), "SELECT 1", m, "vols")
