@@ -217,6 +217,17 @@ def load_train_state(path: Path, d: Dist, n: int, unit: str) -> dict | None:
     return st
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, clip_grad: float, it: int) -> None:
+    """Backward, clip, step — after refusing a non-finite loss (a diverged run stops loudly)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at iteration {it}: {float(loss)}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(params, clip_grad)
+    opt.step()
+
+
 def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
     if d.world_size == 1:
         return model
@@ -376,13 +387,7 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
                         loss, _, _ = model(images)
                         parts, bsz = {"loss": loss}, images.shape[0]
                 loss = parts["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at iteration {it}: {float(loss)}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-                opt.step()
+                optimizer_step(loss, opt, student.parameters(), cfg.clip_grad, it)
                 if teacher is not None:
                     update_teacher(teacher, student, s["momentum"])
                 it += 1

@@ -27,7 +27,7 @@ from torch import nn
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
 from tasks.pretrain import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job,
-                            load_train_state, rng_state, setup_distributed, wrap_ddp)
+                            load_train_state, optimizer_step, rng_state, setup_distributed, wrap_ddp)
 from tasks.slice_sampler import EpochSampler
 from tasks.volume_dataset import VolumeDataset, body_part_classes, select_pairs
 
@@ -156,13 +156,7 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
                 with amp:
                     parts = net(batch)
                 loss = parts["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at iteration {it}: {float(loss)}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
+                optimizer_step(loss, opt, model.parameters(), cfg.clip_grad, it)
                 it += 1
                 n_log += batch["image"].shape[0] * d.world_size
                 window.append(float(loss.detach()))
