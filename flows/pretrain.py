@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -236,9 +237,7 @@ def pretrain(out: str | None = None, query: str | None = None, recipe: str = "mr
     res = train_task(str(run_dir), cfg.to_dict(), _expand(init_weights), resume, nproc)
     ckpt = Path(res["checkpoint"]) if res.get("checkpoint") else None
     if ckpt is None:
-        done = sorted(run_dir.glob("eval/training_*/teacher_checkpoint.pth"),
-                      key=lambda p: int(p.parent.name.split("_")[1]))
-        ckpt = done[-1] if done else None
+        ckpt = _latest(run_dir, "eval/training_*/teacher_checkpoint.pth")
     row = {"model_id": name, "recipe": recipe, "objective": cfg.objective, "arch": cfg.arch, "init": cfg.init,
            "query": query, "n_slices": n, "epochs": res["epochs_done"], "iterations": res["iterations"],
            "world_size": nproc, "final_loss": res["final_loss"], "images_per_s": res["images_per_s"],
@@ -249,7 +248,11 @@ def pretrain(out: str | None = None, query: str | None = None, recipe: str = "mr
 
 
 def _latest(run_dir: Path, pattern: str) -> Path | None:
-    done = sorted(run_dir.glob(pattern), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    """The checkpoint of the highest iteration (the number after the ``_`` of its path:
+    ``eval/training_<it>/…`` or ``checkpoints/encoder_<it>.pth``) — what a re-run of a
+    finished run reports."""
+    done = sorted(run_dir.glob(pattern),
+                  key=lambda p: int(re.search(r"_(\d+)", str(p.relative_to(run_dir))).group(1)))
     return done[-1] if done else None
 
 

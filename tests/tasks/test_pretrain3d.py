@@ -111,3 +111,15 @@ def test_ddp_two_processes_gloo(volumes, tmp_path):
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and all(math.isfinite(x["recon"]) and x["recon"] > 0 for x in logged)
     assert torch.isfinite(zoo.load("triad-swin", res["checkpoint"]).pooled(torch.rand(1, 1, 32, 32, 32))).all()
+
+
+def test_latest_checkpoint_is_the_highest_iteration_not_the_last_name(tmp_path):
+    from flows.pretrain import _latest
+    for it in (2, 10, 9):
+        (tmp_path / "eval" / f"training_{it}").mkdir(parents=True)
+        (tmp_path / "eval" / f"training_{it}" / "teacher_checkpoint.pth").touch()
+        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+        (tmp_path / "checkpoints" / f"encoder_{it}.pth").touch()
+    assert _latest(tmp_path, "eval/training_*/teacher_checkpoint.pth").parent.name == "training_10"
+    assert _latest(tmp_path, "checkpoints/encoder_*.pth").name == "encoder_10.pth"
+    assert _latest(tmp_path, "none_*.pth") is None
