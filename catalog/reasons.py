@@ -11,7 +11,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "accession_not_found": ("retrieve", "rejected", "the archive holds no study with this accession number"),
     "archive_unreachable": ("retrieve", "failed", "the archive could not be reached (folder missing, PACS down)"),
     "retrieve_error": ("retrieve", "failed", "an unexpected error while fetching the exam"),
-    "pacs_unreachable": ("retrieve", "failed", "no association with the PACS: connection refused or timed out (after retries)"),
+    "pacs_unreachable": ("retrieve", "failed", "no association with the PACS: connection refused, timed out or PACS busy (after retries)"),
     "association_rejected": ("retrieve", "failed", "the PACS rejected the association: wrong AE title or our AE not allowed"),
     "transfer_incomplete": ("retrieve", "failed", "fewer instances arrived than the PACS counted, or the transfer was cut (after retries); a re-run resumes"),
     # deid

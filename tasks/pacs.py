@@ -28,6 +28,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, build_role, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelGet)
 
@@ -249,17 +250,30 @@ class PacsArchive:
 
         Raises:
             RetrievalError: association_rejected (not retried: wrong AE title or not allowed).
-            _Transient: pacs_unreachable (refused, timed out).
+            _Transient: pacs_unreachable (refused, timed out, rejected-transient).
         """
         ae = self._ae()
         roles = [build_role(s, scp_role=True) for s in _IMAGE_SOP + _OTHER_SOP]
-        handlers = [(evt.EVT_C_STORE, receiver.handle_store)] if receiver else []
+        rejections: list[A_ASSOCIATE_RJ] = []
+        # pynetdicom 3.0 races on a fast rejection: when the PACS closes the socket right
+        # after its A-ASSOCIATE-RJ, the ACSE may see "not connected" before it reads the
+        # RJ and report an abort (~7 % of rejections by a local Orthanc). The DUL thread
+        # decodes the RJ PDU before it notices the close, so the PDU event is the truth.
+        handlers = [(evt.EVT_PDU_RECV, lambda e: rejections.append(e.pdu)
+                     if isinstance(e.pdu, A_ASSOCIATE_RJ) else None)]
+        if receiver:
+            handlers.append((evt.EVT_C_STORE, receiver.handle_store))
         with _semaphore(self.cfg):
             assoc = ae.associate(self.cfg.host, self.cfg.port, ae_title=self.cfg.called_aet,
                                  ext_neg=roles, evt_handlers=handlers)
-            if assoc.is_rejected:
+            rj = rejections[0] if rejections else None
+            if rj is not None and rj.result == 0x02:   # rejected-transient: e.g. at its limit
+                raise _Transient("pacs_unreachable", f"the PACS is busy: {rj.reason_str}")
+            if assoc.is_rejected or rj is not None:
+                why = f": {rj.reason_str}" if rj is not None else ""
                 raise RetrievalError("pacs", "association_rejected",
-                                     "the PACS rejected the association (check AE titles and its allow-list)")
+                                     f"the PACS rejected the association{why} "
+                                     "(check AE titles and its allow-list)")
             if not assoc.is_established:
                 raise _Transient("pacs_unreachable", "no association: connection refused or timed out")
             try:

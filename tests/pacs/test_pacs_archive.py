@@ -103,14 +103,20 @@ def test_pacs_down_is_pacs_unreachable(tmp_path, orthanc, pacs_exams):
 
 
 @pytest.mark.parametrize("called,calling", [("WRONGAET", "MRIFOUNDRY"), ("TESTPACS", "STRANGER")])
-def test_wrong_ae_title_is_association_rejected(orthanc, pacs_exams, called, calling):
-    arch = PacsArchive(orthanc.url(called=called, calling=calling, retries=3, backoff=20))
-    t0 = time.monotonic()
-    with pytest.raises(RetrievalError) as ei:
-        arch.find(pacs_exams[0]["accession_number"])
-    assert ei.value.reason == "association_rejected"
-    # a retry would wait ≥ 20 s first; one attempt took up to 5.1 s on a loaded 2-core box
-    assert time.monotonic() - t0 < 15  # a rejection is not retried
+def test_wrong_ae_title_is_association_rejected(orthanc, pacs_exams, called, calling, monkeypatch):
+    from pynetdicom import AE
+    attempts, real = [], AE.associate
+    monkeypatch.setattr(AE, "associate", lambda self, *a, **kw: attempts.append(1) or real(self, *a, **kw))
+    # many tries (3 s): pynetdicom alone misreads some of Orthanc's fast rejections as
+    # aborts (8 of 100 bare associations here, ~1 in 400 under pytest; CI saw one retried)
+    for _ in range(200):
+        arch = PacsArchive(orthanc.url(called=called, calling=calling, retries=3, backoff=0.01))
+        with pytest.raises(RetrievalError) as ei:
+            arch.find(pacs_exams[0]["accession_number"])
+        assert ei.value.reason == "association_rejected", ei.value
+        wrong = "Called" if called == "WRONGAET" else "Calling"
+        assert f"{wrong} AE title not recognised" in str(ei.value)  # the PACS's own reason
+    assert len(attempts) == 200  # a rejection is never retried
 
 
 def test_associations_are_capped_per_pacs(orthanc, pacs_exams, tmp_path, monkeypatch):
