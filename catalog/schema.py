@@ -69,7 +69,7 @@ SERIES = Table(
         Column("series_description", S, "SeriesDescription after Clean Descriptors (e.g. 'SAG PD FS')"),
         Column("sequence_type", S, "T1, T2, PD, STIR, FLAIR, DWI, ADC, DIXON, DCE, SWI, GRE or OTHER"),
         Column("orientation", S, "axial, coronal, sagittal or oblique (from ImageOrientationPatient)"),
-        Column("body_part", S, "body part from BodyPartExamined / descriptions"),
+        Column("body_part", S, "body part from BodyPartExamined / descriptions, in the rules vocabulary (knee, lumbar_spine …)"),
         Column("contrast", B, "contrast agent given (ContrastBolusAgent or description)"),
         Column("manufacturer", S, "scanner manufacturer"),
         Column("model", S, "scanner model name"),

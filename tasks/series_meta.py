@@ -41,16 +41,19 @@ _IMAGE_TYPE_RULES: tuple[tuple[str, frozenset[str]], ...] = (
     ("SWI", frozenset({"SWI", "SWAN"})),
     ("DIXON", frozenset({"DIXON", "WATER", "FAT", "IN_PHASE", "OUT_PHASE", "OPP_PHASE"})),
 )
+#: Header text → body-part label. Labels are the shipped report rules' vocabulary
+#: (tasks/data/duke110k_rules.yaml: lower snake_case), plus finer header-only ones (spine,
+#: foot, hand, thigh, leg, arm), so exams.body_part and series.body_part compare as equals.
 _BODY_PARTS: tuple[tuple[str, str], ...] = (
-    ("CSPINE", r"C[-_ ]?SPINE|CERVICAL"), ("TSPINE", r"T[-_ ]?SPINE|THORACIC SPINE"),
-    ("LSPINE", r"L[-_ ]?SPINE|LUMBAR"), ("SPINE", r"SPINE"),
-    ("KNEE", r"KNEE"), ("SHOULDER", r"SHOULDER"), ("HIP", r"HIPS?"), ("ANKLE", r"ANKLE"),
-    ("FOOT", r"FOOT|FOREFOOT|TOE"), ("WRIST", r"WRIST"), ("HAND", r"HAND|FINGER|THUMB"),
-    ("ELBOW", r"ELBOW"), ("BREAST", r"BREAST"), ("PROSTATE", r"PROSTATE"),
-    ("PELVIS", r"PELVIS|PELVIC"), ("LIVER", r"LIVER"), ("ABDOMEN", r"ABD(OMEN)?|MRCP|PANCREAS|KIDNEY|RENAL"),
-    ("HEART", r"HEART|CARDIAC"), ("CHEST", r"CHEST|THORAX"), ("BRAIN", r"BRAIN|HEAD"),
-    ("NECK", r"NECK"), ("THIGH", r"THIGH|FEMUR"), ("LEG", r"LEG|TIBIA|CALF"),
-    ("ARM", r"HUMERUS|FOREARM|ARM"),
+    ("cervical_spine", r"C[-_ ]?SPINE|CERVICAL"), ("thoracic_spine", r"T[-_ ]?SPINE|THORACIC SPINE"),
+    ("lumbar_spine", r"L[-_ ]?SPINE|LUMBAR|LUMBOSACRAL"), ("spine", r"SPINE"),
+    ("knee", r"KNEE"), ("shoulder", r"SHOULDER"), ("hip", r"HIPS?"), ("ankle", r"ANKLE"),
+    ("foot", r"FOOT|FOREFOOT|TOE"), ("wrist", r"WRIST"), ("hand", r"HAND|FINGER|THUMB"),
+    ("elbow", r"ELBOW"), ("breast", r"BREASTS?"), ("prostate", r"PROSTATE"),
+    ("pelvis", r"PELVIS|PELVIC"), ("liver", r"LIVER"), ("abdomen", r"ABD(OMEN)?|MRCP|PANCREAS|KIDNEYS?|RENAL"),
+    ("cardiac", r"HEART|CARDIAC"), ("chest", r"CHEST|THORAX"), ("brain", r"BRAIN|HEAD"),
+    ("neck", r"NECK"), ("thigh", r"THIGH|FEMUR"), ("leg", r"LEG|TIBIA|CALF"),
+    ("arm", r"HUMERUS|FOREARM|ARM"),
 )
 _CONTRAST = re.compile(_A + r"(POST|GAD|GD|C\+|\+C|CE|CONTRAST|DOTAREM|GADAVIST|MULTIHANCE)(?![A-Z])")
 _NO_CONTRAST = re.compile(r"\b(PRE|WITHOUT|NON[-_ ]?CONTRAST|W/?O)\b")
@@ -176,14 +179,18 @@ def orientation(iop) -> str | None:
 
 
 def body_part(ds: Dataset) -> str | None:
-    """BodyPartExamined when set, else the first keyword found in Study/Series/Protocol text."""
+    """BodyPartExamined when set, else the first keyword found in Study/Series/Protocol text.
+
+    A label of ``_BODY_PARTS``; an unmapped BodyPartExamined comes back lower-cased, its
+    runs of other characters as one ``_`` (``"TMJ"`` → ``"tmj"``).
+    """
     for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName"):
         text = _text(ds, keyword).replace("_", " ")
         for label, pattern in _BODY_PARTS:
             if re.search(r"(?<![A-Z])(" + pattern + r")(?![A-Z])", text):
                 return label
         if keyword == "BodyPartExamined" and text.strip():
-            return re.sub(r"[^A-Z0-9]+", "", text) or None
+            return re.sub(r"[^A-Z0-9]+", "_", text).strip("_").lower() or None
     return None
 
 

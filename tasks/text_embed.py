@@ -26,7 +26,6 @@ _SEQUENCES = {
     "DWI": "diffusion-weighted", "ADC": "ADC map", "DIXON": "Dixon", "DCE": "dynamic contrast-enhanced",
     "SWI": "susceptibility-weighted", "GRE": "gradient-echo", "OTHER": None,
 }
-_BODY_PARTS = {"CSPINE": "cervical spine", "TSPINE": "thoracic spine", "LSPINE": "lumbar spine"}
 
 
 def _missing(v) -> bool:
@@ -64,7 +63,7 @@ def describe_series(row: Mapping) -> str:
         head.append(str(ori).strip().lower())
     if (part := get("body_part")) is not None:
         part = str(part).strip()
-        head.append(_BODY_PARTS.get(part.upper(), part.lower()))
+        head.append(part.lower().replace("_", " "))  # cervical_spine → "cervical spine"
     parts = [" ".join(h for h in head if h)]
     if (field := get("field_strength")) is not None:
         parts.append(f"{_num(field)} T")

@@ -61,10 +61,13 @@ def test_orientation_normal_angle_is_independent_of_in_plane_rotation():
 
 
 @pytest.mark.parametrize("tags, expected", [
-    (dict(BodyPartExamined="KNEE"), "KNEE"),
-    (dict(StudyDescription="MRI LEFT SHOULDER WITHOUT AND WITH CONTRAST"), "SHOULDER"),
-    (dict(StudyDescription="MR L-SPINE WO"), "LSPINE"),
-    (dict(StudyDescription="MRI ABDOMEN"), "ABDOMEN"),
+    (dict(BodyPartExamined="KNEE"), "knee"),
+    (dict(BodyPartExamined="LSPINE"), "lumbar_spine"),
+    (dict(BodyPartExamined="TMJ JOINT"), "tmj_joint"),  # unmapped: kept, same case and form
+    (dict(StudyDescription="MRI LEFT SHOULDER WITHOUT AND WITH CONTRAST"), "shoulder"),
+    (dict(StudyDescription="MR L-SPINE WO"), "lumbar_spine"),
+    (dict(StudyDescription="MRI ABDOMEN"), "abdomen"),
+    (dict(StudyDescription="MRI CARDIAC MORPHOLOGY"), "cardiac"),
     (dict(StudyDescription="SOMETHING"), None),
 ])
 def test_body_part(tags, expected):
@@ -89,5 +92,23 @@ def test_derive_meta_has_every_contract_key():
             "repetition_time echo_time flip_angle transfer_syntax contrast").split()
     assert set(meta) == set(keys)
     assert (meta["rows"], meta["cols"], meta["pixel_spacing_row"], meta["pixel_spacing_col"]) == (4, 6, 0.5, 0.7)
-    assert meta["orientation"] == "sagittal" and meta["body_part"] == "KNEE" and meta["sequence_type"] == "T2"
+    assert meta["orientation"] == "sagittal" and meta["body_part"] == "knee" and meta["sequence_type"] == "T2"
     assert meta["field_strength"] == 3.0 and meta["model"] is None and meta["flip_angle"] is None
+
+
+def test_header_body_parts_speak_the_report_rules_vocabulary():
+    """exams.body_part (report rule) and series.body_part (headers) compare as equals: for
+    every non-facial sample protocol, its headers map to the label its report text gets."""
+    from mrifoundry.sample.protocols import PROTOCOLS
+    from tasks.reports import ReportRules, body_part_of, normalise_protocol
+    rules = ReportRules.load()
+    checked = 0
+    for p in PROTOCOLS:
+        if p.facial and p.body_part != "BRAIN":  # BodyPartExamined HEAD cannot tell face from brain
+            continue
+        by_report = body_part_of(normalise_protocol(p.name), rules)
+        assert by_report is not None and by_report == by_report.lower()
+        assert series_meta.body_part(_ds(BodyPartExamined=p.body_part)) == by_report, p.name
+        assert series_meta.body_part(_ds(StudyDescription=p.name)) == by_report, p.name
+        checked += 1
+    assert checked >= 20

@@ -11,7 +11,7 @@ import torch
 from tasks import text_embed
 from tasks.text_embed import describe_series, embed_descriptions, embed_texts
 
-ROW = {"series_id": "s1", "sequence_type": "T1", "orientation": "axial", "body_part": "BRAIN", "field_strength": 1.5,
+ROW = {"series_id": "s1", "sequence_type": "T1", "orientation": "axial", "body_part": "brain", "field_strength": 1.5,
        "repetition_time": 600.0, "echo_time": 11.04, "flip_angle": 90.0, "manufacturer": "GE MEDICAL SYSTEMS",
        "contrast": False}
 
@@ -19,7 +19,7 @@ ROW = {"series_id": "s1", "sequence_type": "T1", "orientation": "axial", "body_p
 def test_describe_series_wording_and_missing_values():
     assert describe_series(ROW) == ("MR T1-weighted axial brain, 1.5 T, TR 600 ms, TE 11 ms, flip 90°, "
                                     "GE MEDICAL SYSTEMS, without contrast")
-    sparse = {"sequence_type": "STIR", "orientation": None, "body_part": "LSPINE", "field_strength": 3.0,
+    sparse = {"sequence_type": "STIR", "orientation": None, "body_part": "lumbar_spine", "field_strength": 3.0,
               "repetition_time": float("nan"), "echo_time": 2.46, "flip_angle": None, "manufacturer": " ",
               "contrast": True, "series_description": "SAG STIR"}
     assert describe_series(sparse) == "MR STIR lumbar spine, 3 T, TE 2.46 ms, with contrast"
@@ -85,8 +85,8 @@ def test_embed_descriptions_dedupes_and_caches(model, tmp_path, monkeypatch):
     again = embed_descriptions(rows, cache)
     assert len(calls) == 1  # all cached
     np.testing.assert_array_equal(again, first)
-    more = embed_descriptions([*rows, {**ROW, "body_part": "KNEE"}], cache)
-    assert len(calls) == 2 and calls[1] == [describe_series({**ROW, "body_part": "KNEE"})]
+    more = embed_descriptions([*rows, {**ROW, "body_part": "knee"}], cache)
+    assert len(calls) == 2 and calls[1] == [describe_series({**ROW, "body_part": "knee"})]
     np.testing.assert_array_equal(more[:3], first)
     assert pq.read_table(cache).num_rows == 3
     assert math.isclose(float(np.linalg.norm(more[3])), 1.0, abs_tol=1e-5)

@@ -30,11 +30,11 @@ def exam(tmp_path):
     perm = np.array([[0, 1, 0, 2], [1, 0, 0, 3], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
     aff_b = aff_a @ perm
     rows = [{"series_id": "sa", "exam_id": "e1", "nifti_file": _nifti(tmp_path / "a.nii.gz", a, aff_a),
-             "repetition_time": 600.0, "echo_time": 11.0, "flip_angle": 90.0, "body_part": "BRAIN"},
+             "repetition_time": 600.0, "echo_time": 11.0, "flip_angle": 90.0, "body_part": "brain"},
             {"series_id": "sb", "exam_id": "e1", "nifti_file": _nifti(tmp_path / "b.nii.gz", b, aff_b),
              "repetition_time": None, "echo_time": 95.0, "flip_angle": float("nan"), "body_part": "brain"},
             {"series_id": "sc", "exam_id": "e2", "nifti_file": _nifti(tmp_path / "c.nii.gz", a[:8], aff_a),
-             "repetition_time": 5000.0, "echo_time": 80.0, "flip_angle": 150.0, "body_part": "KNEE"}]
+             "repetition_time": 5000.0, "echo_time": 80.0, "flip_angle": 150.0, "body_part": "knee"}]
     return rows
 
 
