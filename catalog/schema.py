@@ -182,17 +182,19 @@ MODELS = Table(
 
 FEATURE_SETS = Table(
     "feature_sets", "research", ("feature_set",),
-    "One row per feature extraction (flow extract-features): which model embedded which slices.",
+    "One row per feature extraction (flow extract-features): which model embedded which slices or volumes.",
     (
         Column("feature_set", S, "name of the feature set (OUT/research/features/<feature_set>/)"),
         Column("model", S, "zoo entry (models/zoo.py): sam-vit-b, medsam, mri-core, dinov2-vit-b, random"),
         Column("weights", S, "weights file name (no directory) or 'random'"),
         Column("weights_sha256", S, "SHA-256 of the weights file (first 16 hex digits)"),
-        Column("image_size", I, "input size the slices were resized to"),
+        Column("image_size", I, "input size the slices (or volumes, per side) were resized to"),
         Column("dim", I, "feature dimension"),
-        Column("pool", S, "pooling of the patch features: mean or cls"),
-        Column("query", S, "SQL that chose the slices"),
-        Column("n_slices", I, "slices embedded"),
+        Column("pool", S, "pooling of the patch features: mean or cls (slices); multiscale (volumes: every "
+               "scale's global average, concatenated)"),
+        Column("unit", S, "what one vector embeds: slice (table features) or volume (table volume_features)"),
+        Column("query", S, "SQL that chose the slices or volumes"),
+        Column("n_slices", I, "items embedded: slices, or volumes when unit = 'volume'"),
         Column("patch_grids", B, "patch grids written as .npy shards"),
         Column("created_at", TS, "when the extraction finished"),
         Column("code_version", S, "mrifoundry version and git commit"),
@@ -210,6 +212,18 @@ FEATURES = Table(
         Column("embedding", pa.list_(pa.float32()), "pooled feature vector"),
         Column("grid_path", S, "patch-grid shard (.npy, [n, D, h, w]) relative to the research root; null if none"),
         Column("grid_index", I, "row of this slice in its shard"),
+    ),
+)
+
+VOLUME_FEATURES = Table(
+    "volume_features", "research", ("feature_set", "series_id"),
+    "One row per (feature set, volume) of a volume encoder (triad-*, brainsegfounder, prism): the pooled "
+    "embedding of the series' NIfTI, its whole field of view resized to image_size per side.",
+    (
+        Column("feature_set", S, "feature set (feature_sets.feature_set)"),
+        Column("series_id", S, "series (series.series_id) whose NIfTI was embedded"),
+        Column("exam_id", S, "exam of the series"),
+        Column("embedding", pa.list_(pa.float32()), "pooled feature vector"),
     ),
 )
 
@@ -274,7 +288,7 @@ EVALUATIONS = Table(
 
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
 #: written by downstream flows (pretrain, extract-features), not by curation
-DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, DATASETS, LABELLED_SLICES, EVALUATIONS)
+DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, VOLUME_FEATURES, DATASETS, LABELLED_SLICES, EVALUATIONS)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.schema import DERIVED_TABLES, FEATURES, RESEARCH_TABLES, Table, to_arrow
+from catalog.schema import DERIVED_TABLES, FEATURES, RESEARCH_TABLES, VOLUME_FEATURES, Table, to_arrow
 from mrifoundry.duck import quiet_connect
 
 
@@ -92,8 +92,10 @@ def derived_file(research: Path, table: Table) -> Path:
     return table_file(research, table)
 
 
-def features_file(research: Path, feature_set: str) -> Path:
-    return research / "features" / feature_set / "features.parquet"
+def features_file(research: Path, feature_set: str, unit: str = "slice") -> Path:
+    """A feature set's vectors: ``features.parquet`` (slices) or ``volume_features.parquet``."""
+    name = {"slice": "features.parquet", "volume": "volume_features.parquet"}[unit]
+    return research / "features" / feature_set / name
 
 
 def ensure_derived_tables(research: Path) -> None:
@@ -132,7 +134,7 @@ def upsert(research: Path, table: Table, rows: list[dict]) -> int:
 
     Call under :func:`derived_lock`. Returns the table's row count.
     """
-    if table is FEATURES:
+    if table is FEATURES or table is VOLUME_FEATURES:
         raise ValueError("features are written per feature set (features_file), not upserted")
     path = table_file(research, table)
     new = to_arrow(table, rows)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS, SERIES,
-                            SLICES)
+from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS,
+                            SERIES, SLICES, VOLUME_FEATURES)
 from catalog.store import catalog_dir, ensure_derived_tables, table_file
 
 DB_NAME = "catalog.duckdb"
@@ -37,10 +37,10 @@ def _view_sql(research: Path, name: str) -> str:
     path = table_file(research, next(t for t in RESEARCH_TABLES + DERIVED_TABLES if t.name == name))
     root = _q(str(research.resolve()) + "/")
     src = f"read_parquet({_q(path.resolve())})"
-    if name == FEATURES.name:
+    if name in (FEATURES.name, VOLUME_FEATURES.name):
         # the (empty) table file plus every feature set present when the views were built
         # (extract-features rebuilds them); a glob matching nothing would fail the view
-        files = [path] + sorted((research / "features").glob("*/features.parquet"))
+        files = [path] + sorted((research / "features").glob(f"*/{name}.parquet"))
         src = f"read_parquet([{', '.join(_q(p.resolve()) for p in files)}])"
     # root || NULL is NULL, so a path column that may be null needs no CASE
     extra = "".join(f", {root} || {rel} AS {absolute}" for rel, absolute in ABSOLUTE_COLUMNS.get(name, ()))

@@ -177,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--overrides", help='JSON, e.g. \'{"epochs": 2, "batch_size": 64}\'')
     t.set_defaults(fn=_cmd_pretrain)
 
-    fe = sub.add_parser("features", help="embed catalog slices with a zoo model (flow extract-features)")
+    fe = sub.add_parser("features", help="embed catalog slices (or volumes, with a volume encoder) with a zoo "
+                                         "model (flow extract-features)")
     fe.add_argument("--out")
-    fe.add_argument("--query", default="SELECT slice_id FROM training_slices", help="SQL returning slice_id")
-    fe.add_argument("--model", default="mri-core", help="sam-vit-b | medsam | mri-core | dinov2-vit-b | random")
+    fe.add_argument("--query", help="SQL returning slice_id (slice models; default every training slice) or "
+                                    "series_id (volume encoders; default every converted volume)")
+    fe.add_argument("--model", default="mri-core", help="sam-vit-b | medsam | mri-core | dinov2-vit-b | random | "
+                                                        "triad-unet | triad-swin | brainsegfounder | prism")
     fe.add_argument("--weights", help="local weights file")
     fe.add_argument("--arch", help="override the architecture preset (e.g. vit_tiny)")
     fe.add_argument("--image-size", type=int)

@@ -11,8 +11,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.features import pretrained_checkpoint
 from flows.pretrain import _expand, _research
+from tasks.pretrained import pretrained_run
 
 
 def resolve_model(research: Path, model: str, weights: str | None, arch: str | None, image_size: int | None,
@@ -23,8 +23,8 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
     from models import zoo
     from tasks.features import weights_digest
     if pretrained:
-        weights, arch = pretrained_checkpoint(research, pretrained)
-        model, label = "mri-core", pretrained
+        run = pretrained_run(research, pretrained)
+        model, weights, arch, label = run.entry, run.checkpoint, run.arch, pretrained
     else:
         weights, label = _expand(weights), model
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,10 +34,11 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
 
 
 @task(name="linear-probe")
-def probe_task(research: str, eval_id: str, query: str, model: str, weights: str | None, arch: str | None,
+def probe_task(research: str, eval_id: str, query: str | None, model: str, weights: str | None, arch: str | None,
                image_size: int | None, pretrained: str | None, epochs: int, seed: int) -> dict:
-    from tasks.evaluate import linear_probe_eval
+    from tasks.evaluate import PROBE_QUERIES, linear_probe_eval
     m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
+    query = query or PROBE_QUERIES["volumes" if getattr(m, "family", None) == "volume" else "slices"]
     return linear_probe_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha, query=query,
                              epochs=epochs, seed=seed)
 
@@ -55,19 +56,22 @@ def zero_shot_task(research: str, eval_id: str, dataset_id: str, split: str, k_v
 
 @flow(name="linear-probe", log_prints=False)
 def linear_probe(out: str | None = None,
-                 query: str = "SELECT png_file, patient_id, body_part AS label FROM training_slices",
+                 query: str | None = None,
                  model: str = "mri-core", weights: str | None = None, arch: str | None = None,
                  image_size: int | None = None, pretrained: str | None = None, eval_id: str | None = None,
                  epochs: int = 100, seed: int = 0) -> dict:
-    """Linear probing: ``query`` returns png_file, patient_id, label; patient-level 60:40 split."""
+    """Linear probing: ``query`` returns patient_id, label and png_file (slice models) or
+    nifti_file (volume models: triad-unet, triad-swin, brainsegfounder, prism or their
+    pretrain runs); patient-level 60:40 split. Default query: tasks.evaluate.PROBE_QUERIES
+    (body part of training slices; sequence type of converted volumes)."""
     research = _research(out)
     name = eval_id or f"probe-{pretrained or model}"
     res = probe_task(str(research), name, query, model, weights, arch, image_size, pretrained, epochs, seed)
-    get_run_logger().info("linear probe %s: accuracy %.3f (balanced %.3f) on %d test slices", name, res["accuracy"],
-                          res["balanced_accuracy"], res["n_test"])
+    get_run_logger().info("linear probe %s: accuracy %.3f (balanced %.3f) on %d test %s", name, res["accuracy"],
+                          res["balanced_accuracy"], res["n_test"], res["unit"])
     create_link_artifact(f"file://{res['confusion_png']}", link_text="confusion matrix (PNG)", key="probe-confusion")
     create_markdown_artifact(f"# Linear probe `{name}`\n\naccuracy **{res['accuracy']:.3f}**, balanced "
-                             f"{res['balanced_accuracy']:.3f}, {res['n_test']} test slices, classes "
+                             f"{res['balanced_accuracy']:.3f}, {res['n_test']} test {res['unit']}, classes "
                              f"{', '.join(res['classes'])}", key="probe-summary")
     return res
 

@@ -51,36 +51,53 @@ def _embed_pooled(model, paths: list[str], batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
+#: An example probing query per input kind (the flow's default is the slice one).
+PROBE_QUERIES = {
+    "slices": "SELECT png_file, patient_id, body_part AS label FROM training_slices",
+    "volumes": "SELECT s.nifti_file, e.patient_id, s.sequence_type AS label FROM series s JOIN exams e "
+               "USING (exam_id) WHERE s.nifti_file IS NOT NULL",
+}
+
+
 def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, query: str,
                       epochs: int = 100, seed: int = 0, batch_size: int = 32) -> dict:
-    """Probe ``model`` on the slices of ``query``, which returns ``png_file``, ``patient_id``
-    and ``label`` (e.g. ``SELECT png_file, patient_id, body_part AS label FROM training_slices``).
+    """Probe ``model`` on the images of ``query``, which returns ``patient_id``, ``label`` and
+    ``png_file`` (slice models) or ``nifti_file`` (volume models, family ``volume``; one
+    vector per volume, tasks/volume_embed.py) — examples in ``PROBE_QUERIES``.
 
     Raises:
         ValueError: the query lacks a column, or fewer than two classes or patients.
     """
+    volumes = getattr(model, "family", None) == "volume"
+    image_col, unit = ("nifti_file", "volumes") if volumes else ("png_file", "slices")
     cols, data = query_dicts(research, query)
-    missing = {"png_file", "patient_id", "label"} - set(cols)
+    missing = {image_col, "patient_id", "label"} - set(cols)
     if missing:
-        raise ValueError(f"the probing query must return png_file, patient_id and label; missing {sorted(missing)}")
+        raise ValueError(f"the probing query of a {unit[:-1]} model must return {image_col}, patient_id and label; "
+                         f"missing {sorted(missing)} (example: {PROBE_QUERIES[unit]})")
     labels = [str(r["label"]) for r in data]
     if len(set(labels)) < 2:
         raise ValueError("linear probing needs at least two classes")
-    X = _embed_pooled(model, [r["png_file"] for r in data], batch_size)
+    paths = [r[image_col] for r in data]
+    if volumes:
+        from tasks.volume_embed import embed_volumes
+        X = embed_volumes(model, paths, batch_size=min(batch_size, 2))
+    else:
+        X = _embed_pooled(model, paths, batch_size)
     tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed)
     y = np.array(labels)
     res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
     out = eval_dir(research, eval_id)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test slices)")
-    details = json.dumps({"query": query, "epochs": epochs, "seed": seed, "classes": res.class_names,
+    png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test {unit})")
+    details = json.dumps({"query": query, "unit": unit, "epochs": epochs, "seed": seed, "classes": res.class_names,
                           "confusion": res.confusion.tolist(), "n_train": len(tr), "n_test": len(te),
                           "best_epoch_accuracy": res.best_accuracy})
     base = {"eval_id": eval_id, "kind": "linear-probe", "model": model_label, "weights_sha256": weights_sha,
             "dataset": query, "n": len(te), "details": details, "picture_path": str(png.relative_to(research))}
     record(research, [{**base, "metric": "accuracy", "value": res.accuracy},
                       {**base, "metric": "balanced_accuracy", "value": res.balanced_accuracy}])
-    return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te),
+    return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te), "unit": unit,
             "classes": res.class_names, "confusion_png": str(png)}
 
 
@@ -94,6 +111,8 @@ def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, wei
     ``foreground_only=False`` to include the empty ones.
     """
     from PIL import Image
+    if getattr(model, "family", None) == "volume":
+        raise ValueError(f"{model.name!r} is a volume encoder; zero-shot segmentation clusters 2D slice features")
     rows = load_labelled(research, dataset_id, split)
     if foreground_only:
         rows = [r for r in rows if r["has_foreground"]]
@@ -179,8 +198,11 @@ def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arc
     from tasks.features import weights_digest
     label = pretrained or model
     if pretrained:
-        from flows.features import pretrained_checkpoint
-        weights, vit_arch = pretrained_checkpoint(research, pretrained)
+        from tasks.pretrained import pretrained_run
+        run = pretrained_run(research, pretrained)
+        if run.entry != "mri-core":
+            raise ValueError(f"{pretrained!r} is a {run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
+        weights, vit_arch = run.checkpoint, run.arch
         model, arch = "mri-core", SAM_ARCH_FOR_VIT.get(vit_arch, vit_arch)
     if model == "random":
         import dataclasses

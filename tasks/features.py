@@ -1,10 +1,13 @@
-"""Embed catalog slices with a zoo model; write features registered in the catalog.
+"""Embed catalog slices (or, with a volume encoder, NIfTI volumes) with a zoo model; write
+features registered in the catalog.
 
 Output of one feature set (replaced as a whole when re-extracted):
 ``OUT/research/features/<set>/features.parquet`` (one pooled vector per slice, table
 ``features``) and, with ``patch_grids``, ``grids_<k>.npy`` shards of [n, D, h, w] float16
-patch grids (``features.grid_path``/``grid_index`` say where a slice's grid is). A row in
-``feature_sets`` records model, weights hash, query and size.
+patch grids (``features.grid_path``/``grid_index`` say where a slice's grid is) — or, for a
+volume encoder, ``volume_features.parquet`` (one vector per series, table
+``volume_features``; tasks/volume_embed.py). A row in ``feature_sets`` records model,
+weights hash, query, unit and size.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catalog.schema import FEATURE_SETS, FEATURES, to_arrow
+from catalog.schema import FEATURE_SETS, FEATURES, VOLUME_FEATURES, to_arrow
 from catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
 from catalog.views import build_research_db, connect
 from mrifoundry import code_version
@@ -55,6 +58,24 @@ def query_slice_rows(research: Path, sql: str) -> list[dict]:
     return [dict(zip(("slice_id", "series_id", "exam_id", "png_file"), r)) for r in rows]
 
 
+def query_volume_rows(research: Path, sql: str) -> list[dict]:
+    """Rows of ``sql`` joined to the series table: series_id, exam_id, nifti_file.
+
+    The query must return ``series_id``; series without a NIfTI are left out.
+    """
+    con = connect(research)
+    try:
+        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
+        if "series_id" not in cols:
+            raise ValueError("the feature query of a volume encoder must return a series_id column")
+        rows = con.execute(
+            f"SELECT s.series_id, s.exam_id, s.nifti_file FROM (SELECT DISTINCT series_id FROM ({sql})) q "
+            "JOIN series s USING (series_id) WHERE s.nifti_file IS NOT NULL ORDER BY s.series_id").fetchall()
+    finally:
+        con.close()
+    return [dict(zip(("series_id", "exam_id", "nifti_file"), r)) for r in rows]
+
+
 def load_batch(paths: list[str], size: int) -> torch.Tensor:
     """PNGs → [B, 1, size, size] in [0, 1]: slice-wise min-max, bilinear (antialiased) resize
     so slices of any matrix stack; the zoo model applies its own normalisation."""
@@ -65,7 +86,9 @@ def load_batch(paths: list[str], size: int) -> torch.Tensor:
 def extract_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
                      batch_size: int = 32, patch_grids: bool = False, pool: str = "mean", shard_size: int = 1024,
                      device: str = "cpu", on_progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Embed the slices of ``sql`` with ``model`` (a ``models.zoo.ZooModel``).
+    """Embed the slices of ``sql`` (it returns slice_id) with ``model`` (a ``models.zoo.ZooModel``),
+    or, for a volume encoder (family ``volume``), the NIfTI volumes of the series ``sql``
+    returns (series_id; see :func:`extract_volume_features`).
 
     Pooling ``mean`` averages the patch grid; ``cls`` takes the cls token (DINOv2-family
     models only). Returns the ``feature_sets`` row.
@@ -73,13 +96,13 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
     if not feature_set.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"feature set name {feature_set!r}: letters, digits, - and _ only")
     if getattr(model, "family", None) == "volume":
-        raise ValueError(f"{model.name!r} is a volume encoder: it embeds [B, C, D, H, W] volumes "
-                         "(models.zoo3d.VolumeZooModel.pooled), not catalog slices")
+        if patch_grids or pool != "mean":
+            raise ValueError("a volume encoder gives one multi-scale pooled vector per volume: "
+                             "no patch grids, no cls pooling")
+        return extract_volume_features(research, sql, model, feature_set, weights=weights,
+                                       batch_size=min(batch_size, 2), device=device, on_progress=on_progress)
     rows = query_slice_rows(research, sql)
-    final_dir = features_file(research, feature_set).parent
-    work = final_dir.with_name(f".{feature_set}.tmp{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work, final_dir = _work_dir(research, feature_set)
     encoder = model.encoder.to(device).eval()
     out_rows, shard, shard_k, dim = [], [], 0, None
     t0 = time.perf_counter()
@@ -118,26 +141,70 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
         write_parquet_atomic(tbl, work / "features.parquet")
         row = {"feature_set": feature_set, "model": model.name,
                "weights": Path(weights).name if weights else "random", "weights_sha256": weights_digest(weights),
-               "image_size": int(model.image_size), "dim": int(dim or model.embed_dim), "pool": pool, "query": sql,
-               "n_slices": len(out_rows), "patch_grids": patch_grids,
+               "image_size": int(model.image_size), "dim": int(dim or model.embed_dim), "pool": pool, "unit": "slice",
+               "query": sql, "n_slices": len(out_rows), "patch_grids": patch_grids,
                "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
-        with derived_lock(research):
-            swap_dir(work, final_dir)  # the whole set: readers see the old one or the new one
-            upsert(research, FEATURE_SETS, [row])
-            build_research_db(research)
+        _publish(research, work, final_dir, row)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def _work_dir(research: Path, feature_set: str) -> tuple[Path, Path]:
+    final_dir = features_file(research, feature_set).parent
+    work = final_dir.with_name(f".{feature_set}.tmp{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work, final_dir
+
+
+def _publish(research: Path, work: Path, final_dir: Path, row: dict) -> None:
+    with derived_lock(research):
+        swap_dir(work, final_dir)  # the whole set: readers see the old one or the new one
+        upsert(research, FEATURE_SETS, [row])
+        build_research_db(research)
+
+
+def extract_volume_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
+                            batch_size: int = 2, device: str = "cpu",
+                            on_progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Embed the NIfTI of each series ``sql`` returns (series_id) with a volume encoder: one
+    multi-scale pooled vector per volume (``tasks.volume_embed``), table ``volume_features``.
+    Returns the ``feature_sets`` row."""
+    from tasks.volume_embed import embed_volumes
+    rows = query_volume_rows(research, sql)
+    work, final_dir = _work_dir(research, feature_set)
+    try:
+        model.encoder.to(device).eval()
+        X = embed_volumes(model, [r["nifti_file"] for r in rows], batch_size=batch_size, on_progress=on_progress)
+        out_rows = [{"feature_set": feature_set, "series_id": r["series_id"], "exam_id": r["exam_id"],
+                     "embedding": X[i].tolist()} for i, r in enumerate(rows)]
+        tbl = to_arrow(VOLUME_FEATURES, out_rows) if out_rows else VOLUME_FEATURES.schema.empty_table()
+        write_parquet_atomic(tbl, work / "volume_features.parquet")
+        row = {"feature_set": feature_set, "model": model.name,
+               "weights": Path(weights).name if weights else "random", "weights_sha256": weights_digest(weights),
+               "image_size": int(model.roi), "dim": int(model.embed_dim), "pool": "multiscale", "unit": "volume",
+               "query": sql, "n_slices": len(out_rows), "patch_grids": False,
+               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
+        _publish(research, work, final_dir, row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return row
 
 
 def load_features(research: Path, feature_set: str) -> tuple[list[str], np.ndarray]:
-    """(slice_ids, [n, D] float32 matrix) of a feature set — for probing and FRD."""
+    """(ids, [n, D] float32 matrix) of a feature set — slice_ids, or series_ids for a volume
+    set — for probing and FRD."""
     import pyarrow.parquet as pq
-    tbl = pq.read_table(features_file(research, feature_set), columns=["slice_id", "embedding"])
+    path, key = features_file(research, feature_set), "slice_id"
+    if not path.exists() and features_file(research, feature_set, "volume").exists():
+        path, key = features_file(research, feature_set, "volume"), "series_id"
+    tbl = pq.read_table(path, columns=[key, "embedding"])
     emb = tbl.column("embedding").combine_chunks()
     flat = np.asarray(emb.flatten(), dtype=np.float32)
     n = len(tbl)
-    return tbl.column("slice_id").to_pylist(), flat.reshape(n, -1) if n else flat.reshape(0, 0)
+    return tbl.column(key).to_pylist(), flat.reshape(n, -1) if n else flat.reshape(0, 0)
 
 
-__all__ = ["extract_features", "load_features", "query_slice_rows", "weights_digest", "load_batch"]
+__all__ = ["extract_features", "extract_volume_features", "load_features", "query_slice_rows", "query_volume_rows",
+           "weights_digest", "load_batch"]

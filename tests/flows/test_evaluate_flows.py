@@ -104,3 +104,40 @@ def test_transfer_flow_relates_gain_to_frd(research):
     assert res["pearson"]["r"] == pytest.approx(stats.pearsonr(x, y)[0])
     assert res["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y)[0])
     assert open(res["png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_a_volume_run_through_extract_features_and_linear_probe(prefect_server, volume_catalog):
+    """A Triad run of the catalog's models table: extract-features and linear-probe load it
+    through the zoo entry of its method and switch to volumes (default queries per kind)."""
+    import torch
+
+    from flows.evaluate import linear_probe
+    from flows.features import extract_features_flow
+    from models.recipes import recipe
+    from tasks.pretrain3d import train_volumes
+    from tasks.pretrain_report import register_model
+    from tasks.volume_dataset import DEFAULT_QUERY, query_volumes
+    rows = query_volumes(volume_catalog, DEFAULT_QUERY)
+    texts = torch.nn.functional.normalize(torch.randn(len(rows), 384, generator=torch.Generator().manual_seed(0)),
+                                          dim=1).numpy()
+    run = volume_catalog / "models" / "triad-unet-flowtest"
+    res = train_volumes(recipe("triad-tiny", encoder="unet_tiny", max_iterations=1), rows, run, texts=texts)
+    register_model(volume_catalog, {"model_id": "triad-unet-flowtest", "recipe": "triad-tiny", "objective": "triad",
+                                    "arch": "unet_tiny", "init": "random", "query": DEFAULT_QUERY,
+                                    "n_slices": len(rows), "iterations": 1,
+                                    "checkpoint_path": str(res.checkpoint.relative_to(volume_catalog))})
+    row = extract_features_flow(out=str(volume_catalog.parent), pretrained="triad-unet-flowtest")
+    con = connect(volume_catalog)
+    n_nifti = con.execute("SELECT COUNT(*) FROM series WHERE nifti_path IS NOT NULL").fetchone()[0]
+    got = con.execute("SELECT model, unit, n_slices FROM feature_sets WHERE feature_set = 'triad-unet-flowtest'"
+                      ).fetchone()
+    n_vec = con.execute("SELECT COUNT(*) FROM volume_features WHERE feature_set = 'triad-unet-flowtest'").fetchone()[0]
+    con.close()
+    assert got == ("triad-unet", "volume", n_nifti) == (row["model"], row["unit"], row["n_slices"]) and n_vec == n_nifti
+    probe = linear_probe(out=str(volume_catalog.parent), pretrained="triad-unet-flowtest", eval_id="vprobe-flow",
+                         epochs=5)
+    con = connect(volume_catalog)
+    model, details = con.execute("SELECT model, details FROM evaluations WHERE eval_id = 'vprobe-flow' LIMIT 1"
+                                 ).fetchone()
+    con.close()
+    assert probe["unit"] == json.loads(details)["unit"] == "volumes" and model == "triad-unet-flowtest"

@@ -191,7 +191,7 @@ def test_random_is_seeded_and_takes_no_weights(tmp_path):
         zoo.load("random", arch="vit_tiny", as_sam=True)
 
 
-def test_volume_models_pad_to_32_and_are_refused_by_slice_features(tmp_path):
+def test_volume_models_pad_to_32_and_take_series_not_slices(tmp_path):
     from pathlib import Path
 
     from models.encoders3d import build_encoder3d
@@ -202,5 +202,5 @@ def test_volume_models_pad_to_32_and_are_refused_by_slice_features(tmp_path):
     x = m.preprocess(vol)
     assert x.shape == (1, 1, 64, 32, 64)            # 33 → 64 (15 before, 16 after), 20 → 32 (6 and 6)
     assert torch.equal(x[:, :, 15:48, 6:26], vol) and x.abs().sum() == vol.abs().sum()
-    with pytest.raises(ValueError, match="volume encoder"):
-        extract_features(Path(tmp_path), "SELECT 1", m, "vols")
+    with pytest.raises(ValueError, match="no patch grids"):
+        extract_features(Path(tmp_path), "SELECT 1 AS series_id", m, "vols", patch_grids=True)
