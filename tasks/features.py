@@ -40,22 +40,29 @@ def weights_digest(path: str | Path | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _rows_by_key(research: Path, sql: str, key: str, table: str, columns: tuple[str, ...], what: str,
+                 where: str = "") -> list[dict]:
+    """DISTINCT ``key`` values of ``sql`` joined to ``table``: dicts of ``columns``, by key."""
+    con = connect(research)
+    try:
+        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
+        if key not in cols:
+            raise ValueError(f"the feature query {what} must return a {key} column")
+        rows = con.execute(
+            f"SELECT {', '.join('t.' + c for c in columns)} FROM (SELECT DISTINCT {key} FROM ({sql})) q "
+            f"JOIN {table} t USING ({key}) {where} ORDER BY t.{key}").fetchall()
+    finally:
+        con.close()
+    return [dict(zip(columns, r)) for r in rows]
+
+
 def query_slice_rows(research: Path, sql: str) -> list[dict]:
     """Rows of ``sql`` joined to the slices table: slice_id, series_id, exam_id, png_file.
 
     The query must return ``slice_id`` (e.g. ``SELECT slice_id FROM training_slices WHERE …``).
     """
-    con = connect(research)
-    try:
-        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
-        if "slice_id" not in cols:
-            raise ValueError("the feature query must return a slice_id column")
-        rows = con.execute(
-            f"SELECT s.slice_id, s.series_id, s.exam_id, s.png_file FROM (SELECT DISTINCT slice_id FROM ({sql})) q "
-            "JOIN slices s USING (slice_id) ORDER BY s.slice_id").fetchall()
-    finally:
-        con.close()
-    return [dict(zip(("slice_id", "series_id", "exam_id", "png_file"), r)) for r in rows]
+    return _rows_by_key(research, sql, "slice_id", "slices", ("slice_id", "series_id", "exam_id", "png_file"),
+                        "of a slice model")
 
 
 def query_volume_rows(research: Path, sql: str) -> list[dict]:
@@ -63,17 +70,8 @@ def query_volume_rows(research: Path, sql: str) -> list[dict]:
 
     The query must return ``series_id``; series without a NIfTI are left out.
     """
-    con = connect(research)
-    try:
-        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
-        if "series_id" not in cols:
-            raise ValueError("the feature query of a volume encoder must return a series_id column")
-        rows = con.execute(
-            f"SELECT s.series_id, s.exam_id, s.nifti_file FROM (SELECT DISTINCT series_id FROM ({sql})) q "
-            "JOIN series s USING (series_id) WHERE s.nifti_file IS NOT NULL ORDER BY s.series_id").fetchall()
-    finally:
-        con.close()
-    return [dict(zip(("series_id", "exam_id", "nifti_file"), r)) for r in rows]
+    return _rows_by_key(research, sql, "series_id", "series", ("series_id", "exam_id", "nifti_file"),
+                        "of a volume encoder", "WHERE t.nifti_file IS NOT NULL")
 
 
 def load_batch(paths: list[str], size: int) -> torch.Tensor:
