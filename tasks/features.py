@@ -135,14 +135,9 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
                     done = min(start + batch_size, len(rows))
                     on_progress(done, len(rows), done / max(time.perf_counter() - t0, 1e-9))
         flush_shard()
-        tbl = to_arrow(FEATURES, out_rows) if out_rows else FEATURES.schema.empty_table()
-        write_parquet_atomic(tbl, work / "features.parquet")
-        row = {"feature_set": feature_set, "model": model.name,
-               "weights": Path(weights).name if weights else "random", "weights_sha256": weights_digest(weights),
-               "image_size": int(model.image_size), "dim": int(dim or model.embed_dim), "pool": pool, "unit": "slice",
-               "query": sql, "n_slices": len(out_rows), "patch_grids": patch_grids,
-               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
-        _publish(research, work, final_dir, row)
+        row = _publish(research, work, final_dir, FEATURES, out_rows, feature_set=feature_set, model=model.name,
+                       weights=weights, query=sql, image_size=int(model.image_size),
+                       dim=int(dim or model.embed_dim), pool=pool, unit="slice", patch_grids=patch_grids)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return row
@@ -156,11 +151,20 @@ def _work_dir(research: Path, feature_set: str) -> tuple[Path, Path]:
     return work, final_dir
 
 
-def _publish(research: Path, work: Path, final_dir: Path, row: dict) -> None:
+def _publish(research: Path, work: Path, final_dir: Path, table, out_rows: list[dict], *, feature_set: str,
+             model: str, weights: str | Path | None, **fields) -> dict:
+    """Write ``out_rows`` as ``table``'s file of the set, swap the set in, upsert and return
+    its ``feature_sets`` row (``fields``: the columns that depend on the kind)."""
+    tbl = to_arrow(table, out_rows) if out_rows else table.schema.empty_table()
+    write_parquet_atomic(tbl, work / f"{table.name}.parquet")
+    row = {"feature_set": feature_set, "model": model, "weights": Path(weights).name if weights else "random",
+           "weights_sha256": weights_digest(weights), "n_slices": len(out_rows), **fields,
+           "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
     with derived_lock(research):
         swap_dir(work, final_dir)  # the whole set: readers see the old one or the new one
         upsert(research, FEATURE_SETS, [row])
         build_research_db(research)
+    return row
 
 
 def extract_volume_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
@@ -177,14 +181,9 @@ def extract_volume_features(research: Path, sql: str, model, feature_set: str, *
         X = embed_volumes(model, [r["nifti_file"] for r in rows], batch_size=batch_size, on_progress=on_progress)
         out_rows = [{"feature_set": feature_set, "series_id": r["series_id"], "exam_id": r["exam_id"],
                      "embedding": X[i].tolist()} for i, r in enumerate(rows)]
-        tbl = to_arrow(VOLUME_FEATURES, out_rows) if out_rows else VOLUME_FEATURES.schema.empty_table()
-        write_parquet_atomic(tbl, work / "volume_features.parquet")
-        row = {"feature_set": feature_set, "model": model.name,
-               "weights": Path(weights).name if weights else "random", "weights_sha256": weights_digest(weights),
-               "image_size": int(model.roi), "dim": int(model.embed_dim), "pool": "multiscale", "unit": "volume",
-               "query": sql, "n_slices": len(out_rows), "patch_grids": False,
-               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
-        _publish(research, work, final_dir, row)
+        row = _publish(research, work, final_dir, VOLUME_FEATURES, out_rows, feature_set=feature_set,
+                       model=model.name, weights=weights, query=sql, image_size=int(model.roi),
+                       dim=int(model.embed_dim), pool="multiscale", unit="volume", patch_grids=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return row
