@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark and write docs/benchmarks.md.
 
-    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog]
+    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog,volumes,gpu]
 
 Full mode takes ≈ 10–15 min on 2 cores; ``--quick`` (≈ 2 min) runs the same code on small
 sizes, ``--tiny`` (≈ 30 s, no Prefect flow by default) is for the pytest smoke test.
@@ -14,20 +14,23 @@ import sys
 import time
 from pathlib import Path
 
-from bench import catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling
+from bench import catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling, volume_loading
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
-SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "gpu")
+SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "gpu")
 MODES = {
     # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
     "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
                  cur=[(256, 60), (512, 60), (256, 200), (512, 200)], cur_runs=3,
-                 archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5),
+                 archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5,
+                 vol=dict(roi=96, n_volumes=4, runs=3)),
     "quick": dict(conv=[(128, 30)], conv_runs=3, cur=[(128, 30)], cur_runs=3,
-                  archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3),
+                  archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3,
+                  vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96))),
     "tiny": dict(conv=[(32, 8)], conv_runs=3, cur=[(32, 8)], cur_runs=3,
-                 archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3),
+                 archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3,
+                 vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32))),
 }
 INTROS = {
     "Per-series conversion": (
@@ -48,6 +51,11 @@ INTROS = {
     "Catalog at Duke-110K size": (
         "Exams, series, slices and stage_results generated column-wise with the catalog schemas and the "
         "project's Parquet writer, views from `catalog.views.build_research_db`, queries through DuckDB."),
+    "Volume-recipe data loading": (
+        "`bench/volume_loading.py`: one `tasks.volume_dataset.VolumeDataset` draw (robust min-max, crop, "
+        "flips) of nilearn's MNI152 1 mm T1 template stored as `.nii.gz`, uncached (decompress + percentiles "
+        "every draw) against the decoded-volume cache (`tasks/volume_cache.py`: float16 `.npy`, memory-mapped) "
+        "in the same rounds, one process."),
     "GPU pretraining": (
         "`bench/gpu_pretrain.py`: a ViT-B/16 forward + backward + AdamW step at 224², and the real DINOv2 "
         "training step of `tasks.pretrain` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             flows="flows" in chosen))
     if "catalog" in chosen:
         section("Catalog at Duke-110K size", lambda: catalog_scale.run(cfg["scale"], cfg["query_runs"]))
+    if "volumes" in chosen:
+        section("Volume-recipe data loading", lambda: volume_loading.run(**cfg["vol"]))
     if "gpu" in chosen:
         section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))

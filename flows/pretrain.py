@@ -168,7 +168,8 @@ def build_stacks_task(research: str, query: str, run_dir: str, size: int) -> int
 
 
 @task(name="train-volumes")
-def train_volumes_task(run_dir: str, config: dict, resume: bool, nproc: int, init_state: str | None = None) -> dict:
+def train_volumes_task(run_dir: str, config: dict, resume: bool, nproc: int, init_state: str | None = None,
+                       cache_dir: str | None = None) -> dict:
     """Volume recipes in this process (nproc=1) or under torchrun (DDP)."""
     run = Path(run_dir)
     on_log = _progress_logger(run)
@@ -180,13 +181,14 @@ def train_volumes_task(run_dir: str, config: dict, resume: bool, nproc: int, ini
         from tasks.pretrain3d import train_volumes
         res = train_volumes(VolumeConfig.from_dict(config), json.loads(rows_file.read_text()), run,
                             texts=np.load(texts_file) if texts_file.exists() else None,
-                            init_state=Path(init_state) if init_state else None, resume=resume, on_log=on_log)
+                            init_state=Path(init_state) if init_state else None, resume=resume,
+                            cache_dir=Path(cache_dir) if cache_dir else None, on_log=on_log)
         result = _result_dict(res)
     else:
         job = run / "job.json"
         job.write_text(json.dumps({"config": config, "rows_file": str(rows_file), "run_dir": str(run),
                                    "texts_file": str(texts_file) if texts_file.exists() else None,
-                                   "init_state": init_state, "resume": resume}))
+                                   "init_state": init_state, "resume": resume, "cache_dir": cache_dir}))
         result = _torchrun("tasks.pretrain3d", job, nproc, on_log)
     get_run_logger().info("trained %d/%d iterations in %.0f s", result["iterations"], result["total_iterations"],
                           time.time() - t0)
@@ -269,7 +271,9 @@ def _pretrain_volumes(cfg, research: Path, query: str, recipe: str, name: str, r
     for model_id, rdir, q, c, init_state in stages:
         n = select_volumes_task(str(research), q, str(rdir), c.method)
         logger.info("run %s: %d volumes, recipe %s (%s, %s)", model_id, n, recipe, c.method, c.encoder)
-        res = train_volumes_task(str(rdir), c.to_dict(), resume, nproc, str(init_state) if init_state else None)
+        # one decoded-volume cache for every run of the catalog (tasks/volume_cache.py)
+        res = train_volumes_task(str(rdir), c.to_dict(), resume, nproc, str(init_state) if init_state else None,
+                                 str(research / "cache" / "volumes"))
         ckpt = Path(res["checkpoint"]) if res.get("checkpoint") else _latest(rdir, "checkpoints/encoder_*.pth")
         row = {"model_id": model_id, "recipe": recipe, "objective": c.method, "arch": c.encoder,
                "init": f"stage 1 ({name})" if init_state else "random", "query": q, "n_slices": n,

@@ -106,6 +106,7 @@ class VolumeConfig(_Options):
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
     flip_prob: float = 0.2                     # per axis
+    cache_volumes: bool = True                 # decoded float16 volumes on disk (tasks/volume_cache.py)
     # Triad: masked reconstruction + log-ratio alignment with description embeddings
     mask_ratio: float = 0.6
     mask_patch: int = 16

@@ -179,6 +179,24 @@ def _sqlite_chunks(path: Path, ids: Finder) -> Chunks:
         con.close()
 
 
+def _npy_chunks(path: Path, ids: Finder) -> Chunks:
+    """The header dict; the data as bytes unless it is floating point. Float arrays (feature
+    grids, cached volumes) hold numbers, not text: scanning their bytes only finds chance
+    digit/letter runs (float16 values in [0, 1] put ASCII '0'…'<' in every high byte)."""
+    import numpy as np
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        start = fh.tell()
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, _, dtype = read(fh)
+        head_end = fh.tell()
+        fh.seek(0)
+        header = fh.read(head_end)
+    yield "npy header", header[start:]
+    if dtype.kind not in "fc" or dtype.fields is not None:
+        yield "raw bytes", path.read_bytes()[head_end:]
+
+
 def _raw_chunks(path: Path, ids: Finder) -> Chunks:
     yield "raw bytes", path.read_bytes()
 
@@ -189,7 +207,8 @@ def scanner(path: Path) -> tuple[str, Callable[[Path, Finder], Chunks]]:
     if name.endswith((".nii", ".nii.gz")):
         return "nifti", _nifti_chunks
     by_suffix = {".dcm": ("dicom", _dicom_chunks), ".png": ("png", _png_chunks), ".json": ("json", _json_chunks),
-                 ".parquet": ("parquet", _parquet_chunks), ".duckdb": ("duckdb", _duckdb_chunks),
+                 ".parquet": ("parquet", _parquet_chunks),
+                 ".npy": ("npy", _npy_chunks), ".duckdb": ("duckdb", _duckdb_chunks),
                  ".sqlite": ("sqlite", _sqlite_chunks), ".db": ("sqlite", _sqlite_chunks)}
     if path.suffix.lower() in by_suffix:
         return by_suffix[path.suffix.lower()]

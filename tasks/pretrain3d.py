@@ -83,12 +83,14 @@ def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg
 
 
 def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: np.ndarray | None = None,
-                  init_state: Path | None = None, resume: bool = True,
+                  init_state: Path | None = None, resume: bool = True, cache_dir: Path | None = None,
                   on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Pretrain ``cfg.method`` on the volumes of ``rows`` (``query_volumes`` rows) into ``run_dir``.
 
     ``texts``: [N, D] description embeddings (Triad); ``init_state``: a finished run's
-    ``train_state.pt`` whose model weights start this run (BrainSegFounder's stage 2).
+    ``train_state.pt`` whose model weights start this run (BrainSegFounder's stage 2);
+    ``cache_dir``: where decoded volumes are kept when ``cfg.cache_volumes`` (default
+    ``run_dir/volume_cache``; the flow shares ``OUT/research/cache/volumes`` between runs).
 
     Raises:
         ValueError: too few volumes, a Triad run without ``texts``, PRISM rows without a
@@ -111,8 +113,10 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
         raise ValueError("Triad's text loss needs description embeddings (texts=…; tasks/text_embed.py)")
     n = len(rows)
     bs = effective_batch_size(n, cfg.batch_size, d.world_size)
+    cache = str(cache_dir or Path(run_dir) / "volume_cache") if cfg.cache_volumes else None
     dataset = VolumeDataset(rows, cfg.roi, seed=cfg.seed, flip_prob=cfg.flip_prob,
-                            texts=texts if cfg.method == "triad" else None, pairs=pairs, body_parts=body_parts)
+                            texts=texts if cfg.method == "triad" else None, pairs=pairs, body_parts=body_parts,
+                            cache_dir=cache)
     sampler = EpochSampler(n, bs, rank=d.rank, world_size=d.world_size, seed=cfg.seed)
     steps_per_epoch = len(sampler)
     total = cfg.epochs * steps_per_epoch
@@ -187,7 +191,7 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tasks.pretrain3d JOB.json`` (under torchrun): JOB = {config, rows_file,
-    texts_file, run_dir, init_state, resume}; rank 0 writes ``result.json`` beside it."""
+    texts_file, run_dir, init_state, resume, cache_dir}; rank 0 writes ``result.json`` beside it."""
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
@@ -196,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = np.load(job["texts_file"]) if job.get("texts_file") else None
     res = train_volumes(cfg, rows, Path(job["run_dir"]), texts=texts,
                         init_state=Path(job["init_state"]) if job.get("init_state") else None,
-                        resume=job.get("resume", True), on_log=lambda r: print(json.dumps(r), flush=True))
+                        resume=job.get("resume", True),
+                        cache_dir=Path(job["cache_dir"]) if job.get("cache_dir") else None,
+                        on_log=lambda r: print(json.dumps(r), flush=True))
     return finish_job(res, job_path)
 
 

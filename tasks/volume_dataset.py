@@ -7,7 +7,8 @@ and a resumed run draws what an uninterrupted one would.
 
 Intensities: robust min-max, the 0.5–99.5 percentiles of the whole volume → [0, 1], clipped
 (Triad's ``_robust_minmax_foreground``; MONAI ``ScaleIntensityRangePercentiles``). A volume
-smaller than ``roi`` is zero-padded (MONAI ``SpatialPad``, symmetric).
+smaller than ``roi`` is zero-padded (symmetric, as MONAI ``SpatialPad``). With a
+``cache_dir`` the scaled volumes are kept as float16 and read by crop (tasks/volume_cache.py).
 """
 from __future__ import annotations
 
@@ -96,11 +97,17 @@ def crop_box(shape: tuple[int, ...], roi: int, rng: np.random.Generator) -> tupl
 
 
 def _crop(data: np.ndarray, roi: int, starts: list[int], pads: list[int]) -> np.ndarray:
-    from monai.transforms import SpatialPad
-    # symmetric: (roi − n) // 2 before, the rest after — what crop_box's pads assume
-    padded = np.asarray(SpatialPad(spatial_size=[max(n, roi) for n in data.shape])(data[None]))[0]
-    sl = tuple(slice(s, s + roi) for s in starts)
-    return np.ascontiguousarray(padded[sl])
+    """The ``roi³`` window at ``starts`` of ``data`` zero-padded by ``pads`` before each axis
+    (crop_box's geometry), float32. Reads only the window: ``data`` may be memory-mapped."""
+    out = np.zeros((roi,) * 3, np.float32)
+    src, dst = [], []
+    for n, start, pad in zip(data.shape, starts, pads):
+        first = start - pad                       # source index of the window's voxel 0
+        lo, hi = max(first, 0), min(first + roi, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - first, hi - first))
+    out[tuple(dst)] = data[tuple(src)]
+    return out
 
 
 def _crop_affine(affine: np.ndarray, starts: list[int], pads: list[int]) -> np.ndarray:
@@ -110,12 +117,12 @@ def _crop_affine(affine: np.ndarray, starts: list[int], pads: list[int]) -> np.n
     return affine @ shift
 
 
-def _resample_to(path: str | Path, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+def _resample_to(data: np.ndarray, src_affine: np.ndarray, shape: tuple[int, int, int],
+                 affine: np.ndarray) -> np.ndarray:
     """Another series of the exam on the crop's voxel grid (world coordinates: same scanner
     frame of reference; no intensity registration), trilinear, 0 outside its field of view."""
     from nibabel.processing import resample_from_to
-    data, src_affine = load_volume(path)
-    src = nib.Nifti1Image(data, src_affine)
+    src = nib.Nifti1Image(np.asarray(data, dtype=np.float32), src_affine)
     out = resample_from_to(src, (shape, affine), order=1, mode="constant", cval=0.0)
     return np.asarray(out.dataobj, dtype=np.float32)
 
@@ -138,9 +145,18 @@ class VolumeDataset(torch.utils.data.Dataset):
     pairs: list[list[int]] | None = None
     body_parts: list[str] | None = None
     epoch: int = 0
+    cache_dir: str | None = None     # tasks/volume_cache.py; None reads every NIfTI each draw
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache_dir is None:
+            return load_volume(path)
+        if getattr(self, "_cache", None) is None:    # per process: loader workers build their own
+            from tasks.volume_cache import VolumeCache
+            self._cache = VolumeCache(self.cache_dir)
+        return self._cache.load(path)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -148,7 +164,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         row = self.rows[i]
-        data, affine = load_volume(row["nifti_file"])
+        data, affine = self._load(row["nifti_file"])
         starts, pads = crop_box(data.shape, self.roi, rng)
         flips = [ax for ax in range(3) if rng.random() < self.flip_prob]
         crop = _crop(data, self.roi, starts, pads)
@@ -160,7 +176,8 @@ class VolumeDataset(torch.utils.data.Dataset):
             if not partners:
                 raise ValueError(f"series {row['series_id']} has no other series in its exam to pair with")
             j = partners[int(rng.integers(len(partners)))]
-            out["image2"] = _resample_to(self.rows[j]["nifti_file"], crop.shape, _crop_affine(affine, starts, pads))
+            out["image2"] = _resample_to(*self._load(self.rows[j]["nifti_file"]), crop.shape,
+                                         _crop_affine(affine, starts, pads))
             out["meta"] = torch.from_numpy(meta_vector(row))
             out["meta2"] = torch.from_numpy(meta_vector(self.rows[j]))
             part = str(row.get("body_part") or "").lower()

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
@@ -194,6 +195,34 @@ def test_catalog_parquet_column(copy_out, ids, source):
     pq.write_table(table.set_column(col, "series_description", [values]), path)
     hits, _ = _hits(copy_out, ids)
     assert hits == {Hit("research/catalog/series/series.parquet", "column series_description", "accession")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_npy_header_and_integer_data(copy_out, ids, source):
+    cache = copy_out / "research" / "cache" / "volumes"
+    cache.mkdir(parents=True)
+    mrn = str(source.PatientID)
+    np.save(cache / "fields.npy", np.zeros(2, dtype=[(f"id {mrn}", "<f4")]))        # a field name in the header
+    np.save(cache / "text.npy", np.frombuffer(f"x {source.AccessionNumber} y".encode(), dtype=np.uint8))
+    hits, _ = _hits(copy_out, ids)
+    assert hits == {Hit("research/cache/volumes/fields.npy", "npy header", "mrn"),
+                    Hit("research/cache/volumes/text.npy", "raw bytes", "accession")}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_float_npy_data_is_numbers_not_text(copy_out, ids, source):
+    """A float16 volume whose bytes happen to spell an identifier is not a hit (chance runs of
+    ASCII in float data were the audit's false positives); its header is still read."""
+    cache = copy_out / "research" / "cache" / "volumes"
+    cache.mkdir(parents=True)
+    spelled = f" {source.PatientID} ".encode()
+    np.save(cache / "volume.npy", np.frombuffer(spelled + b"\0" * (len(spelled) % 2), dtype=np.float16))
+    rep = audit(copy_out, ids)
+    assert rep.ok, rep.to_markdown()
+    assert rep.scanned["npy"] == 1
+    assert ids.find(spelled)                                   # the same bytes as raw data would hit
 
 
 @pytest.mark.slow

@@ -27,13 +27,14 @@ def _tables(md: str) -> list[list[list[str]]]:
 
 def test_tiny_bench_writes_a_report_with_finite_numbers(tmp_path):
     out, raw = tmp_path / "benchmarks.md", tmp_path / "raw.json"
-    r = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--sections", "conversion,curation,rss,catalog",
+    r = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--sections", "conversion,curation,rss,catalog,volumes",
                         "--out", str(out), "--json", str(raw)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     md = out.read_text()
     for heading in ("## Machine", "## Versions", "## Targets", "## Per-series conversion",
-                    "## Curation cost per series", "## Scaling and memory", "## Catalog at Duke-110K size"):
+                    "## Curation cost per series", "## Scaling and memory", "## Catalog at Duke-110K size",
+                    "## Volume-recipe data loading"):
         assert heading in md
     assert "Command: `python -m bench.run --tiny" in md
     tables = _tables(md)
@@ -50,3 +51,7 @@ def test_tiny_bench_writes_a_report_with_finite_numbers(tmp_path):
     # ten catalog queries, each timed cold and warm
     cat = json.loads(raw.read_text())["Catalog at Duke-110K size"]["queries"]
     assert len(cat) == 10 and all(len(q["cold"]) == 3 and len(q["warm"]) == 3 for q in cat)
+    # volume draws: every draw timed both ways, the ratio is uncached / cached per draw
+    vol = json.loads(raw.read_text())["Volume-recipe data loading"]
+    assert len(vol["ratios"]) == len(vol["uncached_s"]) == len(vol["warm_s"]) == 4
+    assert vol["ratios"] == [a / b for a, b in zip(vol["uncached_s"], vol["warm_s"])]
