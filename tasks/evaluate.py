@@ -84,7 +84,7 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
         X = embed_volumes(model, paths, batch_size=min(batch_size, 2))
     else:
         X = _embed_pooled(model, paths, batch_size)
-    tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed)
+    tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed, labels=labels)
     y = np.array(labels)
     res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
     out = eval_dir(research, eval_id)

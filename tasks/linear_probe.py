@@ -2,13 +2,14 @@
 
 One feature vector per image (spatially average-pooled patch features) goes into a single
 ``nn.Linear`` trained with Adam, L2 regularisation as ``weight_decay`` and cross-entropy, no
-augmentation. Data are split by patient (60:40 in MRI-CORE). MRI-CORE reports the best
+augmentation. Data are split by patient, label-balanced (60:40 in MRI-CORE). MRI-CORE reports the best
 validation score over epochs (the DINOv2 protocol); that is selection on the evaluation set,
 so ``ProbeResult`` reports the final-epoch model as the headline and keeps the per-epoch
 test accuracy for anyone who wants the DINOv2-style figure.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,16 @@ class ProbeResult:
 
 
 def patient_split(patient_ids: Sequence[Hashable], train_fraction: float = 0.6,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, labels: Sequence[Hashable] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded patient-level split into sorted (train_idx, test_idx) sample indices.
 
     ``round(train_fraction * n_patients)`` patients go to train, clipped so each side keeps at
-    least one patient when there are two or more. The result does not depend on the order of
-    the samples: patients are sorted (by ``str``) before the seeded shuffle.
+    least one patient when there are two or more. With ``labels`` (one per sample) the split
+    is label-balanced, as MRI-CORE's 60:40 probing split: patients are grouped by their most
+    frequent label (ties: the smallest by ``str``) and each group is split on its own, so every
+    label with two or more patients is on both sides (a one-patient label goes to train).
+    The result does not depend on the order of the samples: patients are sorted (by ``str``)
+    before the seeded shuffle.
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
@@ -53,8 +58,26 @@ def patient_split(patient_ids: Sequence[Hashable], train_fraction: float = 0.6,
     patients = np.unique(ids)  # sorted
     if len(patients) < 2:
         raise ValueError("need at least two patients to split")
-    n_train = min(max(int(round(train_fraction * len(patients))), 1), len(patients) - 1)
-    train_patients = np.random.default_rng(seed).permutation(patients)[:n_train]
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        groups = [patients]
+    else:
+        if len(labels) != len(ids):
+            raise ValueError(f"{len(labels)} labels for {len(ids)} samples")
+        counts: dict[str, Counter] = {}
+        for pid, lab in zip(ids, (str(v) for v in labels)):
+            counts.setdefault(pid, Counter())[lab] += 1
+        primary = {p: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for p, c in counts.items()}
+        groups = [np.array([p for p in patients if primary[p] == lab]) for lab in sorted(set(primary.values()))]
+    train_patients = []
+    for group in groups:
+        if len(group) == 1:
+            train_patients += list(group)
+            continue
+        n_train = min(max(int(round(train_fraction * len(group))), 1), len(group) - 1)
+        train_patients += list(rng.permutation(group)[:n_train])
+    if len(train_patients) == len(patients):   # only one-patient labels: keep a test side
+        train_patients.remove(patients[rng.integers(len(patients))])
     is_train = np.isin(ids, train_patients)
     return np.flatnonzero(is_train), np.flatnonzero(~is_train)
 

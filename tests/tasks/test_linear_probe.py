@@ -83,6 +83,48 @@ def test_patient_split_groups_and_reproducible():
     assert set(pids[patient_split(pids, seed=8)[0]]) != set(pids[tr])
 
 
+def test_patient_split_balances_labels_by_patient():
+    """One label per patient (body part): every label with ≥ 2 patients lands on both sides,
+    each split 60:40 on its own; without labels a 3-patient label can miss the train side."""
+    rng = np.random.default_rng(11)
+    per_label = {"knee": 10, "brain": 5, "spine": 3, "hand": 2, "foot": 1}
+    pids, labels = [], []
+    for lab, n in per_label.items():
+        for k in range(n):
+            m = int(rng.integers(3, 9))                     # slices of that patient
+            pids += [f"{lab}-{k}"] * m
+            labels += [lab] * m
+    pids, labels = np.array(pids), np.array(labels)
+    tr, te = patient_split(pids, seed=3, labels=labels)
+    assert set(pids[tr]).isdisjoint(pids[te]) and len(tr) + len(te) == len(pids)
+    for lab, n in per_label.items():
+        n_tr = len(set(pids[tr][labels[tr] == lab]))
+        expected = n if n == 1 else min(max(round(0.6 * n), 1), n - 1)
+        assert n_tr == expected, lab
+        assert len(set(pids[te][labels[te] == lab])) == n - expected, lab
+    # independent of sample order, reproducible, seed-dependent
+    perm = rng.permutation(len(pids))
+    tr2, _ = patient_split(pids[perm], seed=3, labels=labels[perm])
+    assert set(pids[perm][tr2]) == set(pids[tr])
+    assert any(set(pids[patient_split(pids, seed=s, labels=labels)[0]]) != set(pids[tr]) for s in range(4, 8))
+    # the unbalanced split, for contrast: some seed leaves a label with ≥ 2 patients on one side only
+    def one_sided(s):
+        a, b = patient_split(pids, seed=s)
+        return any(lab not in set(labels[a]) or lab not in set(labels[b]) for lab, n in per_label.items() if n >= 2)
+    assert any(one_sided(s) for s in range(20))
+
+
+def test_patient_split_primary_label_and_all_single_patient_labels():
+    # patient p1 has 3 × "a" and 2 × "b": its primary label is "a"; ties go to the smaller
+    pids = ["p1"] * 5 + ["p2"] * 2 + ["p3", "p4"]
+    labels = ["a", "a", "b", "a", "b", "b", "c", "c", "d"]
+    tr, te = patient_split(pids, seed=0, labels=labels)   # groups: a={p1}, b/c tie→b={p2}, c={p3}, d={p4}
+    assert len(te) > 0 and len(tr) > 0                    # every group is one patient: one still goes to test
+    assert len(set(np.asarray(pids)[te])) == 1
+    with pytest.raises(ValueError):
+        patient_split(pids, labels=labels[:-1])
+
+
 def test_patient_split_rejects_degenerate():
     with pytest.raises(ValueError):
         patient_split(["a", "a"])
