@@ -62,7 +62,7 @@ def linear_probe(out: str | None = None,
                  epochs: int = 100, seed: int = 0) -> dict:
     """Linear probing: ``query`` returns patient_id, label and png_file (slice models) or
     nifti_file (volume models: triad-unet, triad-swin, brainsegfounder, prism or their
-    pretrain runs); patient-level 60:40 split. Default query: tasks.evaluate.PROBE_QUERIES
+    pretrain runs); label-balanced patient-level 60:40 split. Default query: tasks.evaluate.PROBE_QUERIES
     (body part of training slices; sequence type of converted volumes)."""
     research = _research(out)
     name = eval_id or f"probe-{pretrained or model}"

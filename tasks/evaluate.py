@@ -1,7 +1,7 @@
 """Evaluations of a zoo model on catalog data, recorded in the ``evaluations`` table.
 
 - ``linear_probe_eval``: pooled features of a frozen encoder, a linear classifier
-  (tasks/linear_probe.py) on a patient-level 60:40 split; labels from a catalog column.
+  (tasks/linear_probe.py) on a label-balanced patient-level 60:40 split; labels from a catalog column.
 - ``zero_shot_eval``: k-means over patch features of a labelled dataset's slices
   (tasks/zero_shot.py), DSC per k, overlay pictures.
 
