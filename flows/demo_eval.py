@@ -70,7 +70,8 @@ def demo_eval(out: str = "{home}/demo") -> dict:
               for d in DATASETS}
         results[label] = {"probe": probe, "zero_shot": zs, "few_shot": fs}
         lines += [f"## {label}", "",
-                  f"- linear probe (sequence type, label-balanced patient-level 60:40): accuracy **{probe['accuracy']:.3f}** "
+                  "- linear probe (sequence type, label-balanced patient-level 60:40): "
+                  f"accuracy **{probe['accuracy']:.3f}** "
                   f"(balanced {probe['balanced_accuracy']:.3f}); [confusion matrix]({probe['confusion_png']})"]
         for d, r in zs.items():
             best = r["best_k"]
