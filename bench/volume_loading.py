@@ -29,7 +29,7 @@ def _volumes(folder: Path, n: int, shape: tuple[int, int, int] | None) -> list[d
     t1 = datasets.load_mni152_template(resolution=1)
     data = np.asarray(t1.dataobj, dtype=np.float32) * 1000.0
     if shape is not None:   # smaller sizes for the smoke run: the centre of the template
-        data = data[tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(data.shape, shape))]
+        data = data[tuple(slice((full - s) // 2, (full - s) // 2 + s) for full, s in zip(data.shape, shape))]
     rows = []
     for i in range(n):
         path = folder / f"vol{i}.nii.gz"

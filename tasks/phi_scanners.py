@@ -189,12 +189,11 @@ def _npy_chunks(path: Path, ids: Finder) -> Chunks:
         start = fh.tell()
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         _, _, dtype = read(fh)
-        head_end = fh.tell()
-        fh.seek(0)
-        header = fh.read(head_end)
-    yield "npy header", header[start:]
-    if dtype.kind not in "fc" or dtype.fields is not None:
-        yield "raw bytes", path.read_bytes()[head_end:]
+        end = fh.tell()
+        fh.seek(start)
+        yield "npy header", fh.read(end - start)
+        if dtype.kind not in "fc" or dtype.fields is not None:
+            yield "raw bytes", fh.read()
 
 
 def _raw_chunks(path: Path, ids: Finder) -> Chunks:

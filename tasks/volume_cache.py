@@ -1,9 +1,10 @@
 """Decoded, scaled training volumes on local disk, read back by crop (memory-mapped).
 
 Every draw of the volume trainers would otherwise decompress a whole ``.nii.gz`` and take
-its percentiles (≈ 0.5 s for a 1 mm head) to keep a 96³ crop of it. The cache stores the
-output of :func:`tasks.volume_dataset.load_volume` once per file as float16 ``.npy`` (values
-in [0, 1]: at most 2.4e-4 off) plus the affine; a draw then reads only the crop's pages.
+its percentiles (≈ 0.3 s for a 1 mm head: ``python -m bench.volume_loading``) to keep a 96³
+crop of it. The cache stores the output of :func:`tasks.volume_dataset.load_volume` once per
+file as float16 ``.npy`` (values in [0, 1]: at most 2⁻¹² ≈ 2.4e-4 off) plus the affine; a
+draw then reads only the crop's pages.
 
 A hit and a miss return the same float16 values, so a run does not depend on what was
 cached before it. Entries are keyed by the NIfTI's resolved path, size and mtime: a

@@ -122,8 +122,19 @@ def _resample_to(data: np.ndarray, src_affine: np.ndarray, shape: tuple[int, int
     """Another series of the exam on the crop's voxel grid (world coordinates: same scanner
     frame of reference; no intensity registration), trilinear, 0 outside its field of view."""
     from nibabel.processing import resample_from_to
-    src = nib.Nifti1Image(np.asarray(data, dtype=np.float32), src_affine)
-    out = resample_from_to(src, (shape, affine), order=1, mode="constant", cval=0.0)
+    # only the source box the crop's grid maps into (+1 voxel for the interpolation), so a
+    # memory-mapped volume is read and converted there, not whole; an affine maps a box's
+    # corners to the extremes of its image
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape], indexing="ij")).reshape(3, -1)
+    vox = (np.linalg.inv(src_affine) @ affine @ np.vstack([corners, np.ones(corners.shape[1])]))[:3]
+    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 1, 0, data.shape)
+    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 2, 0, data.shape)
+    if np.any(hi <= lo):                          # the crop lies outside this series
+        return np.zeros(shape, np.float32)
+    box = np.asarray(data[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+    box_affine = src_affine.copy()
+    box_affine[:3, 3] = src_affine[:3, :3] @ lo + src_affine[:3, 3]
+    out = resample_from_to(nib.Nifti1Image(box, box_affine), (shape, affine), order=1, mode="constant", cval=0.0)
     return np.asarray(out.dataobj, dtype=np.float32)
 
 

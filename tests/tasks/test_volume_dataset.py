@@ -121,3 +121,25 @@ def test_query_volumes_needs_nifti_file(volume_catalog):
     assert [r["series_id"] for r in rows] == sorted(r["series_id"] for r in rows)
     with pytest.raises(ValueError, match="nifti_file"):
         query_volumes(volume_catalog, "SELECT series_id FROM series")
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0, 0.0), (7.3, -4.1, 2.6), (-10.0, 0.0, 0.0), (500.0, 0.0, 0.0)])
+def test_partner_resampling_reads_a_box_but_equals_the_whole_volume(shift):
+    """_resample_to slices the partner to the box the crop maps into; the result must equal
+    nibabel's resampling of the whole volume, also for an oblique, partly or wholly outside crop."""
+    from nibabel.processing import resample_from_to
+
+    from tasks.volume_dataset import _resample_to
+    rng = np.random.default_rng(2)
+    data = rng.random((30, 26, 18)).astype(np.float32)
+    src_affine = np.diag([1.0, 1.2, 2.0, 1.0])
+    src_affine[:3, 3] = [-5.0, 3.0, 1.0]
+    c, s = np.cos(0.4), np.sin(0.4)
+    crop_affine = np.eye(4)
+    crop_affine[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1.5]]
+    crop_affine[:3, 3] = np.array([2.0, 4.0, 3.0]) + shift
+    whole = resample_from_to(nib.Nifti1Image(data, src_affine), ((12, 12, 12), crop_affine), order=1,
+                             mode="constant", cval=0.0)
+    got = _resample_to(data, src_affine, (12, 12, 12), crop_affine)
+    np.testing.assert_allclose(got, np.asarray(whole.dataobj), atol=1e-6)
+    assert (got != 0).any() == (shift[0] < 100)
