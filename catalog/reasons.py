@@ -10,6 +10,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     # retrieve
     "accession_not_found": ("retrieve", "rejected", "the archive holds no study with this accession number"),
     "archive_unreachable": ("retrieve", "failed", "the archive could not be reached (folder missing, PACS down)"),
+    "unattributed_file": ("retrieve", "rejected", "an archive file that is not DICOM, has no StudyInstanceUID, or is a container that does not open, in a folder without a study: nothing curates it; its path is in restricted/unattributed_files.csv"),
     "retrieve_error": ("retrieve", "failed", "an unexpected error while fetching the exam"),
     "pacs_unreachable": ("retrieve", "failed", "no association with the PACS: connection refused, timed out or PACS busy (after retries)"),
     "association_rejected": ("retrieve", "failed", "the PACS rejected the association: wrong AE title or our AE not allowed"),
@@ -18,6 +19,10 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "unreadable_file": ("deid", "rejected", "a file is not parseable DICOM; its series is dropped"),
     "non_image_object": ("deid", "rejected", "a DICOM object without pixel data (SR, PR, KO …) is not copied"),
     "burned_in_annotation": ("deid", "rejected", "BurnedInAnnotation=YES or a secondary capture: pixels may show PHI"),
+    "multiframe_truncated": ("deid", "rejected", "a mosaic or multi-frame object whose pixel data is cut short: the file is dropped (the series, when nothing else is left)"),
+    "multiframe_undecodable": ("deid", "rejected", "a mosaic or multi-frame object whose pixels cannot be decoded: the file is dropped (the series, when nothing else is left)"),
+    "multiframe_no_geometry": ("deid", "rejected", "a mosaic without its CSA slice count/normal, or frames without plane position/orientation: no volume can be placed"),
+    "mosaic_grid_mismatch": ("deid", "rejected", "a Siemens mosaic whose size is not a multiple of its tile grid (resized or damaged): tiles cannot be placed"),
     "deid_error": ("deid", "failed", "an unexpected error while de-identifying"),
     # continuity (series level)
     "non_mr_modality": ("continuity", "rejected", "Modality is not MR"),
@@ -37,16 +42,26 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "missing_geometry": ("continuity", "rejected", "ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing, non-finite or degenerate"),
     "unsupported_pixel_format": ("continuity", "rejected", "pixel encoding not supported: float pixel data, BitsAllocated not 8/16/32, BitsStored > BitsAllocated"),
     "color_image": ("continuity", "rejected", "colour pixels (SamplesPerPixel > 1 or a non-MONOCHROME photometric interpretation)"),
-    "multiframe_unsupported": ("continuity", "rejected", "a multi-frame (e.g. Enhanced MR) object: not converted yet"),
+    "multiframe_unsupported": ("continuity", "rejected", "a multi-frame object that is neither Enhanced MR nor a mosaic (those are split into images at deid)"),
     "gantry_tilt": ("continuity", "rejected", "slice positions do not advance along the slice normal (gantry tilt / sheared stack)"),
     "duplicate_instance": ("continuity", "rejected", "two files of the series share one SOPInstanceUID"),
     "continuity_error": ("continuity", "failed", "an unexpected error while checking the series"),
     # continuity (instance level: removed, the series goes on)
     "localizer_removed": ("continuity", "rejected", "a localizer image mixed into the series was removed"),
     "derived_removed": ("continuity", "rejected", "a derived image mixed into the series was removed"),
+    "duplicate_removed": ("continuity", "rejected", "a second copy of an instance (same SOPInstanceUID, equal pixels) was removed"),
     # convert
     "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
     "disk_full": ("convert", "failed", "no space left on the device while writing an output"),
+    # convert: dicom2nifti refused a series that passed our checks (its own validation name)
+    **{"d2n_" + code.lower().replace("/", "_"): ("convert", "rejected", f"dicom2nifti raised {code}: {meaning}")
+       for code, meaning in {
+           "TOO_FEW_SLICES/LOCALIZER": "too few slices, or a localizer", "NON_IMAGING_DICOM_FILES": "files without pixels",
+           "IMAGE_ORIENTATION_INCONSISTENT": "orientations differ", "NON_CUBICAL_IMAGE/GANTRY_TILT": "sheared stack",
+           "SLICE_INCREMENT_INCONSISTENT": "slice steps differ", "INSTANCE_NUMBER_INCONSISTENT": "instance numbers",
+           "NOT_A_VOLUME": "slices do not stack into a volume", "MISSING_DICOM_FILES": "time points of unequal size",
+           "UNSUPPORTED_DATA": "a data kind it does not convert", "NO_DICOM_FILES_FOUND": "no files",
+           "OTHER": "another structural error (the message names it)"}.items()},
     # any stage
     "stage_input_missing": ("any", "failed", "the previous stage's artifact is missing: run that stage first"),
     # catalog

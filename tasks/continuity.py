@@ -98,6 +98,7 @@ def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> Non
     result.meta = series_meta.derive_meta(imgs[0].ds)
     if any(str(i.ds.get("Modality", "")).upper() != "MR" for i in imgs):
         raise _Reject("non_mr_modality", "Modality is not MR")
+    imgs = _remove_duplicate_copies(imgs, result.removed)
     check_format([i.ds for i in imgs])
     imgs = _remove_flagged(imgs, cfg, result.removed)
     imgs = _remove_orientation_localizers(imgs, cfg, result.removed)
@@ -349,29 +350,66 @@ def _stream_truncated(ds: Dataset) -> bool:
     return False  # other codecs: no cheap end marker to test
 
 
+def _remove_duplicate_copies(imgs: list[_Img], removed: list) -> list[_Img]:
+    """Archives hold copies of one instance (a re-send, a partial transfer, another encoding).
+    Copies whose pixels are equal collapse to one; a broken copy is removed with its own
+    reason when a good copy remains. Good copies with different pixels stay, and the series is
+    rejected (``duplicate_instance``): which one is right cannot be told."""
+    by_uid: dict[str, list[_Img]] = {}
+    for img in imgs:
+        by_uid.setdefault(str(img.ds.get("SOPInstanceUID", "")), []).append(img)
+    if all(len(copies) == 1 for uid, copies in by_uid.items() if uid):
+        return imgs
+    drop: set[Path] = set()
+    for uid, copies in by_uid.items():
+        if len(copies) < 2 or not uid:
+            continue
+        good, bad = [], []
+        for img in copies:
+            try:
+                check_format([img.ds])
+                good.append((img, _read_pixels(img.path)))
+            except _Reject as rej:
+                bad.append((img, rej.reason))
+        if not good:
+            continue
+        if any(arr.shape != good[0][1].shape or not np.array_equal(arr, good[0][1]) for _, arr in good[1:]):
+            continue
+        drop.update(img.path for img, _ in good[1:])
+        removed.extend((img.path, "duplicate_removed") for img, _ in good[1:])
+        drop.update(img.path for img, _ in bad)
+        removed.extend((img.path, reason) for img, reason in bad)
+    return [img for img in imgs if img.path not in drop]
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The decoded pixels of one file; truncated or undecodable data is a rejection."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
+        raise _Reject("truncated_file", "a file ends inside its pixel data") from e
+    if any(k in ds for k in FLOAT_PIXELS):
+        raise _Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
+    if "PixelData" not in ds:
+        # deid writes a file cut inside its pixel data header-only: the two look alike here
+        raise _Reject("truncated_file", "an image has no PixelData")
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    if not compressed and len(ds.PixelData) < _expected_bytes(ds):
+        raise _Reject("truncated_file", "PixelData shorter than Rows x Columns x BitsAllocated requires")
+    # before decoding: some decoders (JPEG-LS) return a partial image from a cut stream
+    if compressed and _stream_truncated(ds):
+        raise _Reject("truncated_file", "the compressed pixel stream is cut short")
+    try:
+        return ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - decoders raise many types
+        raise _Reject("undecodable_pixels", f"pixel data could not be decoded ({type(e).__name__})") from e
+
+
 def _check_pixels(paths: list[Path]) -> None:
     """Truncated/undecodable pixel data, then a blank (constant) series."""
     lo, hi = math.inf, -math.inf
     for path in paths:
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
-            raise _Reject("truncated_file", "a file ends inside its pixel data") from e
-        if any(k in ds for k in FLOAT_PIXELS):
-            raise _Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
-        if "PixelData" not in ds:
-            # deid writes a file cut inside its pixel data header-only: the two look alike here
-            raise _Reject("truncated_file", "an image has no PixelData")
-        compressed = ds.file_meta.TransferSyntaxUID.is_compressed
-        if not compressed and len(ds.PixelData) < _expected_bytes(ds):
-            raise _Reject("truncated_file", "PixelData shorter than Rows x Columns x BitsAllocated requires")
-        # before decoding: some decoders (JPEG-LS) return a partial image from a cut stream
-        if compressed and _stream_truncated(ds):
-            raise _Reject("truncated_file", "the compressed pixel stream is cut short")
-        try:
-            arr = ds.pixel_array
-        except Exception as e:  # noqa: BLE001 - decoders raise many types
-            raise _Reject("undecodable_pixels", f"pixel data could not be decoded ({type(e).__name__})") from e
+        arr = _read_pixels(path)
         lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
     if lo == hi:
         raise _Reject("blank_series", "every pixel of every image has the same value")

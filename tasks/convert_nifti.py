@@ -23,7 +23,8 @@ import nibabel.processing
 import numpy as np
 import pydicom
 
-from mrifoundry.errors import CurationError, InsufficientDiskSpace
+from catalog.reasons import REASONS
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
 from tasks.continuity import Volume
 
 CONVERTER = "dicom2nifti"
@@ -111,6 +112,16 @@ def dicom_to_image(files: list[Path]) -> nib.Nifti1Image:
         finally:
             d2n_logger.setLevel(level)
     return nib.as_closest_canonical(result["NII"])
+
+
+def _dicom2nifti_reason(e: Exception) -> str | None:
+    """``d2n_<code>`` for dicom2nifti's ConversionError/ConversionValidationError, else None."""
+    from dicom2nifti.exceptions import ConversionError, ConversionValidationError
+
+    if not isinstance(e, (ConversionError, ConversionValidationError)):
+        return None
+    code = "d2n_" + str(e).strip().lower().replace("/", "_")
+    return code if code in REASONS else "d2n_other"
 
 
 def _inside_source(img: nib.Nifti1Image, source: nib.Nifti1Image) -> np.ndarray:
@@ -217,6 +228,9 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         raise CurationError(item, "convert_error", f"{type(e).__name__} while writing NIfTI") from e
     except Exception as e:  # noqa: BLE001 - dicom2nifti raises plain Exception/TypeError too
         tmp.unlink(missing_ok=True)
+        reason = _dicom2nifti_reason(e)
+        if reason:   # its validation refused the data: a rejection with its code, not an error
+            raise RejectedItem(item, reason, f"dicom2nifti {reason[4:].upper()}") from e
         raise CurationError(item, "convert_error", f"{type(e).__name__} while converting to NIfTI") from e
     return NiftiRecord(
         path=out_path, shape=tuple(int(s) for s in img.shape),

@@ -27,6 +27,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from mrifoundry import ids
 from mrifoundry.sqlite_wal import connect_wal
 from mrifoundry.errors import CurationError
+from tasks import frames
 from tasks.deid_profile import (
     DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_pattern, remap_uid,
     shift_date,
@@ -67,15 +68,17 @@ class DeidConfig:
 
 @dataclass
 class DeidSeries:
-    series_id: str              # ids.series_id(original SeriesInstanceUID)
+    series_id: str              # ids.series_id(original SeriesInstanceUID[/image set])
     files: list[Path]           # de-identified files written under out_dir/<series_id>/
+    image_set: str = ""         # "" or phase | real | imaginary | trace (tasks.frames.image_set)
 
 
 @dataclass
 class DeidRejection:
     series_id: str | None       # None when the file could not even be parsed
-    reason: str                 # unreadable_file | non_image_object | burned_in_annotation
+    reason: str                 # unreadable_file | non_image_object | burned_in_annotation, or a frame-split reason
     n_files: int
+    instance: str | None = None  # set when one source file is dropped and its series goes on
 
 
 @dataclass
@@ -245,9 +248,11 @@ def _read_full(path: Path, header: Dataset) -> Dataset:
     """Whole file; a file truncated inside its pixel data falls back to the header only, so the
     continuity stage (not this one) rejects it as ``truncated_file``."""
     try:
-        return pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
     except Exception:  # noqa: BLE001
         return header
+    # a forced read of a file cut short can "succeed" with fewer elements than its header had
+    return ds if "SOPClassUID" in ds else header
 
 
 def _is_image_class(sop_class: str) -> bool | None:
@@ -325,33 +330,53 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
             rejected.append(DeidRejection(sid, "burned_in_annotation", len(members)))
             shutil.rmtree(out_dir / sid, ignore_errors=True)
             continue
-        dest = out_dir / sid
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir))   # written one by one: bounded memory
+        out_dir.mkdir(parents=True, exist_ok=True)
+        uid = str(members[0][1].SeriesInstanceUID)
+        parts: dict[str, tuple[Path, list[int]]] = {}   # image set -> (temp folder, [count])
+        split_failures: list[DeidRejection] = []
         try:
-            n_written, non_image = 0, 0
-            for path, hdr in members:
+            non_image = 0
+            for k, (path, hdr) in enumerate(members):
                 image = _is_image_class(str(hdr.SOPClassUID))
                 ds = _read_full(path, hdr) if image is not False else hdr
                 if image is False or (image is None and not _has_pixels(ds)):
                     non_image += 1
                     continue
-                clean = deidentify_dataset(ds, cfg, store, exam_id)
-                clean.save_as(tmp / f"{n_written:04d}.dcm", enforce_file_format=True)
-                n_written += 1
-                if study_date is None and clean.get("StudyDate"):
-                    study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
-                study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
+                try:
+                    images = frames.split_images(ds)   # before de-identification: mosaics need the CSA header
+                except frames.FrameSplitError as e:
+                    split_failures.append(DeidRejection(sid, e.reason, 1, instance=f"src{k:04d}"))
+                    continue
+                for img in images:
+                    key = frames.image_set(img)
+                    if key not in parts:
+                        parts[key] = (Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir)), [0])
+                    folder, count = parts[key]
+                    clean = deidentify_dataset(img, cfg, store, exam_id)
+                    clean.save_as(folder / f"{count[0]:04d}.dcm", enforce_file_format=True)
+                    count[0] += 1
+                    if study_date is None and clean.get("StudyDate"):
+                        study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
+                    study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
             if non_image:
                 rejected.append(DeidRejection(sid, "non_image_object", non_image))
-            if n_written:
-                _swap_in(tmp, dest)
-                series.append(DeidSeries(sid, [dest / f"{i:04d}.dcm" for i in range(n_written)]))
+            if split_failures and not parts:   # nothing of the series could be split: the series is rejected
+                rejected.append(DeidRejection(sid, split_failures[0].reason, len(split_failures)))
             else:
-                shutil.rmtree(dest, ignore_errors=True)
+                rejected.extend(split_failures)
+            for key in [""] + sorted(k for k in parts if k):
+                part_id = sid if not key else ids.series_id(f"{uid}/{key}", cfg.salt)
+                if key not in parts:
+                    shutil.rmtree(out_dir / part_id, ignore_errors=True)
+                    continue
+                folder, count = parts[key]
+                dest = out_dir / part_id
+                _swap_in(folder, dest)
+                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(count[0])], image_set=key))
         except Exception as e:
             raise CurationError(exam_id, "deid_error", f"{type(e).__name__} in series {sid}") from e
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for folder, _ in parts.values():
+                shutil.rmtree(folder, ignore_errors=True)
     log.info("deid %s: %d series written, %d rejected", exam_id, len(series), len(rejected))
     return DeidResult(exam_id, patient_id, study_date, series, rejected, study_description)

@@ -72,13 +72,17 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     replace_dir(tmp, out_dir)
     ws.ledger.forget_exam_stage(exam_id, "deid")
     for rej in res.rejected:
+        if rej.instance:   # one source file dropped (e.g. an undecodable mosaic); its series goes on
+            ws.ledger.record(f"{rej.series_id}/{rej.instance}", "deid", "rejected", exam_id=exam_id,
+                             item_kind="instance", reason=rej.reason, message="file dropped, series kept")
+            continue
         ws.ledger.record(rej.series_id or f"{exam_id}/unattributed", "deid", "rejected", exam_id=exam_id,
                          item_kind="series", reason=rej.reason, message=f"{rej.n_files} file(s)")
     series = []
     for s in res.series:
         files = [ws.rel(out_dir / Path(f).relative_to(tmp)) if Path(f).is_relative_to(tmp) else ws.rel(f)
                  for f in s.files]
-        series.append({"series_id": s.series_id, "files": files})
+        series.append({"series_id": s.series_id, "files": files, "image_set": s.image_set})
         ws.ledger.record(s.series_id, "deid", "done", exam_id=exam_id, item_kind="series",
                          message=f"{len(files)} file(s)")
     ws.write_artifact(exam_id, "deid", {
@@ -86,7 +90,8 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
         "study_date": res.study_date.isoformat() if res.study_date else None,
         "study_description": getattr(res, "study_description", None),
         "series": series,
-        "rejected": [{"series_id": r.series_id, "reason": r.reason, "n_files": r.n_files} for r in res.rejected],
+        "rejected": [{"series_id": r.series_id, "reason": r.reason, "n_files": r.n_files, "instance": r.instance}
+                     for r in res.rejected],
     })
     return StageOutcome(exam_id, "deid", "done", counts={"series": len(series), "rejected": len(res.rejected)})
 
@@ -127,7 +132,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
     ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape)
     ws.ledger.forget_exam_stage(exam_id, "convert")
-    out, n_slices, failed, disk_full = {}, 0, 0, False
+    out, rejected, n_slices, failed, disk_full = {}, {}, 0, 0, False
     for sid, s in cont["series"].items():
         if s["status"] != "ok":
             continue
@@ -154,6 +159,12 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                                 "axcodes": nrec.axcodes, "converter": nrec.converter,
                                 "converter_version": nrec.converter_version, "params": nrec.params,
                                 "timepoint": len(vols) // 2}
+        except RejectedItem as e:   # the converter's validation refused the series: rows kept, reason named
+            rejected[sid] = e.reason
+            shutil.rmtree(ws.png_dir(exam_id, sid), ignore_errors=True)   # no slices of a rejected series
+            ws.ledger.record(sid, "convert", "rejected", exam_id=exam_id, item_kind="series",
+                             reason=e.reason, message=e.message)
+            continue
         except Exception as e:  # noqa: BLE001 — one series must not sink the exam
             from tasks.exam_stages import _log_restricted
             _log_restricted(ws, exam_id, "convert")
@@ -161,13 +172,14 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             reason = e.reason if isinstance(e, CurationError) else (
                 "disk_full" if getattr(e, "errno", None) == errno.ENOSPC else "convert_error")
             disk_full |= reason == "disk_full"
+            cause = e.__cause__ or e
             ws.ledger.record(sid, "convert", "failed", exam_id=exam_id, item_kind="series",
-                             reason=reason, message=type(e).__name__)
+                             reason=reason, message=f"{type(cause).__name__} (traceback in the restricted error log)")
             continue
         ws.ledger.record(sid, "convert", "done", exam_id=exam_id, item_kind="series",
                          outputs=[x for x in [rec["nifti"] and rec["nifti"]["path"]] if x])
         out[sid] = rec
-    ws.write_artifact(exam_id, "convert", {"series": out})
+    ws.write_artifact(exam_id, "convert", {"series": out, "rejected": rejected})
     if failed:
         raise CurationError(exam_id, "disk_full" if disk_full else "convert_error",
                             f"{failed} series failed to convert")
@@ -185,10 +197,12 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     exam = ws.read_artifact(exam_id, "exam", made_by="retrieve")
     deid = ws.read_artifact(exam_id, "deid", made_by="deid")
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
-    conv = ws.read_artifact(exam_id, "convert", made_by="convert")["series"]
+    converted = ws.read_artifact(exam_id, "convert", made_by="convert")
+    conv, conv_rejected = converted["series"], converted.get("rejected", {})
     series_rows, slice_rows = [], []
+    image_sets = {s["series_id"]: s.get("image_set", "") for s in deid["series"]}
     for r in deid["rejected"]:
-        if r["series_id"]:
+        if r["series_id"] and not r.get("instance"):
             series_rows.append(dict(series_id=r["series_id"], exam_id=exam_id, status="rejected", reason=r["reason"],
                                     dicom_dir=None))
     for sid, s in cont["series"].items():
@@ -196,8 +210,8 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
         c = conv.get(sid, {})
         n = c.get("nifti") or {}
         series_rows.append(dict(
-            series_id=sid, exam_id=exam_id, status="ok" if sid in conv else "rejected",
-            reason=s["reason"] if s["status"] != "ok" else (None if sid in conv else "convert_error"),
+            series_id=sid, exam_id=exam_id, image_set=image_sets.get(sid, ""), status="ok" if sid in conv else "rejected",
+            reason=s["reason"] if s["status"] != "ok" else (None if sid in conv else conv_rejected.get(sid, "convert_error")),
             series_description=m.get("series_description"), sequence_type=m.get("sequence_type"),
             orientation=m.get("orientation"), body_part=m.get("body_part"), contrast=m.get("contrast"),
             manufacturer=m.get("manufacturer"), model=m.get("model"), field_strength=m.get("field_strength"),

@@ -7,8 +7,12 @@ folder and writes the index sorted by study key, so a lookup by key reads one ro
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import shutil
+import tarfile
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,6 +31,54 @@ INDEX_SCHEMA = pa.schema([
 ])
 STAT_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
 CHUNK = 5000
+CONTAINER_SUFFIXES = (".zip", ".gz", ".tgz", ".tar")
+MAX_EXPANDED_BYTES = 64 << 30   # a container that claims more is not expanded (zip bomb guard)
+
+
+def expand_container(path: str, size: int, mtime_ns: int, root: Path) -> list[str] | None:
+    """Members of a zip, tar (any compression) or gzip file, extracted once under
+    ``root/<key>/`` (restricted zone; key = hash of path, size and mtime, so a changed
+    container is expanded anew). None when the file cannot be opened as a container: it is
+    then indexed like any other file (and ledgered as unreadable). Member names are
+    flattened: nothing is written outside ``root``."""
+    key = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode()).hexdigest()[:20]
+    dest = root / key
+    if not dest.is_dir():
+        tmp = root / f".{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            _extract(path, tmp)
+        except Exception:  # noqa: BLE001 - corrupt or not a container: index the file itself
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        os.replace(tmp, dest)
+    return sorted(str(p) for p in dest.rglob("*") if p.is_file())
+
+
+def _extract(path: str, dest: Path) -> None:
+    def member_path(i: int, name: str) -> Path:
+        return dest / f"{i:05d}_{os.path.basename(name.rstrip('/')) or 'member'}"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            infos = [m for m in zf.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in infos) > MAX_EXPANDED_BYTES:
+                raise ValueError("container too large")
+            for i, m in enumerate(infos):
+                with zf.open(m) as src, open(member_path(i, m.filename), "wb") as out:
+                    shutil.copyfileobj(src, out)
+        return
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tf:
+            members = [m for m in tf.getmembers() if m.isfile()]
+            if sum(m.size for m in members) > MAX_EXPANDED_BYTES:
+                raise ValueError("container too large")
+            for i, m in enumerate(members):
+                with tf.extractfile(m) as src, open(member_path(i, m.name), "wb") as out:
+                    shutil.copyfileobj(src, out)
+        return
+    with gzip.open(path, "rb") as src, open(member_path(0, os.path.basename(path)[:-3] or "member"), "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def study_key(acc: str, uid: str) -> str:
@@ -57,6 +109,18 @@ def read_header(path: str) -> dict:
     return row
 
 
+def unattributed_files(index_path: Path) -> list[str]:
+    """Indexed files that are not DICOM and share a folder with no study: nothing curates
+    them, so the selection step ledgers each (restricted paths, never logged)."""
+    con = quiet_connect()
+    try:
+        return [r[0] for r in con.execute(
+            f"SELECT path FROM read_parquet({_q(index_path)}) WHERE parsed = false AND study_key IS NULL "
+            "ORDER BY path").fetchall()]
+    finally:
+        con.close()
+
+
 def _read_headers(paths: list[str]) -> list[dict]:
     return [read_header(p) for p in paths]
 
@@ -84,6 +148,7 @@ def build_index(root: Path, index_path: Path, workers: int = 2) -> int:
                                work / "stat" / f"{n_parts:06d}.parquet")
                 n_parts += 1
                 buf = []
+        expanded = index_path.parent / "expanded"
         for dirpath, _dirs, files in os.walk(root):
             for name in files:
                 p = os.path.join(dirpath, name)
@@ -91,7 +156,11 @@ def build_index(root: Path, index_path: Path, workers: int = 2) -> int:
                     st = os.stat(p)
                 except OSError:
                     continue
-                buf.append((p, st.st_size, st.st_mtime_ns))
+                members = (expand_container(p, st.st_size, st.st_mtime_ns, expanded)
+                           if name.lower().endswith(CONTAINER_SUFFIXES) else None)
+                for m in members if members is not None else [p]:
+                    mst = st if m == p else os.stat(m)
+                    buf.append((m, mst.st_size, mst.st_mtime_ns))
                 if len(buf) >= CHUNK:
                     flush_stat()
         flush_stat()

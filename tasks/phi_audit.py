@@ -63,6 +63,8 @@ class Identifiers:
     """Identifying values as token tuples with their kind; :meth:`find` looks them up."""
 
     phrases: dict[tuple[bytes, ...], str] = field(default_factory=dict)
+    vocabulary: set[bytes] = field(default_factory=set)   # tokens of technical header values
+    unreadable_sources: int = 0                            # source files that could not be parsed
     _index: dict[bytes, list[tuple[tuple[bytes, ...], str]]] | None = field(default=None, repr=False)
 
     def add(self, value: object, kind: str) -> None:
@@ -75,6 +77,24 @@ class Identifiers:
             if _distinctive(toks):
                 self.phrases.setdefault(toks, kind)
                 self._index = None
+
+    def add_vocabulary(self, value: object) -> None:
+        """Tokens of a technical, non-identifying header value (Manufacturer, ImageType …)."""
+        self.vocabulary.update(tokens(str(value or "")))
+
+    def prune(self) -> int:
+        """Drop phrases of the kinds that vendors fill with vocabulary (private text, institution,
+        device, and alphabetic ids) whose every token is technical vocabulary: an InstitutionName
+        equal to the Manufacturer, a StationName equal to the model, a private copy of
+        ImageType. Names, dates, addresses, UIDs and numeric ids are never pruned.
+        Returns the number dropped."""
+        drop = [p for p, kind in self.phrases.items()
+                if kind in _PRUNABLE_KINDS and all(t in self.vocabulary for t in p)
+                and (kind not in ("mrn", "accession") or not any(t.isdigit() for t in p))]
+        for p in drop:
+            del self.phrases[p]
+        self._index = None
+        return len(drop)
 
     def kinds(self) -> Counter:
         return Counter(self.phrases.values())
@@ -105,6 +125,17 @@ class Identifiers:
 # ordinary headers (ImageType ...\NONE) and in Prefect's own tables
 _PLACEHOLDERS = {b"none", b"null", b"unknown", b"anonymous", b"anon", b"test", b"default", b"patient",
                  b"other", b"empty", b"missing", b"undefined", b"unnamed", b"nobody"}
+# words of the output layout and file formats: a PatientID "DICOM" or "RESEARCH" names no one,
+# and every research path holds these words
+_LAYOUT_WORDS = {b"research", b"restricted", b"dicom", b"nifti", b"catalog", b"state", b"work", b"staging",
+                 b"exams", b"series", b"slices", b"models", b"features", b"labelled", b"evaluations", b"cache",
+                 b"volumes", b"prefect", b"mrifoundry", b"phantom", b"sample", b"demo", b"image", b"images"}
+_PRUNABLE_KINDS = {"private", "institution", "device", "mrn", "accession"}
+# technical attributes whose values are vocabulary, not identity (kept by the de-id profile)
+_VOCABULARY_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "ImageType", "FrameType", "SequenceName",
+                        "PulseSequenceName", "ScanningSequence", "SequenceVariant", "ScanOptions",
+                        "MRAcquisitionType", "BodyPartExamined", "Modality", "SoftwareVersions",
+                        "ReceiveCoilName", "TransmitCoilName", "PatientPosition", "PhotometricInterpretation"}
 
 
 def _distinctive(toks: tuple[bytes, ...]) -> bool:
@@ -114,7 +145,7 @@ def _distinctive(toks: tuple[bytes, ...]) -> bool:
         return False
     if len(toks) == 1:
         t = toks[0]
-        if t in _PLACEHOLDERS:
+        if t in _PLACEHOLDERS or t in _LAYOUT_WORDS:
             return False
         return len(t) >= 6 if t.replace(b".", b"").isdigit() and b"." not in t else len(t) >= 4
     return sum(len(t) for t in toks) >= 4
@@ -166,6 +197,25 @@ def _private_text(elem) -> str | None:
     return None if len(s) < 4 or _FLOAT.fullmatch(s) else s
 
 
+def _private_identifier(text: str) -> tuple[str, str] | None:
+    """(value, kind) when a private text has the shape of an identifier, else None.
+
+    Vendors fill private tags with vocabulary (``RESEARCH``, ``SENSE``, ``FMRI``, sequence
+    names, coil names): a private word is no identifier. What is: a person name (``^``
+    components), an id-like token (≥ 6 characters with a digit, e.g. a copied MRN or
+    accession), or a sentence (≥ 5 words: free text that may quote anything). A copy of a
+    standard identifier (PatientID in a private tag) is collected from the standard tag anyway.
+    """
+    if "^" in text and sum(1 for p in text.split("^") if p.strip().isalpha()) >= 2:
+        return text, "name"
+    toks = tokens(text)
+    if len(toks) == 1 and len(toks[0]) >= 6 and any(c in b"0123456789" for c in toks[0]):
+        return text, "private"
+    if len(toks) >= 5:
+        return text, "private"
+    return None
+
+
 def _collect_dataset(ds: Dataset, ids: Identifiers) -> None:
     for elem in ds:
         if elem.VR == "SQ":
@@ -174,10 +224,14 @@ def _collect_dataset(ds: Dataset, ids: Identifiers) -> None:
             continue
         if elem.tag.is_private:
             text = _private_text(elem)
-            if text:
-                ids.add(text, "private")
+            found = _private_identifier(text) if text else None
+            if found:
+                ids.add(*found)
             continue
         kw = elem.keyword
+        if kw in _VOCABULARY_KEYWORDS or elem.VR == "CS":
+            for v in (elem.value if elem.VM > 1 else [elem.value]):
+                ids.add_vocabulary(v)
         values = elem.value if elem.VM > 1 else [elem.value]
         if elem.VR == "PN":
             kind = "name" if kw in _NAME_KEYWORDS else "physician"
@@ -246,13 +300,22 @@ def collect_identifiers(out: Path, reports_export: Path | None = None) -> Identi
         for f in got.get("files", []):
             try:
                 ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds and "StudyInstanceUID" not in ds:
+                    raise ValueError("not DICOM")
+                # force-read junk parses lazily: iterating it raises (unknown VR), so collect
+                # into a scratch set first and keep it only when the whole file parsed
+                scratch = Identifiers(vocabulary=ids.vocabulary)
+                _collect_dataset(ds, scratch)
+                if getattr(ds, "file_meta", None) is not None:
+                    _collect_dataset(ds.file_meta, scratch)
             except Exception:  # noqa: BLE001 - unreadable source files carry nothing we can collect
+                ids.unreadable_sources += 1
                 continue
-            _collect_dataset(ds, ids)
-            if getattr(ds, "file_meta", None) is not None:
-                _collect_dataset(ds.file_meta, ids)
+            for phrase, kind in scratch.phrases.items():
+                ids.phrases.setdefault(phrase, kind)
     if reports_export is not None:
         _collect_reports(Path(reports_export), ids)
+    ids.prune()
     return ids
 
 
@@ -283,6 +346,7 @@ class AuditReport:
     errors: list[tuple[str, str]] = field(default_factory=list)   # (place, exception type): not audited
     scanned: Counter = field(default_factory=Counter)              # kind of place -> count
     identifiers: dict[str, int] = field(default_factory=dict)      # kind -> number of phrases
+    unreadable_sources: int = 0                                    # source files skipped (not DICOM)
     seconds: float = 0.0
 
     @property
@@ -301,6 +365,7 @@ class AuditReport:
         lines = ["# PHI audit", "", f"**{'PASS' if self.ok else 'FAIL'}**: {len(self.hits)} hit(s), "
                  f"{len(self.errors)} unreadable place(s), {self.seconds:.1f} s.", "",
                  "Identifiers searched: " + ", ".join(f"{k} {n}" for k, n in sorted(self.identifiers.items())),
+                 "", f"Source files skipped as unreadable (not DICOM): {self.unreadable_sources}.",
                  "", "Places scanned: " + ", ".join(f"{k} {n}" for k, n in sorted(self.scanned.items())), ""]
         if self.hits:
             lines += ["| place | location | kind |", "|---|---|---|"]
@@ -374,7 +439,7 @@ def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),
     out = Path(out)
     if not (out / "research").is_dir():
         raise FileNotFoundError(f"{out / 'research'} not found: nothing to audit")
-    rep = AuditReport(identifiers=dict(identifiers.kinds()))
+    rep = AuditReport(identifiers=dict(identifiers.kinds()), unreadable_sources=identifiers.unreadable_sources)
     roots = [out / "research", out / "state", *map(Path, log_dirs), *map(Path, extra_paths)]
     if prefect_db is not None:
         prefect_db = Path(prefect_db)

@@ -28,17 +28,50 @@ class Finder(Protocol):
     def find(self, data: bytes | str) -> set[str]: ...
 
 
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
 def _dicom_chunks(path: Path, ids: Finder) -> Chunks:
-    raw = path.read_bytes()
-    yield "raw bytes", raw   # preamble, trailing data, anything the parser skips
-    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    """Every element (sequences, private tags, file meta, elements after the pixels) and the
+    raw bytes around the pixel data (preamble, anything the parser skips). The pixel values
+    themselves are not tokenised: they are numbers, their bytes only give chance digit runs,
+    and tokenising them was most of the audit's time on real data (docs/phi-audit.md)."""
+    ds = pydicom.dcmread(path, force=True, defer_size=4096)   # pixel data deferred: not read
+    span = _pixel_span(path, ds)
+    with path.open("rb") as fh:
+        if span is None:
+            yield "raw bytes", fh.read()
+        else:
+            yield "raw bytes", fh.read(span[0])
+            if span[1] is not None:
+                fh.seek(span[1])
+                yield "raw bytes", fh.read()   # after the pixels (trailing padding, junk)
     if getattr(ds, "file_meta", None) is not None:
         yield from _element_chunks(ds.file_meta, "")
     yield from _element_chunks(ds, "")
 
 
+def _pixel_span(path: Path, ds: Dataset) -> tuple[int, int | None] | None:
+    """(start of the pixel data element, end of its value or None if undefined length)."""
+    for tag in _PIXEL_TAGS:
+        elem = ds._dict.get(tag)
+        value_tell = getattr(elem, "file_tell", None) or getattr(elem, "value_tell", None)
+        if not value_tell:
+            continue
+        implicit, little = getattr(ds, "original_encoding", None) or (False, True)
+        with path.open("rb") as fh:
+            fh.seek(value_tell - 4)
+            length = struct.unpack("<I" if little is not False else ">I", fh.read(4))[0]
+        # implicit VR: tag 4 + length 4; explicit OB/OW: tag 4 + VR 2 + reserved 2 + length 4
+        start = max(0, value_tell - (8 if implicit else 12))
+        return start, None if length == 0xFFFFFFFF else value_tell + length
+    return None
+
+
 def _element_chunks(ds: Dataset, prefix: str) -> Chunks:
     for elem in ds:
+        if int(elem.tag) in _PIXEL_TAGS and not prefix:
+            continue   # the pixel values (see _dicom_chunks)
         where = f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X})"
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
@@ -79,8 +112,16 @@ def _nifti_chunks(path: Path, ids: Finder) -> Chunks:
 
 
 def _png_chunks(path: Path, ids: Finder) -> Chunks:
+    """Text, eXIf and every other ancillary chunk, parsed; the raw bytes of all but the
+    compressed image data (IDAT holds deflate output: tokenising it finds only chance runs)."""
     data = path.read_bytes()
-    yield "raw bytes", data
+    raw, pos = [data[:8]], 8
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        raw.append(data[pos:pos + 8] if ctype == b"IDAT" else data[pos:pos + 12 + length])
+        pos += 12 + length
+    raw.append(data[pos:])
+    yield "raw bytes", b"".join(raw)
     pos, n = 8, Counter()
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos:pos + 8])

@@ -16,6 +16,7 @@ from catalog.store import write_parquet_atomic
 from mrifoundry import ids
 from mrifoundry.settings import CurateParams
 from tasks.archive import open_archive
+from tasks.folder_index import unattributed_files
 from tasks.reports import ReportRules, filter_reports
 from tasks.sampling import sample_exams
 from tasks.workspace import Workspace
@@ -59,6 +60,7 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
                           source="archive") for s in archive.studies()]
     # index the archive now, once, so per-exam tasks only read the index
     getattr(archive, "ensure_index", lambda: None)()
+    counts["files_unattributed"] = _ledger_unattributed(ws, getattr(archive, "index_path", None))
     counts["exams_selected"] = len(selection)
     merged = _merge_selection(ws.selection_path, selection)
     write_parquet_atomic(pa.Table.from_pylist(merged, schema=SELECTION_SCHEMA), ws.selection_path)
@@ -68,6 +70,23 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
         exam_ids = [e for e in exam_ids if e in failed]
         counts["exams_with_failures"] = len(exam_ids)
     return Selection(exam_ids, counts)
+
+
+def _ledger_unattributed(ws: Workspace, index_path: Path | None) -> int:
+    """One ``rejected`` row per archive file that no study can claim (not DICOM, alone in its
+    folder, or a container that does not open); their paths go to the restricted zone only."""
+    if index_path is None or not Path(index_path).exists():
+        return 0
+    paths = unattributed_files(Path(index_path))
+    rows = []
+    for path in paths:
+        item = "file:" + ids.opaque_id("file", path, ws.salt)
+        rows.append(f"{item},{path}")
+        ws.ledger.record(item, "retrieve", "rejected", exam_id="archive", item_kind="file",
+                         reason="unattributed_file", message="not DICOM, and no study in its folder")
+    listing = ws.restricted / "unattributed_files.csv"
+    listing.write_text("item_id,path\n" + "".join(r + "\n" for r in rows))
+    return len(paths)
 
 
 def _merge_selection(path: Path, new: list[dict]) -> list[dict]:

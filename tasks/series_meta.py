@@ -14,7 +14,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-SEQUENCE_TYPES = ("T1", "T2", "PD", "STIR", "FLAIR", "DWI", "ADC", "DIXON", "DCE", "SWI", "GRE", "OTHER")
+SEQUENCE_TYPES = ("T1", "T2", "PD", "STIR", "FLAIR", "DWI", "DTI", "ADC", "DIXON", "DCE", "SWI", "BOLD", "GRE",
+                  "OTHER")
 # A plane is named when the slice normal is within this angle of a patient axis.
 PLANE_TOLERANCE_DEG = 10.0
 
@@ -24,7 +25,10 @@ _A = r"(?<![A-Z0-9])"  # token start: not preceded by a letter/digit
 # is FLAIR, a "T1 DIXON" is DIXON, "DWI ADC" is ADC).
 _TEXT_RULES: tuple[tuple[str, str], ...] = (
     ("ADC", _A + r"(E?ADC|APPARENT DIFF)"),
-    ("DWI", _A + r"(DWI|DIFF|DIFFUSION|TRACEW?|EP2D_DIFF|RESOLVE|B\d{3,4}(?![0-9]))"),
+    # tensor / multi-direction diffusion before plain DWI: "DTI_64D", Philips "DT_HIGH_32DIR"
+    ("DTI", _A + r"(DTI|DT(?=[-_ ])|DSI|HARDI|NODDI|TENSOR|\d{1,3}[-_ ]?DIR(S|ECTIONS?)?(?![A-Z])|\d{2,3}D(?![A-Z0-9]))"),
+    ("DWI", _A + r"(DWI|D?MRI_?DIFF|DMRI|DIFF|DIFFUSION|TRACEW?|EP2D_DIFF|RESOLVE|B\d{3,4}(?![0-9]))"),
+    ("BOLD", _A + r"(BOLD|FMRI|RS[-_ ]?FMRI|RESTING|REST(?![A-Z])|TASK[-_ ]|EP2D_BOLD|FUNCTIONAL)"),
     ("SWI", _A + r"(SWI|SWAN|SWIP|SUSCEPT|VENBOLD)"),
     ("DIXON", _A + r"(DIXON|M?DIXON|IDEAL|FLEX|IN[-_ ]?PHASE|OUT[-_ ]?(OF[-_ ]?)?PHASE|OPP[-_ ]?PHASE|WATER|FAT ONLY)"),
     ("DCE", _A + r"(DCE|DYN|DYNAMIC|PERFUSION|TWIST|DISCO|TRICKS)"),
@@ -37,6 +41,7 @@ _TEXT_RULES: tuple[tuple[str, str], ...] = (
 )
 _IMAGE_TYPE_RULES: tuple[tuple[str, frozenset[str]], ...] = (
     ("ADC", frozenset({"ADC", "EADC"})),
+    ("BOLD", frozenset({"FMRI"})),
     ("DWI", frozenset({"DIFFUSION", "TRACEW", "TRACE"})),
     ("SWI", frozenset({"SWI", "SWAN"})),
     ("DIXON", frozenset({"DIXON", "WATER", "FAT", "IN_PHASE", "OUT_PHASE", "OPP_PHASE"})),
@@ -55,7 +60,8 @@ _BODY_PARTS: tuple[tuple[str, str], ...] = (
     ("neck", r"NECK"), ("thigh", r"THIGH|FEMUR"), ("leg", r"LEG|TIBIA|CALF"),
     ("arm", r"HUMERUS|FOREARM|ARM"),
 )
-_CONTRAST = re.compile(_A + r"(POST|GAD|GD|C\+|\+C|CE|CONTRAST|DOTAREM|GADAVIST|MULTIHANCE)(?![A-Z])")
+# a letter or digit after the word is another token: "GD0" in a GE EPI name is no gadolinium
+_CONTRAST = re.compile(_A + r"(POST|GAD|GD|C\+|\+C|CE|CONTRAST|DOTAREM|GADAVIST|MULTIHANCE)(?![A-Z0-9])")
 _NO_CONTRAST = re.compile(r"\b(PRE|WITHOUT|NON[-_ ]?CONTRAST|W/?O)\b")
 
 
@@ -130,6 +136,8 @@ def _physics_type(ds: Dataset) -> str:
             return "STIR"
         if ti is not None:
             return "T1"  # MPRAGE-like inversion-prepared T1
+    if "EP" in seq and 20 <= (te or 0) < 50 and (tr or 0) >= 500:
+        return "BOLD"   # T2*-weighted EPI (fMRI): TE ≈ 30 ms at 3 T, ≈ 45 ms at 1.5 T
     if "EP" in seq and (te or 0) >= 50:
         return "DWI"
     if tr is None or te is None:

@@ -97,12 +97,20 @@ def test_4d_uses_middle_time_point_and_matches_png_count(tmp_path):
     assert len(pngs) == data.shape[2] == rec.params["n_slices"]  # axial: slices along z
 
 
-def test_dicom2nifti_error_becomes_convert_error(tmp_path):
+def test_dicom2nifti_validation_error_becomes_a_rejection_with_its_code(tmp_path):
     volumes = _series(tmp_path, f.AXIAL, MARKERS[0])
     bad = Volume(0, volumes[0].files[:1] * 3, volumes[0].positions[:1] * 3)  # one position thrice
     with pytest.raises(CurationError) as err:
         volumes_to_nifti([bad], tmp_path / "s1.nii.gz", NiftiConfig())
-    assert err.value.reason == "convert_error" and not (tmp_path / "s1.nii.gz").exists()
+    assert err.value.status == "rejected" and err.value.reason == "d2n_too_few_slices_localizer"
+    assert not (tmp_path / "s1.nii.gz").exists()
+
+
+def test_other_converter_errors_stay_failures(tmp_path):
+    volumes = _series(tmp_path, f.AXIAL, MARKERS[0])
+    with pytest.raises(CurationError) as err:   # a file that vanished: an error, retried on re-run
+        volumes_to_nifti([Volume(0, [tmp_path / "gone.dcm"] * 6, list(range(6)))], tmp_path / "s2.nii.gz")
+    assert err.value.status == "failed" and err.value.reason == "convert_error"
 
 
 def _ramp() -> np.ndarray:
