@@ -56,29 +56,27 @@ def expand_container(path: str, size: int, mtime_ns: int, root: Path) -> list[st
     return sorted(str(p) for p in dest.rglob("*") if p.is_file())
 
 
+def _copy_members(dest: Path, members: list) -> None:
+    """members: (name, size, open function); names flattened so nothing lands outside ``dest``."""
+    if sum(size for _, size, _ in members) > MAX_EXPANDED_BYTES:
+        raise ValueError("container too large")
+    for i, (name, _, opener) in enumerate(members):
+        with opener() as src, open(dest / f"{i:05d}_{os.path.basename(name.rstrip('/')) or 'member'}", "wb") as out:
+            shutil.copyfileobj(src, out)
+
+
 def _extract(path: str, dest: Path) -> None:
-    def member_path(i: int, name: str) -> Path:
-        return dest / f"{i:05d}_{os.path.basename(name.rstrip('/')) or 'member'}"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            infos = [m for m in zf.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in infos) > MAX_EXPANDED_BYTES:
-                raise ValueError("container too large")
-            for i, m in enumerate(infos):
-                with zf.open(m) as src, open(member_path(i, m.filename), "wb") as out:
-                    shutil.copyfileobj(src, out)
+            _copy_members(dest, [(m.filename, m.file_size, lambda m=m: zf.open(m))
+                                 for m in zf.infolist() if not m.is_dir()])
         return
     if tarfile.is_tarfile(path):
         with tarfile.open(path) as tf:
-            members = [m for m in tf.getmembers() if m.isfile()]
-            if sum(m.size for m in members) > MAX_EXPANDED_BYTES:
-                raise ValueError("container too large")
-            for i, m in enumerate(members):
-                with tf.extractfile(m) as src, open(member_path(i, m.name), "wb") as out:
-                    shutil.copyfileobj(src, out)
+            _copy_members(dest, [(m.name, m.size, lambda m=m: tf.extractfile(m)) for m in tf.getmembers() if m.isfile()])
         return
-    with gzip.open(path, "rb") as src, open(member_path(0, os.path.basename(path)[:-3] or "member"), "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+    name = os.path.basename(path)
+    _copy_members(dest, [(name[:-3] if name.lower().endswith(".gz") else name, 0, lambda: gzip.open(path, "rb"))])
 
 
 def study_key(acc: str, uid: str) -> str:

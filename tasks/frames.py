@@ -175,7 +175,10 @@ def _finish(out: Dataset, ds: Dataset, k: int, tile: np.ndarray) -> Dataset:
 
 # --------------------------------------------------------------------------- Siemens mosaic
 def _split_mosaic(ds: Dataset) -> list[Dataset]:
-    import nibabel.nicom.csareader as csareader
+    import warnings
+    with warnings.catch_warnings():   # nibabel.nicom warns on import that its *readers* are experimental
+        warnings.simplefilter("ignore", UserWarning)
+        import nibabel.nicom.csareader as csareader
 
     try:
         csa = csareader.get_csa_header(ds, "image")

@@ -23,10 +23,11 @@ _A = r"(?<![A-Z0-9])"  # token start: not preceded by a letter/digit
 # (sequence type, pattern on upper-cased "SeriesDescription ProtocolName"), first match wins.
 # Order matters: maps and special contrasts before the generic weightings (a "T2 FLAIR"
 # is FLAIR, a "T1 DIXON" is DIXON, "DWI ADC" is ADC).
+_DTI_RULE = _A + r"(DTI|DT(?=[-_ ])|DSI|HARDI|NODDI|TENSOR|\d{1,3}[-_ ]?DIR(S|ECTIONS?)?(?![A-Z])|\d{2,3}D(?![A-Z0-9]))"
 _TEXT_RULES: tuple[tuple[str, str], ...] = (
     ("ADC", _A + r"(E?ADC|APPARENT DIFF)"),
     # tensor / multi-direction diffusion before plain DWI: "DTI_64D", Philips "DT_HIGH_32DIR"
-    ("DTI", _A + r"(DTI|DT(?=[-_ ])|DSI|HARDI|NODDI|TENSOR|\d{1,3}[-_ ]?DIR(S|ECTIONS?)?(?![A-Z])|\d{2,3}D(?![A-Z0-9]))"),
+    ("DTI", _DTI_RULE),
     ("DWI", _A + r"(DWI|D?MRI_?DIFF|DMRI|DIFF|DIFFUSION|TRACEW?|EP2D_DIFF|RESOLVE|B\d{3,4}(?![0-9]))"),
     ("BOLD", _A + r"(BOLD|FMRI|RS[-_ ]?FMRI|RESTING|REST(?![A-Z])|TASK[-_ ]|EP2D_BOLD|FUNCTIONAL)"),
     ("SWI", _A + r"(SWI|SWAN|SWIP|SUSCEPT|VENBOLD)"),
@@ -107,10 +108,12 @@ def sequence_type(ds: Dataset, n_timepoints: int = 1) -> str:
         The sequence type code ("OTHER" when no rule applies).
     """
     image_type = _multi(ds, "ImageType")
+    text = _text(ds, "SeriesDescription", "ProtocolName")
+    if re.search(_DTI_RULE, text):   # a tensor protocol's images say DIFFUSION too
+        return "DTI"
     for label, tokens in _IMAGE_TYPE_RULES:
         if image_type & tokens:
             return label
-    text = _text(ds, "SeriesDescription", "ProtocolName")
     for label, pattern in _TEXT_RULES:
         if re.search(pattern, text):
             if label in ("T1", "GRE") and n_timepoints > 1 and is_contrast(ds):
