@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark and write docs/benchmarks.md.
 
-    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog,volumes,gpu]
+    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog,volumes,audit,gpu]
 
 Full mode takes ≈ 10–15 min on 2 cores; ``--quick`` (≈ 2 min) runs the same code on small
 sizes, ``--tiny`` (≈ 30 s, no Prefect flow by default) is for the pytest smoke test.
@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench import catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling, volume_loading
+from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling,
+                   volume_loading)
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
-SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "gpu")
+SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "audit", "gpu")
 MODES = {
     # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
     "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
@@ -56,6 +57,11 @@ INTROS = {
         "flips) of nilearn's MNI152 1 mm T1 template stored as `.nii.gz`, uncached (decompress + percentiles "
         "every draw) against the decoded-volume cache (`tasks/volume_cache.py`: float16 `.npy`, memory-mapped) "
         "in the same rounds, one process."),
+    "PHI audit on real vendor data": (
+        "`bench/audit_share.py`: the real vendor cases with volumes (docs/vendors.md: Siemens fMRI and multiband "
+        "DWI mosaics, and the generated-pixel variants of nibabel's DWI mosaic and Philips enhanced MPRAGE) as one "
+        "archive, curated by the plain stage functions, then `tasks.phi_audit.audit_output` over the output. "
+        "Reference in the same run: the whole-file tokenising of research DICOM and PNG that the audit did before."),
     "GPU pretraining": (
         "`bench/gpu_pretrain.py`: a ViT-B/16 forward + backward + AdamW step at 224², and the real DINOv2 "
         "training step of `tasks.pretrain` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
@@ -109,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         section("Catalog at Duke-110K size", lambda: catalog_scale.run(cfg["scale"], cfg["query_runs"]))
     if "volumes" in chosen:
         section("Volume-recipe data loading", lambda: volume_loading.run(**cfg["vol"]))
+    if "audit" in chosen:
+        section("PHI audit on real vendor data", lambda: audit_share.section(
+            audit_share.CASES if mode_name == "full" else audit_share.CASES[:1]))
     if "gpu" in chosen:
         section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))

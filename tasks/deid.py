@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,7 +333,8 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
         uid = str(members[0][1].SeriesInstanceUID)
-        parts: dict[str, tuple[Path, list[int]]] = {}   # image set -> (temp folder, [count])
+        parts: dict[str, Path] = {}    # image set -> temp folder, written one file at a time
+        counts: Counter = Counter()
         split_failures: list[DeidRejection] = []
         try:
             non_image = 0
@@ -350,11 +352,10 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                 for img in images:
                     key = frames.image_set(img)
                     if key not in parts:
-                        parts[key] = (Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir)), [0])
-                    folder, count = parts[key]
+                        parts[key] = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir))
                     clean = deidentify_dataset(img, cfg, store, exam_id)
-                    clean.save_as(folder / f"{count[0]:04d}.dcm", enforce_file_format=True)
-                    count[0] += 1
+                    clean.save_as(parts[key] / f"{counts[key]:04d}.dcm", enforce_file_format=True)
+                    counts[key] += 1
                     if study_date is None and clean.get("StudyDate"):
                         study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
                     study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
@@ -369,14 +370,13 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                 if key not in parts:
                     shutil.rmtree(out_dir / part_id, ignore_errors=True)
                     continue
-                folder, count = parts[key]
                 dest = out_dir / part_id
-                _swap_in(folder, dest)
-                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(count[0])], image_set=key))
+                _swap_in(parts[key], dest)
+                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key))
         except Exception as e:
             raise CurationError(exam_id, "deid_error", f"{type(e).__name__} in series {sid}") from e
         finally:
-            for folder, _ in parts.values():
+            for folder in parts.values():
                 shutil.rmtree(folder, ignore_errors=True)
     log.info("deid %s: %d series written, %d rejected", exam_id, len(series), len(rejected))
     return DeidResult(exam_id, patient_id, study_date, series, rejected, study_description)

@@ -246,7 +246,9 @@ def phi_pattern(ds: Dataset) -> re.Pattern | None:
                     split = r"[\^=\s,]+" if elem.VR == "PN" else r"\^+"
                     terms.update(t.strip() for t in re.split(split, s) if len(t.strip()) >= 2)
     collect(ds)
-    terms = {t for t in terms if t and any(c.isalnum() for c in t)}
+    # a one-character value (StudyID "1") or a 2-digit number identifies no one, and as a whole
+    # word it would cut "1.5" or "32" out of a description ("dMRI_AP_1.5" → "dMRI_AP_ .5")
+    terms = {t for t in terms if len(t) >= 2 and any(c.isalnum() for c in t) and not (t.isdigit() and len(t) < 3)}
     if not terms:
         return None
     alt = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))

@@ -254,8 +254,6 @@ def _flatten(groups: Dataset | None, out: Dataset) -> None:
             if elem.keyword in _SKIPPED:
                 continue
             target = _RENAMED.get(elem.keyword, elem.keyword)
-            if not target:
-                continue
             new = copy.deepcopy(elem)
             if target != elem.keyword:
                 setattr(out, target, new.value)

@@ -287,3 +287,24 @@ def test_placeholder_values_are_not_identifiers():
     ids.add("A20190001", "accession")
     assert ids.find(b"ORIGINAL\\PRIMARY\\M\\NONE unknown") == set()
     assert ids.find(b"acc A20190001") == {"accession"}
+
+
+@pytest.mark.slow
+@pytest.mark.prefect_server
+def test_dicom_bytes_around_the_pixels_are_still_searched(copy_out, ids, source):
+    """The pixel values are no longer tokenised; the preamble, an element after the pixel
+    data and bytes after the dataset still are."""
+    paths = sorted((copy_out / "research").rglob("*.dcm"))[:3]
+    ds = pydicom.dcmread(paths[0])
+    ds.preamble = str(source.PatientID).encode().ljust(128, b"\0")
+    ds.save_as(paths[0])
+    ds = pydicom.dcmread(paths[1])
+    ds.add_new(0xFFFCFFFC, "OB", str(source.AccessionNumber).encode().ljust(16, b" "))   # DataSetTrailingPadding
+    ds.save_as(paths[1])
+    with paths[2].open("ab") as fh:
+        fh.write(b"\0" * 8 + str(source.PatientID).encode())
+    hits, _ = _hits(copy_out, ids)
+    rel = [str(p.relative_to(copy_out)) for p in paths]
+    assert Hit(rel[0], "raw bytes", "mrn") in hits
+    assert Hit(rel[1], "(FFFC,FFFC)", "accession") in hits
+    assert Hit(rel[2], "raw bytes", "mrn") in hits

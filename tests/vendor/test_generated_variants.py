@@ -139,3 +139,15 @@ def test_gd_in_a_name_is_not_gadolinium(text, contrast):
     ds = Dataset()
     ds.SeriesDescription = text
     assert is_contrast(ds) is contrast
+
+
+def test_clean_descriptors_keeps_short_numbers():
+    """heudiconv's 'dMRI_mb3_AP_1.5' with StudyID '1' came out 'dMRI_mb3_AP_ .5'; an MRN still goes."""
+    from pydicom.dataset import Dataset
+
+    from tasks.deid_profile import clean_text, phi_pattern
+    ds = Dataset()
+    ds.StudyID, ds.PatientID, ds.PatientName = "1", "7731902", "ROE^RICHARD"
+    pattern = phi_pattern(ds)
+    assert clean_text("dMRI_mb3_AP_1.5", pattern) == "dMRI_mb3_AP_1.5"
+    assert clean_text("T1 7731902 Roe", pattern) == "T1"
