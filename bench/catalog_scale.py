@@ -99,7 +99,8 @@ def generate(research: Path, scale: float = 1.0, seed: int = 0) -> dict:
                                         (mat * spacing).round().astype(int).astype(str)),
                             np.char.add("x", (n_slices * thick).astype(int).astype(str)))
     series = {
-        "series_id": series_id, "exam_id": exam_id[ex_of], "status": np.where(ok, "ok", "rejected"),
+        "series_id": series_id, "exam_id": exam_id[ex_of], "image_set": np.full(n_se, "", dtype=object),
+        "status": np.where(ok, "ok", "rejected"),
         "reason": reason, "series_description": np.char.add(_pick(rng, ["AX ", "COR ", "SAG "], [1, 1, 1], n_se).astype(str), seq.astype(str)),
         "sequence_type": seq, "orientation": _pick(rng, ORIENT, ORIENT_P, n_se), "body_part": body[ex_of],
         "contrast": rng.random(n_se) < 0.2, "manufacturer": np.array([VENDORS[i][0] for i in range(5)])[vend],
