@@ -32,7 +32,9 @@ from tasks.phi_scanners import scanner
 __all__ = ["AuditReport", "Hit", "Identifiers", "PhiLeakError", "audit", "audit_output", "collect_identifiers"]
 
 # Dotted numbers (UIDs, dotted dates) are one token; otherwise runs of ASCII letters/digits.
-_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+)+|[a-z0-9]+")
+# \x1e (ASCII record separator, phi_scanners.ROW_SEP) is a token of its own: the values of a table column
+# are joined with it, so no phrase matches across two rows ("…-01-01" + "1900-…" is no birth date).
+_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+)+|[a-z0-9]+|\x1e")
 _STANDARD_UID_ROOT = "1.2.840.10008."
 _NAME_KEYWORDS = {"PatientName", "PatientBirthName", "PatientMotherBirthName", "OtherPatientNames",
                   "ResponsiblePerson", "PersonName"}

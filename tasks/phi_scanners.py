@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 Chunks = Iterator[tuple[str, bytes | str]]
+ROW_SEP = "\x1e"   # joins the values of a column: a token of its own (tasks.phi_audit.ROW_SEP)
 
 
 class Finder(Protocol):
@@ -182,7 +183,7 @@ def _parquet_chunks(path: Path, ids: Finder) -> Chunks:
     yield "schema metadata", b" ".join(k + b" " + v for k, v in meta.items())
     for name in table.column_names:
         yield f"column {name} (name)", name
-        yield f"column {name}", "\n".join(str(v) for v in table.column(name).to_pylist() if v is not None)
+        yield f"column {name}", ROW_SEP.join(str(v) for v in table.column(name).to_pylist() if v is not None)
 
 
 def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
@@ -196,7 +197,7 @@ def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
             cols = [d[0] for d in cur.description]
             rows = cur.fetchall()
             for j, col in enumerate(cols):
-                yield f"{rel}.{col}", "\n".join(str(r[j]) for r in rows if r[j] is not None)
+                yield f"{rel}.{col}", ROW_SEP.join(str(r[j]) for r in rows if r[j] is not None)
     finally:
         con.close()
 
@@ -211,7 +212,8 @@ def _sqlite_chunks(path: Path, ids: Finder) -> Chunks:
             key = "id" if "id" in cols else "rowid"
             for c in cols:
                 values = [v for (v,) in con.execute(f'SELECT "{c}" FROM "{t}"') if v is not None]
-                blob = b"\n".join(v if isinstance(v, bytes) else str(v).encode("utf-8", "replace") for v in values)
+                blob = ROW_SEP.encode().join(v if isinstance(v, bytes) else str(v).encode("utf-8", "replace")
+                                             for v in values)
                 if not ids.find(blob):
                     continue
                 for rid, v in con.execute(f'SELECT {key}, "{c}" FROM "{t}" WHERE "{c}" IS NOT NULL'):

@@ -289,6 +289,23 @@ def test_placeholder_values_are_not_identifiers():
     assert ids.find(b"acc A20190001") == {"accession"}
 
 
+def test_no_phrase_across_two_rows_of_a_column(tmp_path):
+    """Seen on nibabel's files: study dates '…2010-01-01' then '1900-07-07' in one column read as
+    the birth date 01/01/1900. Rows are separate; a value inside one row is still found."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.phi_audit import Identifiers
+    from tasks.phi_scanners import scanner
+    ids = Identifiers()
+    ids.add("19000101", "birth date")
+    path = tmp_path / "exams.parquet"
+    pq.write_table(pa.table({"study_date": ["2010-01-01", "1900-07-07"], "note": ["x", "born 01/01/1900"]}), path)
+    _, scan = scanner(path)
+    found = {loc: ids.find(data) for loc, data in scan(path, ids)}
+    assert found["column study_date"] == set() and found["column note"] == {"birth date"}
+
+
 @pytest.mark.slow
 @pytest.mark.prefect_server
 def test_dicom_bytes_around_the_pixels_are_still_searched(copy_out, ids, source):
