@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from mrifoundry.errors import CurationError
 from tasks import series_meta
+from tasks.frames import image_type
 from tasks.continuity_screens import FLOAT_PIXELS, check_format
 from tasks.continuity_screens import Reject as _Reject
 from tasks.continuity_screens import ipp as _ipp
@@ -123,23 +124,18 @@ def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> Non
     result.message = f"{len(volumes)} volume(s) of {len(groups[0])} slices"
 
 
-def _tokens(ds: Dataset) -> list[str]:
-    value = ds.get("ImageType") or []
-    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)]
-
-
 def _is_localizer(ds: Dataset) -> bool:
-    return "LOCALIZER" in _tokens(ds)
+    return "LOCALIZER" in image_type(ds)
 
 
 def _is_derived(ds: Dataset) -> bool:
-    tokens = _tokens(ds)
+    tokens = image_type(ds)
     return bool(tokens) and (tokens[0] == "DERIVED" or (len(tokens) > 1 and tokens[1] == "SECONDARY"))
 
 
 def _is_diffusion_map(ds: Dataset) -> bool:
     """DERIVED\\PRIMARY ADC/TRACE: computed in the acquired plane, a real contrast (not a reformat)."""
-    tokens = _tokens(ds)
+    tokens = image_type(ds)
     return (len(tokens) > 1 and tokens[1] == "PRIMARY" and bool(_DIFFUSION_MAP_TOKENS & set(tokens))
             and not _REFORMAT_TOKENS & set(tokens))
 

@@ -27,7 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-__all__ = ["FrameSplitError", "image_set", "is_enhanced", "is_mosaic", "split_images"]
+__all__ = ["FrameSplitError", "image_set", "image_type", "is_enhanced", "is_mosaic", "split_images"]
 
 _ENHANCED_CLASSES = frozenset({pydicom.uid.EnhancedMRImageStorage, pydicom.uid.LegacyConvertedEnhancedMRImageStorage})
 # functional-group elements whose classic attribute has another keyword
@@ -53,14 +53,15 @@ class FrameSplitError(Exception):
         self.reason, self.message = reason, message
 
 
-def _image_type(ds: Dataset) -> list[str]:
+def image_type(ds: Dataset) -> list[str]:
+    """ImageType values, stripped and upper-cased (a single string is one value)."""
     value = ds.get("ImageType") or []
     return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)]
 
 
 def is_mosaic(ds: Dataset) -> bool:
     """A Siemens mosaic: ImageType says MOSAIC (the CSA header then gives the slice count)."""
-    return "MOSAIC" in _image_type(ds)
+    return "MOSAIC" in image_type(ds)
 
 
 def is_enhanced(ds: Dataset) -> bool:
@@ -83,7 +84,7 @@ def image_set(ds: Dataset) -> str:
     each). Read on the original header: Philips marks isotropic DWI images in a private tag.
     """
     complex_part = str(ds.get("ComplexImageComponent", "") or "").strip().upper()
-    tokens = set(_image_type(ds)[2:])
+    tokens = set(image_type(ds)[2:])
     if complex_part == "PHASE" or tokens & _PHASE:
         return "phase"
     if complex_part == "REAL" or tokens & _REAL:
@@ -203,7 +204,7 @@ def _split_mosaic(ds: Dataset) -> list[Dataset]:
     except (TypeError, ValueError):
         instance = None
     base = _base(ds)
-    base.ImageType = [t for t in _image_type(ds) if t != "MOSAIC"] or ["ORIGINAL", "PRIMARY"]
+    base.ImageType = [t for t in image_type(ds) if t != "MOSAIC"] or ["ORIGINAL", "PRIMARY"]
     for k in range(n):
         r, c = divmod(k, size)
         out = copy.deepcopy(base)
