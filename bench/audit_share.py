@@ -25,11 +25,11 @@ TARGET_SHARE = 0.20   # the audit at most a fifth of a run's wall time on real v
 def run(work: Path, cases: list[str] = CASES) -> dict:
     from mrifoundry.settings import CurateParams
     from mrifoundry.vendor_corpus import build
-    from tasks.exam_pipeline import curate_exam
-    from tasks.finalize import finalize_catalog
-    from tasks.phi_audit import audit_output, tokens
-    from tasks.selection import select_exams
-    from tasks.workspace import Workspace
+    from tasks.curation.pipeline import curate_exam
+    from tasks.curation.finalize import finalize_catalog
+    from tasks.curation.audit.phi_audit import audit_output, tokens
+    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.workspace import Workspace
 
     built, missing = build(work / "archive", cases)
     out = work / "out"

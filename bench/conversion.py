@@ -1,7 +1,7 @@
 """Section 1: per-series DICOM → NIfTI conversion, ours vs dicom2nifti vs the dcm2niix binary.
 
 All converters run on the same series folder, interleaved round by round. "ours" is
-``tasks.convert_nifti.volumes_to_nifti`` (always .nii.gz); for an uncompressed figure we
+``tasks.curation.convert.nifti.volumes_to_nifti`` (always .nii.gz); for an uncompressed figure we
 run its own pieces (dicom2nifti array + RAS + clean header) and save to .nii.
 The continuity check that produces our ``Volume`` is done once, outside the timing.
 """
@@ -22,7 +22,7 @@ from bench.series import make_series
 
 def _ours_uncompressed(files: list[Path], out: Path) -> None:
     # mirrors volumes_to_nifti(voxel_size_mm=None) but writes .nii: its temp name forces gzip
-    from tasks.convert_nifti import NiftiConfig, _clean_image, _output_dtype, _resample, dicom_to_image
+    from tasks.curation.convert.nifti import NiftiConfig, _clean_image, _output_dtype, _resample, dicom_to_image
     img = dicom_to_image(files)
     integer = np.issubdtype(img.get_data_dtype(), np.integer)
     img = _resample(img, NiftiConfig(voxel_size_mm=None))   # no resampling, but the same float32 pass
@@ -33,8 +33,8 @@ def _ours_uncompressed(files: list[Path], out: Path) -> None:
 def _converters(series_dir: Path, files: list[Path], work: Path) -> dict:
     import dcm2niix
     from dicom2nifti.convert_dicom import dicom_series_to_nifti
-    from tasks.continuity import ContinuityConfig, check_series
-    from tasks.convert_nifti import NiftiConfig, volumes_to_nifti
+    from tasks.curation.continuity.checks import ContinuityConfig, check_series
+    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 
     vols = check_series("bench", files, ContinuityConfig()).volumes
     assert vols, "the generated series must pass the continuity checks"

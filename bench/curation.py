@@ -1,7 +1,7 @@
 """Section 2: full curation cost of one series, in CPU-seconds, stage by stage.
 
 The plain stage functions run in sequence on a generated series, exactly as the flow
-chains them (tasks/exam_pipeline.py): de-id → continuity → PNG → NIfTI (RAS, 1 mm).
+chains them (tasks/curation/pipeline.py): de-id → continuity → PNG → NIfTI (RAS, 1 mm).
 CPU time is ``time.process_time`` (all threads of this process). Run as
 ``python -m bench.curation --rss SERIES_DIR`` it curates one series in a fresh process
 and prints its peak RSS (used by bench/scaling.py: a worker process's footprint).
@@ -28,10 +28,10 @@ DUKE_CORES = 64
 
 def curate_series(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
     """Run the four stages on one series' files; (cpu_s, wall_s) per stage."""
-    from tasks.continuity import ContinuityConfig, check_series
-    from tasks.convert_nifti import NiftiConfig, volumes_to_nifti
-    from tasks.convert_png import volume_to_png
-    from tasks.deid import DeidConfig, PseudonymStore, deidentify_exam
+    from tasks.curation.continuity.checks import ContinuityConfig, check_series
+    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+    from tasks.curation.convert.png import volume_to_png
+    from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 
     store = PseudonymStore(work / "restricted" / "pseudonyms.sqlite", SALT)
     out: dict[str, tuple[float, float]] = {}
@@ -111,7 +111,7 @@ def _rss_mb() -> float:
 
 
 def _rss_main(series_dir: Path) -> None:
-    import tasks.continuity, tasks.convert_nifti, tasks.convert_png, tasks.deid  # noqa: F401,E401 - baseline
+    import tasks.curation.continuity.checks, tasks.curation.convert.nifti, tasks.curation.convert.png, tasks.curation.deid.deidentify  # noqa: F401,E401 - baseline
     import dicom2nifti.convert_dicom  # noqa: F401
     base = _rss_mb()
     work = Path(tempfile.mkdtemp(prefix="bench-rss-"))

@@ -7,7 +7,7 @@ Two measurements on the current device (CUDA if present, else CPU):
 - *vit step*: one forward + backward + AdamW step of the backbone alone on 224² images
   (the workload MRI-CORE's "~160 images/s per A6000" refers to, ~0.43 TFLOP per image
   with the DINOv2 crops; see ``flops_per_image``);
-- *dino step*: the real DINOv2 training step of ``tasks.pretrain`` (2×224 + 8×96 crops,
+- *dino step*: the real DINOv2 training step of ``tasks.pretraining.slices`` (2×224 + 8×96 crops,
   iBOT masks, 65,536-prototype head, teacher forward, EMA update) on synthetic crops —
   no data loading, so it is the GPU-bound ceiling of the recipe.
 
@@ -100,7 +100,7 @@ def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, devic
     from models.ssl.ema import update_teacher
     from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
     from models.ssl.masking import MaskingGenerator
-    from tasks.pretrain import DinoNet, Dist, _dino_step, build_backbone, param_groups
+    from tasks.pretraining.slices import DinoNet, Dist, _dino_step, build_backbone, param_groups
     cfg = recipe(recipe_name, batch_size=batch)
     backbone = build_backbone(cfg)
     head = DINOHead(backbone.cfg.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)

@@ -6,7 +6,7 @@ For each volume recipe (Triad Swin-B v2, Triad plain conv, BrainSegFounder, PRIS
 measurements on the current device (CUDA if present, else CPU), on synthetic crops (no data
 loading — the GPU-bound ceiling):
 
-- *method step*: the recipe's full training step (``tasks.pretrain3d.build_method``: encoder,
+- *method step*: the recipe's full training step (``tasks.pretraining.volumes.build_method``: encoder,
   decoder, SSL heads and losses) + backward + AdamW, at the recipe's batch size;
 - *encoder step*: the bare encoder (same batch, a sum of its pooled features as the loss) —
   the reference measured in the same run: ``ratio = method / encoder`` is the share of the
@@ -44,7 +44,7 @@ def synthetic_batch(cfg, batch: int, device: torch.device, n_body_parts: int = 4
 
 def bench_recipe(name: str, batch: int | None, steps: int, warmup: int, device: torch.device) -> dict:
     from models.recipes import recipe
-    from tasks.pretrain3d import build_method
+    from tasks.pretraining.volumes import build_method
     cfg = recipe(name, **({"batch_size": batch} if batch else {}))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
     data = synthetic_batch(cfg, cfg.batch_size, device)

@@ -3,7 +3,7 @@
     python -m bench.gpu_smoke3d [--out DIR] [--iterations 6] [--json OUT.json]
 
 Writes a few synthetic NIfTI volumes (two exams, three series each, 112³ at 1 mm, shifted
-frames so PRISM's partner resampling does real work) and runs ``tasks.pretrain3d.train_volumes``
+frames so PRISM's partner resampling does real work) and runs ``tasks.pretraining.volumes.train_volumes``
 for the full ``triad``, ``brainsegfounder`` and ``prism`` recipes for a few iterations with
 loader workers — the path the flows take — then reloads each checkpoint through the zoo.
 Reports finite losses, volumes/s including data loading, and peak memory. On CPU it runs
@@ -43,7 +43,7 @@ def synthetic_rows(root: Path, size: int = 112, seed: int = 0) -> list[dict]:
 def run(out: Path, iterations: int) -> dict:
     from models import zoo
     from models.recipes import recipe
-    from tasks.pretrain3d import train_volumes
+    from tasks.pretraining.volumes import train_volumes
     cuda = torch.cuda.is_available()
     rows = synthetic_rows(out)
     texts = torch.nn.functional.normalize(torch.randn(len(rows), 384), dim=1).numpy()

@@ -36,7 +36,7 @@ MODES = {
 INTROS = {
     "Per-series conversion": (
         "Generated sagittal uint16 series (≈ 200 mm field of view, 3 mm slices). *ours* = "
-        "`tasks.convert_nifti.volumes_to_nifti` (dicom2nifti's array and affine → RAS → clean header) on the "
+        "`tasks.curation.convert.nifti.volumes_to_nifti` (dicom2nifti's array and affine → RAS → clean header) on the "
         "checked volume; *native* keeps the acquired spacing (like-for-like with the references), *RAS 1 mm* "
         "is what the pipeline writes. dicom2nifti = `dicom_series_to_nifti(dir, out, reorient_nifti=True)` "
         "(it copies the folder to a temp dir first, part of its cost); dcm2niix = the PyPI binary, "
@@ -53,23 +53,23 @@ INTROS = {
         "Exams, series, slices and stage_results generated column-wise with the catalog schemas and the "
         "project's Parquet writer, views from `catalog.views.build_research_db`, queries through DuckDB."),
     "Volume-recipe data loading": (
-        "`bench/volume_loading.py`: one `tasks.volume_dataset.VolumeDataset` draw (robust min-max, crop, "
+        "`bench/volume_loading.py`: one `tasks.data.volumes.VolumeDataset` draw (robust min-max, crop, "
         "flips) of nilearn's MNI152 1 mm T1 template stored as `.nii.gz`, uncached (decompress + percentiles "
-        "every draw) against the decoded-volume cache (`tasks/volume_cache.py`: float16 `.npy`, memory-mapped) "
+        "every draw) against the decoded-volume cache (`tasks/data/volume_cache.py`: float16 `.npy`, memory-mapped) "
         "in the same rounds, one process."),
     "PHI audit on real vendor data": (
         "`bench/audit_share.py`: the real vendor cases with volumes (docs/vendors.md: Siemens fMRI and multiband "
         "DWI mosaics, and the generated-pixel variants of nibabel's DWI mosaic and Philips enhanced MPRAGE) as one "
-        "archive, curated by the plain stage functions, then `tasks.phi_audit.audit_output` over the output. "
+        "archive, curated by the plain stage functions, then `tasks.curation.audit.phi_audit.audit_output` over the output. "
         "Reference in the same run: the whole-file tokenising of research DICOM and PNG that the audit did before."),
     "GPU pretraining": (
         "`bench/gpu_pretrain.py`: a ViT-B/16 forward + backward + AdamW step at 224², and the real DINOv2 "
-        "training step of `tasks.pretrain` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
+        "training step of `tasks.pretraining.slices` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
         "forward, EMA) on synthetic crops, batch 128, bf16 autocast — the GPU-bound ceiling of the MRI-CORE "
         "recipe. Measured live when this machine has CUDA, else taken from the figures recorded on a lent GPU "
         "machine. Target: ≥ 800 images/s on one H100 (MRI-CORE: ≈ 160 images/s per A6000)."),
     "GPU volume pretraining": (
-        "`bench/gpu_pretrain3d.py`: each volume recipe's full training step (`tasks.pretrain3d.build_method`: "
+        "`bench/gpu_pretrain3d.py`: each volume recipe's full training step (`tasks.pretraining.volumes.build_method`: "
         "encoder, decoder, SSL heads, losses) + backward + AdamW on synthetic 96³ crops at the recipe's batch, "
         "bf16 autocast, against the bare encoder's step on the same batch (the reference: recipe / encoder is "
         "the share of the backbone's rate the heads and second views leave). Live on CUDA, else the figures "

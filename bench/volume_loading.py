@@ -1,8 +1,8 @@
 """Section: one training draw of the volume recipes, uncached vs the decoded-volume cache.
 
-A draw (``tasks.volume_dataset.VolumeDataset.__getitem__``) is a ``roi³`` crop with flips
+A draw (``tasks.data.volumes.VolumeDataset.__getitem__``) is a ``roi³`` crop with flips
 of a robust-min-max-scaled RAS 1 mm NIfTI. Uncached, every draw decompresses the whole
-``.nii.gz`` and takes its percentiles; with ``tasks.volume_cache`` the first draw of a
+``.nii.gz`` and takes its percentiles; with ``tasks.data.volume_cache`` the first draw of a
 volume stores it as float16 ``.npy`` and later draws memory-map it. The volumes are
 nilearn's MNI152 1 mm T1 template (real anatomy, 197×233×189) written as ``.nii.gz``.
 
@@ -39,7 +39,7 @@ def _volumes(folder: Path, n: int, shape: tuple[int, int, int] | None) -> list[d
 
 
 def run(roi: int = 96, n_volumes: int = 4, runs: int = 3, shape: tuple[int, int, int] | None = None) -> dict:
-    from tasks.volume_dataset import VolumeDataset
+    from tasks.data.volumes import VolumeDataset
     with tempfile.TemporaryDirectory(prefix="bench-volumes-") as tmp:
         folder = Path(tmp)
         rows = _volumes(folder, n_volumes, shape)

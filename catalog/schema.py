@@ -230,7 +230,7 @@ VOLUME_FEATURES = Table(
 
 DATASETS = Table(
     "datasets", "research", ("dataset_id",),
-    "One row per labelled (segmentation) dataset ingested by tasks/labelled.py.",
+    "One row per labelled (segmentation) dataset ingested by tasks/evaluation/labelled.py.",
     (
         Column("dataset_id", S, "name of the dataset (OUT/research/labelled/<dataset_id>/)"),
         Column("source", S, "input kind: nifti-pairs (imagesTr/labelsTr), png-list (MRI-CORE list file), "

@@ -73,7 +73,7 @@ def _cmd_sample(a) -> int:
 
 
 def _cmd_phi_audit(a) -> int:
-    from tasks.phi_audit import audit_output
+    from tasks.curation.audit.phi_audit import audit_output
     rep = audit_output(Path(a.out), Path(a.reports) if a.reports else None)
     print(rep.to_markdown())
     return 0 if rep.ok else 1

@@ -1,6 +1,6 @@
 """Flow ``curate``: report export + archive → de-identified PNG/NIfTI corpus + catalog.
 
-Wiring only. Each stage is a plain function in tasks/ (tasks/exam_pipeline.py); here each
+Wiring only. Each stage is a plain function in tasks/ (tasks/curation/pipeline.py); here each
 becomes a task per exam, chained retrieve → deid → continuity → convert → catalog. Task
 arguments are opaque exam ids and PHI-free parameters. Task results are cached per flow
 run, so ``prefect flow-run retry`` re-executes only the tasks that failed.
@@ -23,10 +23,10 @@ from flows.run_lock import RunLock
 from flows.runners import make_task_runner
 from mrifoundry.errors import CurationError
 from mrifoundry.settings import CurateParams
-from tasks import exam_pipeline
-from tasks.finalize import finalize_catalog, run_summary
-from tasks.selection import select_exams
-from tasks.workspace import Workspace
+from tasks.curation import pipeline
+from tasks.curation.finalize import finalize_catalog, run_summary
+from tasks.curation.selection.exams import select_exams
+from tasks.curation.workspace import Workspace
 
 
 class StageFailed(CurationError):
@@ -39,7 +39,7 @@ def _per_run_key(ctx: TaskRunContext, parameters: dict) -> str:
 
 
 def _stage_task(stage: str):
-    fn = exam_pipeline.STAGES[stage]
+    fn = pipeline.STAGES[stage]
 
     @task(name=stage, task_run_name=f"{stage}-{{exam_id}}", cache_key_fn=_per_run_key, persist_result=True,
           result_serializer="json", log_prints=False)
@@ -51,7 +51,7 @@ def _stage_task(stage: str):
     return stage_task
 
 
-STAGE_TASKS = {s: _stage_task(s) for s in exam_pipeline.STAGES}
+STAGE_TASKS = {s: _stage_task(s) for s in pipeline.STAGES}
 
 
 @task(name="select-exams", cache_key_fn=lambda ctx, p: f"select-{p['run_id']}",
@@ -65,7 +65,7 @@ def select_task(out: str, run_id: str, params: CurateParams) -> dict:
 @task(name="phi-audit")
 def phi_audit_task(out: str, reports: str | None) -> dict:
     """Search every identifier of the restricted zone outside it; fail loudly, naming where."""
-    from tasks.phi_audit import audit_output
+    from tasks.curation.audit.phi_audit import audit_output
     rep = audit_output(Path(out), Path(reports) if reports else None)
     create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
     rep.raise_if_leaks()
@@ -140,7 +140,7 @@ def curate(
 ) -> dict:
     """Curate an archive into OUT/research (see README). Parameters mirror ``CurateParams``;
     ``runner`` is threads, dask, dask://host:port or slurm (flows/runners.py); ``phi_audit``
-    ends the run with the PHI audit of the whole output (tasks/phi_audit.py)."""
+    ends the run with the PHI audit of the whole output (tasks/curation/audit/phi_audit.py)."""
     logger = get_run_logger()
     params = resolve(CurateParams(**{k: v for k, v in locals().items() if k in CurateParams.model_fields}))
     out_dir = Path(params.out)

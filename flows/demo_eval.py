@@ -22,7 +22,7 @@ DATASETS = {"mni-wm": "make_mni_wm_dataset", "phantom": "make_phantom_dataset"}
 @task(name="ingest-demo-tasks")
 def ingest_demo_tasks(research: str) -> dict:
     from mrifoundry.sample import labelled as demo_sets
-    from tasks.labelled import ingest_nifti_pairs
+    from tasks.evaluation.labelled import ingest_nifti_pairs
     out = {}
     for dataset_id, maker in DATASETS.items():
         root = getattr(demo_sets, maker)(Path(research).parent / "labelled-sources" / dataset_id, n_cases=6, seed=0)

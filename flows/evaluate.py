@@ -1,6 +1,6 @@
 """Evaluation flows: ``linear-probe`` and ``zero-shot`` (more in docs/evaluation.md).
 
-Wiring only (tasks/evaluate.py). A model is a zoo entry with local weights, or a
+Wiring only (tasks/evaluation/evaluate.py). A model is a zoo entry with local weights, or a
 ``pretrain`` run of the catalog (``pretrained=<model_id>``). Results land in the catalog's
 ``evaluations`` table; pictures are linked as artifacts.
 """
@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.pretrain import _expand, _research
-from tasks.pretrained import pretrained_run
+from tasks.pretraining.pretrained import pretrained_run
 
 
 def resolve_model(research: Path, model: str, weights: str | None, arch: str | None, image_size: int | None,
@@ -21,7 +21,7 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
     import torch
 
     from models import zoo
-    from tasks.features import weights_digest
+    from tasks.evaluation.embedding import weights_digest
     if pretrained:
         run = pretrained_run(research, pretrained)
         model, weights, arch, label = run.entry, run.checkpoint, run.arch, pretrained
@@ -36,7 +36,7 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
 @task(name="linear-probe")
 def probe_task(research: str, eval_id: str, query: str | None, model: str, weights: str | None, arch: str | None,
                image_size: int | None, pretrained: str | None, epochs: int, seed: int) -> dict:
-    from tasks.evaluate import PROBE_QUERIES, linear_probe_eval
+    from tasks.evaluation.evaluate import PROBE_QUERIES, linear_probe_eval
     m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
     query = query or PROBE_QUERIES["volumes" if getattr(m, "family", None) == "volume" else "slices"]
     return linear_probe_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha, query=query,
@@ -47,7 +47,7 @@ def probe_task(research: str, eval_id: str, query: str | None, model: str, weigh
 def zero_shot_task(research: str, eval_id: str, dataset_id: str, split: str, k_values: list[int], model: str,
                    weights: str | None, arch: str | None, image_size: int | None, pretrained: str | None,
                    seed: int) -> dict:
-    from tasks.evaluate import zero_shot_eval
+    from tasks.evaluation.evaluate import zero_shot_eval
     m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
     res = zero_shot_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha,
                          dataset_id=dataset_id, split=split, k_values=tuple(k_values), seed=seed)
@@ -62,7 +62,7 @@ def linear_probe(out: str | None = None,
                  epochs: int = 100, seed: int = 0) -> dict:
     """Linear probing: ``query`` returns patient_id, label and png_file (slice models) or
     nifti_file (volume models: triad-unet, triad-swin, brainsegfounder, prism or their
-    pretrain runs); label-balanced patient-level 60:40 split. Default query: tasks.evaluate.PROBE_QUERIES
+    pretrain runs); label-balanced patient-level 60:40 split. Default query: tasks.evaluation.evaluate.PROBE_QUERIES
     (body part of training slices; sequence type of converted volumes)."""
     research = _research(out)
     name = eval_id or f"probe-{pretrained or model}"
@@ -97,7 +97,7 @@ def zero_shot(dataset_id: str, out: str | None = None, split: str = "test",
 @task(name="frd")
 def frd_task(research: str, eval_id: str, reference_sql: str, dataset_ids: list[str], n: int, seed: int,
              workers: int) -> dict:
-    from tasks.evaluate import frd_eval
+    from tasks.evaluation.evaluate import frd_eval
     res = frd_eval(Path(research), eval_id=eval_id, reference_sql=reference_sql, dataset_ids=dataset_ids, n=n,
                    seed=seed, workers=workers)
     return {ds: {k: r[k] for k in ("frd", "n_reference", "n_other", "n_features", "cache_hits", "cache_misses")}
@@ -124,8 +124,8 @@ def frd_flow(dataset_ids: list[str], out: str | None = None,
 @task(name="few-shot")
 def fewshot_task(research: str, eval_id: str, dataset_id: str, preset: str, overrides: dict, model: str,
                  weights: str | None, arch: str | None, pretrained: str | None) -> dict:
-    from tasks.evaluate import fewshot_eval
-    from tasks.fewshot import FewShotConfig
+    from tasks.evaluation.evaluate import fewshot_eval
+    from tasks.evaluation.fewshot import FewShotConfig
     cfg = FewShotConfig.tiny(**overrides) if preset == "tiny" else FewShotConfig(**overrides)
     return fewshot_eval(Path(research), eval_id=eval_id, dataset_id=dataset_id, cfg=cfg, model=model,
                         weights=_expand(weights), arch=arch, pretrained=pretrained)
@@ -157,7 +157,7 @@ def few_shot(dataset_id: str, out: str | None = None, model: str = "sam-vit-b", 
 def transfer(model_a: str, model_b: str, out: str | None = None, frd_eval_id: str = "frd",
              metric: str = "test_dsc_3d", eval_id: str | None = None) -> dict:
     """Few-shot gain of ``model_a`` over ``model_b`` per dataset against FRD (MRI-CORE fig. 4)."""
-    from tasks.evaluate import transfer_eval
+    from tasks.evaluation.evaluate import transfer_eval
     research = _research(out)
     name = eval_id or f"transfer-{model_a}-vs-{model_b}"
     res = transfer_eval(research, eval_id=name, model_a=model_a, model_b=model_b, frd_eval_id=frd_eval_id,

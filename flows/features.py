@@ -1,6 +1,6 @@
 """Flow ``extract-features``: embed the slices of a catalog query with a zoo model.
 
-Wiring only (tasks/features.py). The features land in the catalog (views ``features``,
+Wiring only (tasks/evaluation/embedding.py). The features land in the catalog (views ``features``,
 ``feature_sets``) for probing and FRD.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows.pretrain import _expand, _research
-from tasks.features import extract_features
-from tasks.pretrained import pretrained_run
+from tasks.evaluation.embedding import extract_features
+from tasks.pretraining.pretrained import pretrained_run
 
 
 #: Default query per input kind: every training slice, or every converted volume.

@@ -1,11 +1,11 @@
 """Flow ``pretrain``: a catalog SQL query → a pretrained encoder.
 
 Slice recipes (MRI-CORE's DINOv2, MAE, BrainFound's contrast stacks) train with
-tasks/pretrain.py; volume recipes (Triad, BrainSegFounder, PRISM) with tasks/pretrain3d.py —
+tasks/pretraining/slices.py; volume recipes (Triad, BrainSegFounder, PRISM) with tasks/pretraining/volumes.py —
 in this process for ``nproc=1``, under torchrun for more. Wiring only: the query
-(tasks/slice_dataset.py, tasks/volume_dataset.py, tasks/brainfound_stacks.py), the
-description embeddings (tasks/text_embed.py), training, the report and the ``models`` row
-(tasks/pretrain_report.py). Re-running with the same ``run_name`` resumes the run.
+(tasks/data/slices.py, tasks/data/volumes.py, tasks/data/contrast_stacks.py), the
+description embeddings (tasks/data/text_embed.py), training, the report and the ``models`` row
+(tasks/pretraining/report.py). Re-running with the same ``run_name`` resumes the run.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from models.recipes import recipe as get_recipe
 from mrifoundry import REPO_ROOT
 from mrifoundry.settings import Settings
-from tasks import pretrain_report
-from tasks.slice_dataset import query_slices
+from tasks.pretraining import report as pretrain_report
+from tasks.data.slices import query_slices
 
 DEFAULT_QUERY = "SELECT png_file FROM training_slices"
 
@@ -34,10 +34,10 @@ DEFAULT_QUERY = "SELECT png_file FROM training_slices"
 def default_query(cfg) -> str:
     """The query a recipe trains on when the caller gives none."""
     if cfg.kind == "volumes":
-        from tasks.volume_dataset import DEFAULT_QUERY as VOLUMES, PAIRED_QUERY
+        from tasks.data.volumes import DEFAULT_QUERY as VOLUMES, PAIRED_QUERY
         return PAIRED_QUERY if cfg.method == "prism" else VOLUMES
     if cfg.inputs == "contrast_stacks":
-        from tasks.brainfound_stacks import DEFAULT_QUERY as STACKS
+        from tasks.data.contrast_stacks import DEFAULT_QUERY as STACKS
         return STACKS
     return DEFAULT_QUERY
 
@@ -110,7 +110,7 @@ def train_task(run_dir: str, config: dict, init_weights: str | None, resume: boo
     t0 = time.time()
     if nproc <= 1:
         from models.recipes import PretrainConfig
-        from tasks.pretrain import train
+        from tasks.pretraining.slices import train
         paths = (run / "slices.txt").read_text().splitlines()
         res = train(PretrainConfig.from_dict(config), [p for p in paths if p], run,
                     init_weights=Path(init_weights) if init_weights else None, resume=resume, on_log=on_log)
@@ -119,7 +119,7 @@ def train_task(run_dir: str, config: dict, init_weights: str | None, resume: boo
         job = run / "job.json"
         job.write_text(json.dumps({"config": config, "paths_file": str(run / "slices.txt"), "run_dir": str(run),
                                    "init_weights": init_weights, "resume": resume}))
-        result = _torchrun("tasks.pretrain", job, nproc, on_log)
+        result = _torchrun("tasks.pretraining.slices", job, nproc, on_log)
     get_run_logger().info("trained %d/%d iterations in %.0f s", result["iterations"], result["total_iterations"],
                           time.time() - t0)
     return result
@@ -128,7 +128,7 @@ def train_task(run_dir: str, config: dict, init_weights: str | None, resume: boo
 @task(name="select-volumes")
 def select_volumes_task(research: str, query: str, run_dir: str, method: str) -> int:
     """The query's volumes → RUN/volumes.json (+ RUN/texts.npy, description embeddings, for Triad)."""
-    from tasks.volume_dataset import query_volumes, select_pairs
+    from tasks.data.volumes import query_volumes, select_pairs
     logger = get_run_logger()
     rows = query_volumes(Path(research), query)
     if method == "prism":
@@ -144,7 +144,7 @@ def select_volumes_task(research: str, query: str, run_dir: str, method: str) ->
     (run / "volumes.json").write_text(json.dumps(rows))
     if method == "triad":
         import numpy as np
-        from tasks.text_embed import describe_series, embed_descriptions
+        from tasks.data.text_embed import describe_series, embed_descriptions
         texts = embed_descriptions(rows, Path(research) / "models" / ".text-embeddings.parquet")
         np.save(run / "texts.npy", texts)
         logger.info("embedded %d descriptions (%d distinct) with all-MiniLM-L6-v2", len(rows),
@@ -155,7 +155,7 @@ def select_volumes_task(research: str, query: str, run_dir: str, method: str) ->
 @task(name="build-contrast-stacks")
 def build_stacks_task(research: str, query: str, run_dir: str, size: int) -> int:
     """BrainFound: the query's brain series → axial T1/T2/FLAIR stacks (RGB PNG) → RUN/slices.txt."""
-    from tasks.brainfound_stacks import brainfound_stacks
+    from tasks.data.contrast_stacks import brainfound_stacks
     logger = get_run_logger()
     run = Path(run_dir)
     built = brainfound_stacks(Path(research), run / "stacks", sql=query, size=size)
@@ -178,7 +178,7 @@ def train_volumes_task(run_dir: str, config: dict, resume: bool, nproc: int, ini
     if nproc <= 1:
         import numpy as np
         from models.recipes import VolumeConfig
-        from tasks.pretrain3d import train_volumes
+        from tasks.pretraining.volumes import train_volumes
         res = train_volumes(VolumeConfig.from_dict(config), json.loads(rows_file.read_text()), run,
                             texts=np.load(texts_file) if texts_file.exists() else None,
                             init_state=Path(init_state) if init_state else None, resume=resume,
@@ -189,7 +189,7 @@ def train_volumes_task(run_dir: str, config: dict, resume: bool, nproc: int, ini
         job.write_text(json.dumps({"config": config, "rows_file": str(rows_file), "run_dir": str(run),
                                    "texts_file": str(texts_file) if texts_file.exists() else None,
                                    "init_state": init_state, "resume": resume, "cache_dir": cache_dir}))
-        result = _torchrun("tasks.pretrain3d", job, nproc, on_log)
+        result = _torchrun("tasks.pretraining.volumes", job, nproc, on_log)
     get_run_logger().info("trained %d/%d iterations in %.0f s", result["iterations"], result["total_iterations"],
                           time.time() - t0)
     return result
@@ -271,7 +271,7 @@ def _pretrain_volumes(cfg, research: Path, query: str, recipe: str, name: str, r
     for model_id, rdir, q, c, init_state in stages:
         n = select_volumes_task(str(research), q, str(rdir), c.method)
         logger.info("run %s: %d volumes, recipe %s (%s, %s)", model_id, n, recipe, c.method, c.encoder)
-        # one decoded-volume cache for every run of the catalog (tasks/volume_cache.py)
+        # one decoded-volume cache for every run of the catalog (tasks/data/volume_cache.py)
         res = train_volumes_task(str(rdir), c.to_dict(), resume, nproc, str(init_state) if init_state else None,
                                  str(research / "cache" / "volumes"))
         ckpt = Path(res["checkpoint"]) if res.get("checkpoint") else _latest(rdir, "checkpoints/encoder_*.pth")

@@ -1,7 +1,7 @@
 """Pretraining recipes: named, complete configurations of the ``pretrain`` flow.
 
-Slice recipes (:class:`PretrainConfig`, tasks/pretrain.py) and volume recipes
-(:class:`VolumeConfig`, tasks/pretrain3d.py). ``mri-core`` is MRI-CORE's recipe as far as the paper and its checkpoint names tell
+Slice recipes (:class:`PretrainConfig`, tasks/pretraining/slices.py) and volume recipes
+(:class:`VolumeConfig`, tasks/pretraining/volumes.py). ``mri-core`` is MRI-CORE's recipe as far as the paper and its checkpoint names tell
 (docs/models.md): DINOv2 self-distillation, student and teacher both initialised from SAM
 ViT-B, layerscale off, 4 epochs, batch 128 per GPU, a smaller learning rate than DINOv2's
 default (the value is not published; ours is stated below), 2×224 + 8×96 crops. The
@@ -37,7 +37,7 @@ class PretrainConfig(_Options):
     kind = "slices"
     objective: str = "dinov2"                  # dinov2 | mae
     # slices: PNG slices of the catalog; contrast_stacks: BrainFound's T1/T2/FLAIR axial
-    # slice stacks built from the catalog's NIfTI (tasks/brainfound_stacks.py)
+    # slice stacks built from the catalog's NIfTI (tasks/data/contrast_stacks.py)
     inputs: str = "slices"
     arch: str = "vit_b16"                      # models.vit.VIT_CONFIGS
     init: str = "sam"                          # sam (student = teacher = SAM encoder) | dinov2 | random
@@ -106,7 +106,7 @@ class VolumeConfig(_Options):
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
     flip_prob: float = 0.2                     # per axis
-    cache_volumes: bool = True                 # decoded float16 volumes on disk (tasks/volume_cache.py)
+    cache_volumes: bool = True                 # decoded float16 volumes on disk (tasks/data/volume_cache.py)
     # Triad: masked reconstruction + log-ratio alignment with description embeddings
     mask_ratio: float = 0.6
     mask_patch: int = 16

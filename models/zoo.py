@@ -306,7 +306,7 @@ register(ZooEntry(
     "brainfound", "dinov2", _build_brainfound, "teacher_checkpoint.pth", IMAGENET_MEAN, IMAGENET_STD,
     source="this project's pretrain-brainfound runs (BrainFound publishes no weights)", licence="-",
     description="DINOv2 ViT on 3-channel axial T1/T2/FLAIR stacks (R, G, B); feed [B, 3, H, W] stacks "
-                "built by tasks/brainfound_stacks.py"))
+                "built by tasks/data/contrast_stacks.py"))
 register(ZooEntry(
     "random", "dinov2", _build_random, None, IMAGENET_MEAN, IMAGENET_STD, source="-",
     licence="-", description="randomly initialised ViT (default ViT-B/16 224), seedable",

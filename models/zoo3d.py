@@ -2,7 +2,7 @@
 
 Each loads the published checkpoint layout (Triad's ``encoder.stages.*`` / ``backbone.swinViT.*``,
 BrainSegFounder's ``module.swinViT.*``, PRISM's ``…swinViT.*`` suffix match) and this project's
-own ``checkpoints/encoder_<it>.pth`` (tasks/pretrain3d.py; the encoder configuration is read
+own ``checkpoints/encoder_<it>.pth`` (tasks/pretraining/volumes.py; the encoder configuration is read
 from the file). ``embed(volumes)`` gives the deepest feature map, ``pooled(volumes)`` one
 vector per volume (global average of every scale, concatenated) for probing.
 """

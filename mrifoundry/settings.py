@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrifoundry import REPO_ROOT
 
-PACKAGED_RULES = Path(__file__).resolve().parent.parent / "tasks" / "data" / "duke110k_rules.yaml"
+PACKAGED_RULES = Path(__file__).resolve().parent.parent / "tasks" / "curation" / "selection" / "duke110k_rules.yaml"
 
 
 class Settings(BaseSettings):

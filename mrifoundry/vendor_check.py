@@ -56,11 +56,11 @@ def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     override :class:`mrifoundry.settings.CurateParams` defaults."""
     from catalog.views import connect
     from mrifoundry.settings import CurateParams
-    from tasks.exam_pipeline import curate_exam
-    from tasks.finalize import finalize_catalog
-    from tasks.phi_audit import audit_output
-    from tasks.selection import select_exams
-    from tasks.workspace import Workspace
+    from tasks.curation.pipeline import curate_exam
+    from tasks.curation.finalize import finalize_catalog
+    from tasks.curation.audit.phi_audit import audit_output
+    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.workspace import Workspace
 
     ws = Workspace(out)
     params = CurateParams(**{"archive": str(archive), "reports": None, "out": str(out), "workers": 1, **params})

@@ -94,10 +94,10 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog — one brain and two body exams, PNG only,
     curated by the plain stage functions (no Prefect) — for the model and evaluation tests."""
     from mrifoundry.settings import CurateParams
-    from tasks.exam_pipeline import curate_exam
-    from tasks.finalize import finalize_catalog
-    from tasks.selection import select_exams
-    from tasks.workspace import Workspace
+    from tasks.curation.pipeline import curate_exam
+    from tasks.curation.finalize import finalize_catalog
+    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]
@@ -123,10 +123,10 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog with NIfTI volumes — two brain exams (T1, T2,
     FLAIR) and one body exam at 3 mm (small volumes, fast tests) — for the volume recipes."""
     from mrifoundry.settings import CurateParams
-    from tasks.exam_pipeline import curate_exam
-    from tasks.finalize import finalize_catalog
-    from tasks.selection import select_exams
-    from tasks.workspace import Workspace
+    from tasks.curation.pipeline import curate_exam
+    from tasks.curation.finalize import finalize_catalog
+    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]

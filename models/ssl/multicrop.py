@@ -1,7 +1,7 @@
 """DINOv2 multi-crop augmentation for MRI slices, and its crop-major collate.
 
 Two inputs: a grey slice ``[1, H, W]`` and a contrast stack ``[3, H, W]`` (BrainFound: the same
-axial slice of T1, T2 and FLAIR as R, G, B; tasks/brainfound_stacks.py). One rule covers both:
+axial slice of T1, T2 and FLAIR as R, G, B; tasks/data/contrast_stacks.py). One rule covers both:
 **channels never mix**. Every intensity augmentation acts on each channel by itself, with its
 random parameters drawn once per crop (so the three contrasts of a crop see the same factor):
 

@@ -2,7 +2,7 @@
 
     python -m tests.audit.compare_dicognito OUT   # OUT: a curated output (its restricted/staging)
 
-Runs dicognito 0.19.0 and tasks.deid over the first source file of every series of 3 exams and
+Runs dicognito 0.19.0 and tasks.curation.deid.deidentify over the first source file of every series of 3 exams and
 prints, per attribute (keyword, or tag for private ones), what each tool does: kept / removed /
 emptied / replaced / dummy / shifted (dates) / remapped (UIDs). Values are never printed.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 from dicognito.anonymizer import Anonymizer
 
-from tasks.deid import DeidConfig, PseudonymStore, deidentify_dataset
+from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_dataset
 
 
 def _what(orig, new) -> str:

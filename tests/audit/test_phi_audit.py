@@ -1,4 +1,4 @@
-"""PHI audit (tasks/phi_audit.py) on a real curated output: clean output passes, and a leak
+"""PHI audit (tasks/curation/audit/phi_audit.py) on a real curated output: clean output passes, and a leak
 planted in each kind of place is found there. Identifiers come from the restricted zone only."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tasks.phi_audit import Hit, Identifiers, PhiLeakError, audit, collect_identifiers, tokens
+from tasks.curation.audit.phi_audit import Hit, Identifiers, PhiLeakError, audit, collect_identifiers, tokens
 from tests.flows.helpers import copy_exams
 
 
@@ -280,7 +280,7 @@ def _remove_planted_run(run_id: str) -> None:
 
 def test_placeholder_values_are_not_identifiers():
     """An accession number 'NONE' must not flag every ImageType ...\\NONE in the research zone."""
-    from tasks.phi_audit import Identifiers
+    from tasks.curation.audit.phi_audit import Identifiers
     ids = Identifiers()
     ids.add("NONE", "accession")
     ids.add("UNKNOWN", "name")
@@ -295,8 +295,8 @@ def test_no_phrase_across_two_rows_of_a_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.phi_audit import Identifiers
-    from tasks.phi_scanners import scanner
+    from tasks.curation.audit.phi_audit import Identifiers
+    from tasks.curation.audit.scanners import scanner
     ids = Identifiers()
     ids.add("19000101", "birth date")
     path = tmp_path / "exams.parquet"

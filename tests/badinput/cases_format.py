@@ -98,7 +98,7 @@ def enhanced_multiframe(st: Study) -> CaseExpect:
         FrameContentSequence=Sequence([item(InStackPositionNumber=k + 1, StackID="1")])) for k in range(12)])
     ds.PixelData = np.stack([pixels(32, 32, k) for k in range(12)]).tobytes()
     save(st.header(ds), st.folder / "ENHANCED.dcm")
-    return CaseExpect([ok(s)])   # split into its 12 frames at deid (tasks/frames.py)
+    return CaseExpect([ok(s)])   # split into its 12 frames at deid (tasks/curation/deid/frames.py)
 
 
 @case("an RGB colour MR image series (SamplesPerPixel 3)")

@@ -130,7 +130,7 @@ def test_nifti_ras_1mm_and_aligned_with_dicom(curated):
             return np.corrcoef(x, map_coordinates(data, vox, order=1, mode="nearest"))[0, 1]
         # the same anatomy sits at the same world coordinates: the unshifted sampling
         # correlates strongly (a flipped or misplaced axis does not), and no worse than a 3 mm shift (the 0.5 mm marker test is in
-        # tests/tasks/test_convert_nifti.py)
+        # tests/curation/test_convert_nifti.py)
         at = corr(np.zeros(3))
         assert at > 0.6, nii_path
         for axis in range(3):

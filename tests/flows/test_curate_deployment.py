@@ -105,7 +105,7 @@ def test_summary_artifact_and_montage(demo):
     out, _ = demo
     md = (out / "research" / "qc" / "summary.md").read_text()
     assert "| catalog |" in md or "## Catalog" in md
-    from tasks.qc import montage_is_informative
+    from tasks.curation.qc import montage_is_informative
     assert montage_is_informative(out / "research" / "qc" / "montage.png")
 
 

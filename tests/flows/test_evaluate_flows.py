@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.prefect_server]
 @pytest.fixture(scope="module")
 def research(prefect_server, small_catalog, tmp_path_factory):
     from mrifoundry.sample.labelled import make_mni_wm_dataset
-    from tasks.labelled import ingest_nifti_pairs
+    from tasks.evaluation.labelled import ingest_nifti_pairs
     root = make_mni_wm_dataset(tmp_path_factory.mktemp("mni-wm"), n_cases=4, seed=0)
     ingest_nifti_pairs(small_catalog, root, "mni-wm", split=(0.5, 0.0, 0.5), seed=0)
     return small_catalog
@@ -86,7 +86,7 @@ def test_transfer_flow_relates_gain_to_frd(research):
     from scipy import stats
 
     from flows.evaluate import transfer
-    from tasks.evaluate import record
+    from tasks.evaluation.evaluate import record
     gains = {"d1": (0.80, 0.70), "d2": (0.60, 0.58), "d3": (0.90, 0.60), "d4": (0.50, 0.49)}
     frds = {"d1": 3.0, "d2": 1.0, "d3": 5.0, "d4": 0.5}
     rows = []
@@ -114,9 +114,9 @@ def test_a_volume_run_through_extract_features_and_linear_probe(prefect_server, 
     from flows.evaluate import linear_probe
     from flows.features import extract_features_flow
     from models.recipes import recipe
-    from tasks.pretrain3d import train_volumes
-    from tasks.pretrain_report import register_model
-    from tasks.volume_dataset import DEFAULT_QUERY, query_volumes
+    from tasks.pretraining.volumes import train_volumes
+    from tasks.pretraining.report import register_model
+    from tasks.data.volumes import DEFAULT_QUERY, query_volumes
     rows = query_volumes(volume_catalog, DEFAULT_QUERY)
     texts = torch.nn.functional.normalize(torch.randn(len(rows), 384, generator=torch.Generator().manual_seed(0)),
                                           dim=1).numpy()

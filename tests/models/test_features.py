@@ -9,7 +9,7 @@ from PIL import Image
 
 from catalog.views import connect
 from models import zoo
-from tasks.features import extract_features, load_features
+from tasks.evaluation.embedding import extract_features, load_features
 
 QUERY = "SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 20"
 

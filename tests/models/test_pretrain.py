@@ -19,8 +19,8 @@ from models.recipes import recipe
 from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from models.ssl.masking import MaskingGenerator
 from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
-from tasks.pretrain import DinoNet, Dist, _dino_step, build_backbone, train
-from tasks.slice_dataset import SliceDataset, query_slices
+from tasks.pretraining.slices import DinoNet, Dist, _dino_step, build_backbone, train
+from tasks.data.slices import SliceDataset, query_slices
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def slice_paths(small_catalog) -> list[str]:
 @pytest.fixture(scope="module")
 def stack_paths(volume_catalog, tmp_path_factory) -> list[str]:
     """BrainFound's 3-channel T1/T2/FLAIR stacks of the volume catalog's brain exams."""
-    from tasks.brainfound_stacks import brainfound_stacks
+    from tasks.data.contrast_stacks import brainfound_stacks
     res = brainfound_stacks(volume_catalog, tmp_path_factory.mktemp("stacks"), size=64)
     assert len(res.rows) >= 8
     return [r["png_file"] for r in res.rows]
@@ -180,7 +180,7 @@ def test_ddp_two_processes_gloo(slice_paths, tmp_path):
                                "run_dir": str(run), "init_weights": None, "resume": True}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "tasks.pretrain", str(job)], cwd=REPO, env=env, capture_output=True, text=True,
+                        "-m", "tasks.pretraining.slices", str(job)], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((run / "result.json").read_text())

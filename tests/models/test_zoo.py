@@ -196,7 +196,7 @@ def test_volume_models_pad_to_32_and_take_series_not_slices(tmp_path):
 
     from models.encoders3d import build_encoder3d
     from models.zoo3d import VolumeZooModel
-    from tasks.features import extract_features
+    from tasks.evaluation.embedding import extract_features
     m = VolumeZooModel("v", build_encoder3d("unet_tiny"))
     vol = torch.rand(1, 1, 33, 20, 64) + 0.1
     x = m.preprocess(vol)

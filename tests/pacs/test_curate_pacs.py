@@ -92,8 +92,8 @@ def test_unknown_accession_is_rejected_in_the_ledger(curated):
 def test_run_retrieve_records_pacs_unreachable(curated, tmp_path):
     """The stage turns a PACS that is down into a failed ledger row with its reason."""
     from mrifoundry.settings import CurateParams
-    from tasks import exam_pipeline
-    from tasks.workspace import Workspace
+    from tasks.curation import pipeline as exam_pipeline
+    from tasks.curation.workspace import Workspace
     outs, salt = curated
     out = outs["pacs"][0]
     ws = Workspace(out)

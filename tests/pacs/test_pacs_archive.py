@@ -12,8 +12,8 @@ import pydicom
 import pytest
 
 from mrifoundry.errors import RetrievalError
-from tasks.archive import open_archive
-from tasks.pacs import MANIFEST, PacsArchive, _Receiver, parse_pacs_url
+from tasks.curation.archive.base import open_archive
+from tasks.curation.archive.pacs import MANIFEST, PacsArchive, _Receiver, parse_pacs_url
 from tests.pacs.conftest import exam_files, free_port
 
 

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mrifoundry import vendor_check
-from tasks.phi_audit import Identifiers, collect_identifiers
+from tasks.curation.audit.phi_audit import Identifiers, collect_identifiers
 from tests.dicom_factory import write_series
 
 
@@ -135,7 +135,7 @@ def test_prune_never_drops_names_or_numeric_ids():
 def test_gd_in_a_name_is_not_gadolinium(text, contrast):
     from pydicom.dataset import Dataset
 
-    from tasks.series_meta import is_contrast
+    from tasks.curation.continuity.series_meta import is_contrast
     ds = Dataset()
     ds.SeriesDescription = text
     assert is_contrast(ds) is contrast
@@ -145,7 +145,7 @@ def test_clean_descriptors_keeps_short_numbers():
     """heudiconv's 'dMRI_mb3_AP_1.5' with StudyID '1' came out 'dMRI_mb3_AP_ .5'; an MRN still goes."""
     from pydicom.dataset import Dataset
 
-    from tasks.deid_profile import clean_text, phi_pattern
+    from tasks.curation.deid.profile import clean_text, phi_pattern
     ds = Dataset()
     ds.StudyID, ds.PatientID, ds.PatientName = "1", "7731902", "ROE^RICHARD"
     pattern = phi_pattern(ds)

@@ -30,5 +30,5 @@ def test_whole_wheel_folder_curates_with_the_audit(prefect_server, tmp_path, sou
         con.close()
     assert failed == 0 and unexplained == 0 and n_series > 0
     # and the audit the flow ran agrees when run again by hand (a leak would fail it, and the flow)
-    from tasks.phi_audit import audit_output
+    from tasks.curation.audit.phi_audit import audit_output
     assert audit_output(tmp_path / "out", log_dirs=[]).ok

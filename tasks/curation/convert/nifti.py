@@ -1,0 +1,244 @@
+"""NIfTI volumes: dicom2nifti per series, RAS via nibabel, isotropic resampling (Triad).
+
+dicom2nifti builds the voxel array and the affine from a list of datasets. We bypass
+three of its behaviours on purpose (see ``docs/conversion.md``): ``convert_directory``
+(it swallows per-series errors), its LAS reorientation (it must write a file, and we go
+to RAS with ``nibabel.as_closest_canonical`` anyway) and its InstanceNumber-based 4D
+grouping (we hand it one checked time point, renumbered in slice order).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.metadata
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import nibabel.processing
+import numpy as np
+import pydicom
+
+from catalog.reasons import REASONS
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
+from tasks.curation.continuity.checks import Volume
+
+CONVERTER = "dicom2nifti"
+# dicom2nifti keeps its switches in module globals: pin the ones we rely on while converting.
+_D2N_SETTINGS = {"validate_slicecount": True, "validate_orientation": True, "validate_orthogonal": True,
+                 "validate_slice_increment": True, "validate_instance_number": False, "resample": False}
+_D2N_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class NiftiConfig:
+    voxel_size_mm: float | None = 1.0          # None = keep native spacing
+    shape: tuple[int, int, int] | None = None   # e.g. (256, 256, 128) (Triad)
+    interpolation_order: int = 1
+
+
+@dataclass
+class NiftiRecord:
+    path: Path
+    shape: tuple[int, ...]
+    zooms: tuple[float, ...]
+    axcodes: str
+    converter: str
+    converter_version: str
+    params: dict
+
+
+@contextlib.contextmanager
+def _dicom2nifti_settings():
+    """Set dicom2nifti's module-global switches, restore them after (serialised by a lock)."""
+    import dicom2nifti.settings as settings
+
+    with _D2N_LOCK:
+        saved = {k: getattr(settings, k) for k in _D2N_SETTINGS}
+        try:
+            for k, v in _D2N_SETTINGS.items():
+                setattr(settings, k, v)
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(settings, k, v)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
+    datasets = []
+    for i, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()  # in memory; dicom2nifti expects native pixel data
+        # our order is the checked slice order; dicom2nifti groups by InstanceNumber and
+        # would take interleaved or slice-major numbering for a second stack
+        ds.InstanceNumber = i + 1
+        for keyword in ("RepetitionTime", "EchoTime"):
+            # dicom2nifti formats TR/TE into db_name (which we blank) and crashes on inf/NaN
+            if keyword in ds and not _finite(ds.get(keyword)):
+                delattr(ds, keyword)
+        datasets.append(ds)
+    return datasets
+
+
+def dicom_to_image(files: list[Path]) -> nib.Nifti1Image:
+    """One checked 3D stack → NIfTI image (dicom2nifti's array and affine), in RAS.
+
+    Raises:
+        dicom2nifti.exceptions.ConversionError / ConversionValidationError and others
+        from dicom2nifti, unchanged.
+    """
+    from dicom2nifti.convert_dicom import dicom_array_to_nifti
+
+    datasets = _read_datasets(files)
+    with _dicom2nifti_settings():
+        # its logger prints positions on validation failures: keep it quiet in our logs
+        d2n_logger = logging.getLogger("dicom2nifti")
+        level = d2n_logger.level
+        d2n_logger.setLevel(logging.ERROR)
+        try:
+            result = dicom_array_to_nifti(datasets, None, reorient_nifti=False)
+        finally:
+            d2n_logger.setLevel(level)
+    return nib.as_closest_canonical(result["NII"])
+
+
+def _dicom2nifti_reason(e: Exception) -> str | None:
+    """``d2n_<code>`` for dicom2nifti's ConversionError/ConversionValidationError, else None."""
+    from dicom2nifti.exceptions import ConversionError, ConversionValidationError
+
+    if not isinstance(e, (ConversionError, ConversionValidationError)):
+        return None
+    code = "d2n_" + str(e).strip().lower().replace("/", "_")
+    return code if code in REASONS else "d2n_other"
+
+
+def _inside_source(img: nib.Nifti1Image, source: nib.Nifti1Image) -> np.ndarray:
+    """Mask of output voxels whose centre lies within half a voxel of the source grid.
+
+    A source voxel stands for the slab ±½ voxel around its centre, so a resampled voxel in
+    that slab is measured data; beyond it (the corners of an oblique stack) is nothing.
+    """
+    m = np.linalg.inv(source.affine) @ img.affine
+    mask = np.ones(img.shape[:3], dtype=bool)
+    grids = np.ogrid[tuple(slice(0, n) for n in img.shape[:3])]
+    for axis, n in enumerate(source.shape[:3]):
+        # source coordinate along `axis` = row `axis` of m applied to (i, j, k, 1); float32 keeps it small
+        coord = sum(np.float32(m[axis, j]) * grids[j].astype(np.float32) for j in range(3)) + np.float32(m[axis, 3])
+        mask &= (coord >= -0.5 - 1e-3) & (coord <= n - 0.5 + 1e-3)
+    return mask
+
+
+def _resample(img: nib.Nifti1Image, cfg: NiftiConfig) -> nib.Nifti1Image:
+    if cfg.shape is None and cfg.voxel_size_mm is None:
+        return img  # native spacing: no interpolation, no float copy (bench: 0.23 s on 512²×128)
+    # float32 before interpolating: scipy keeps the input dtype and would truncate ints
+    img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    # mode="nearest", then the mask: the output box is whole voxels, so its last plane can
+    # sit up to a voxel past the last slice centre. With mode="constant" that plane
+    # interpolates towards 0 (a dark edge slice, and data shifted at the border); within
+    # the source slab it takes the edge value, beyond it 0.
+    if cfg.shape is not None:
+        voxel = (cfg.voxel_size_mm,) * 3 if cfg.voxel_size_mm else tuple(float(z) for z in img.header.get_zooms()[:3])
+        out = nibabel.processing.conform(img, out_shape=tuple(cfg.shape), voxel_size=voxel,
+                                         order=cfg.interpolation_order, orientation="RAS", mode="nearest")
+    else:
+        v = float(cfg.voxel_size_mm)
+        out = nibabel.processing.resample_to_output(img, (v, v, v), order=cfg.interpolation_order, mode="nearest")
+    data = np.asarray(out.dataobj)
+    data[~_inside_source(out, img)] = 0
+    return out
+
+
+def _output_dtype(data: np.ndarray, source_integer: bool) -> np.ndarray:
+    """int16 when the source was integer and the rounded values fit; float32 otherwise."""
+    if np.issubdtype(data.dtype, np.integer):  # not resampled: no rounding pass needed
+        lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        if lo >= np.iinfo(np.int16).min and hi <= np.iinfo(np.int16).max:
+            return data.astype(np.int16, copy=False)
+        return data.astype(np.float32)
+    if source_integer:
+        rounded = np.rint(data)
+        if rounded.size == 0 or (rounded.min() >= np.iinfo(np.int16).min and rounded.max() <= np.iinfo(np.int16).max):
+            return rounded.astype(np.int16)
+    return data.astype(np.float32)
+
+
+def _clean_image(data: np.ndarray, affine: np.ndarray, version: str) -> nib.Nifti1Image:
+    """A fresh header: only geometry, units and a PHI-free description."""
+    img = nib.Nifti1Image(data, affine)
+    hdr = img.header
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr.set_xyzt_units("mm")
+    hdr["descrip"] = f"mrifoundry {CONVERTER} {version}"[:79].encode()
+    hdr["db_name"] = b""
+    hdr["aux_file"] = b""
+    hdr["intent_name"] = b""
+    hdr.extensions.clear()
+    return img
+
+
+def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = NiftiConfig()) -> NiftiRecord:
+    """Convert a checked series (its middle time point when 4D) to ``out_path`` (.nii.gz).
+
+    Args:
+        volumes: from :func:`tasks.curation.continuity.checks.check_series`, in temporal order.
+        out_path: ``OUT/research/nifti/<exam_id>/<series_id>.nii.gz``.
+        cfg: voxel size, optional fixed shape, interpolation order.
+
+    Returns:
+        A :class:`NiftiRecord` with provenance (converter, version, parameters).
+
+    Raises:
+        InsufficientDiskSpace: reason ``disk_full``.
+        CurationError: reason ``convert_error`` for anything else (dicom2nifti errors included).
+    """
+    out_path = Path(out_path)
+    item = out_path.name.split(".")[0]  # the series id, by the layout in docs/contracts.md
+    if not volumes:
+        raise CurationError(item, "convert_error", "no volumes to convert")
+    t = len(volumes) // 2  # middle time point (the later of the two middles when even)
+    version = importlib.metadata.version("dicom2nifti")
+    tmp = out_path.with_name(f".{item}.tmp.nii.gz")  # the suffix tells nibabel to gzip
+    try:
+        img = dicom_to_image(volumes[t].files)
+        source_integer = np.issubdtype(img.get_data_dtype(), np.integer)
+        img = _resample(img, cfg)
+        data = _output_dtype(np.asarray(img.dataobj), source_integer)
+        img = _clean_image(data, img.affine, version)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, tmp)
+        os.replace(tmp, out_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise InsufficientDiskSpace(item, "disk_full", "no space left while writing NIfTI") from e
+        raise CurationError(item, "convert_error", f"{type(e).__name__} while writing NIfTI") from e
+    except Exception as e:  # noqa: BLE001 - dicom2nifti raises plain Exception/TypeError too
+        tmp.unlink(missing_ok=True)
+        reason = _dicom2nifti_reason(e)
+        if reason:   # its validation refused the data: a rejection with its code, not an error
+            raise RejectedItem(item, reason, f"dicom2nifti {reason[4:].upper()}") from e
+        raise CurationError(item, "convert_error", f"{type(e).__name__} while converting to NIfTI") from e
+    return NiftiRecord(
+        path=out_path, shape=tuple(int(s) for s in img.shape),
+        zooms=tuple(round(float(z), 6) for z in img.header.get_zooms()),
+        axcodes="".join(nib.aff2axcodes(img.affine)), converter=CONVERTER, converter_version=version,
+        params={"voxel_size_mm": cfg.voxel_size_mm, "shape": list(cfg.shape) if cfg.shape else None,
+                "interpolation_order": cfg.interpolation_order, "temporal_index": volumes[t].temporal_index,
+                "n_timepoints": len(volumes), "n_slices": len(volumes[t].files),
+                "reorientation": "nibabel.as_closest_canonical", "resampling": "nibabel.processing",
+                "nibabel_version": nib.__version__, "dtype": str(data.dtype)},
+    )

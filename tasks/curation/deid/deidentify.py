@@ -1,0 +1,382 @@
+"""De-identification stage: DICOM PS3.15 Annex E, table-driven (see docs/deid.md).
+
+Basic Application Level Confidentiality Profile + Clean Descriptors + Retain Longitudinal
+Temporal Information with Modified Dates (+ optionally Retain Patient Characteristics).
+The per-attribute actions come from Table E.1-1 (:mod:`tasks.curation.deid.profile`); this module
+applies them recursively, keeps the pseudonym map (restricted zone only) and writes the
+de-identified files. Nothing here logs or raises with a header value.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+
+from mrifoundry import ids
+from mrifoundry.sqlite_wal import connect_wal
+from mrifoundry.errors import CurationError
+from tasks.curation.deid import frames
+from tasks.curation.deid.profile import (
+    DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_pattern, remap_uid,
+    shift_date,
+)
+
+__all__ = [
+    "DeidConfig", "DeidRejection", "DeidResult", "DeidSeries", "PseudonymStore",
+    "clean_text", "deidentify_dataset", "deidentify_exam", "remap_uid", "shift_date",
+]
+log = logging.getLogger(__name__)
+
+# Secondary Capture and its multi-frame variants: pixels are screenshots, often with burned-in text.
+SECONDARY_CAPTURE_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1.7" + s for s in ("", ".1", ".2", ".3", ".4"))
+_DEID_CODES = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113105": "Clean Descriptors Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+    "113108": "Retain Patient Characteristics Option",
+    "113111": "Retain Safe Private Option",
+}
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    salt: str
+    retain_patient_characteristics: bool = False   # PatientSex/Age/Size/Weight
+    reject_burned_in: bool = True
+    max_date_shift_days: int = 365                 # per-patient shift in [-max, -1] ∪ [1, max]
+    # Retain Safe Private option (113111) when non-empty: (group, creator, element offset) kept.
+    safe_private: tuple[tuple[int, str, int], ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Enabled Table E.1-1 option columns."""
+        extra = ("retain_patient_characteristics",) if self.retain_patient_characteristics else ()
+        return DEFAULT_OPTIONS + extra
+
+
+@dataclass
+class DeidSeries:
+    series_id: str              # ids.series_id(original SeriesInstanceUID[/image set])
+    files: list[Path]           # de-identified files written under out_dir/<series_id>/
+    image_set: str = ""         # "" or phase | real | imaginary | trace (tasks.curation.deid.frames.image_set)
+
+
+@dataclass
+class DeidRejection:
+    series_id: str | None       # None when the file could not even be parsed
+    reason: str                 # unreadable_file | non_image_object | burned_in_annotation, or a frame-split reason
+    n_files: int
+    instance: str | None = None  # set when one source file is dropped and its series goes on
+
+
+@dataclass
+class DeidResult:
+    exam_id: str
+    patient_id: str
+    study_date: dt.date | None  # shifted
+    series: list[DeidSeries]
+    rejected: list[DeidRejection]
+    study_description: str | None = None   # after Clean Descriptors (a protocol hint)
+
+
+# --------------------------------------------------------------------------- pseudonym map
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS patients (patient_key TEXT PRIMARY KEY, pseudonym TEXT NOT NULL,
+                                     shift_days INTEGER, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exams (exam_key TEXT PRIMARY KEY, exam_id TEXT NOT NULL,
+                                  patient_key TEXT NOT NULL, created TEXT NOT NULL);
+"""
+
+
+class PseudonymStore:
+    """Pseudonym map in SQLite (OUT/restricted only): patient key -> pseudonym and date shift,
+    exam key -> exam id. WAL + busy timeout; one connection per thread; picklable for process
+    pools. Values are derived from the salt, so concurrent writers always agree.
+
+    Raises:
+        ValueError: empty salt, or the file was created with another salt.
+    """
+
+    def __init__(self, path: Path, salt: str):
+        if not salt:
+            raise ValueError("an empty salt would make pseudonyms reversible")
+        self.path, self.salt = Path(path), salt
+        self._local, self._shifts = threading.local(), {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._con()
+        con.executescript(_SCHEMA)
+        check = ids.opaque_id("store-check", "salt", salt)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('salt_check', ?)", (check,))
+        if con.execute("SELECT value FROM meta WHERE key='salt_check'").fetchone()[0] != check:
+            raise ValueError("this pseudonym store was created with a different salt")
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "salt": self.salt}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["salt"])
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = connect_wal(self.path)
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def patient_pseudonym(self, patient_key: str) -> str:
+        """``ids.patient_id(patient_key)``; the row is persisted on first use."""
+        con = self._con()
+        con.execute("INSERT OR IGNORE INTO patients (patient_key, pseudonym, created) VALUES (?, ?, ?)",
+                    (patient_key, ids.patient_id(patient_key, self.salt), _now()))
+        return con.execute("SELECT pseudonym FROM patients WHERE patient_key=?", (patient_key,)).fetchone()[0]
+
+    def date_shift_days(self, patient_key: str, max_days: int = 365) -> int:
+        """The patient's date shift in [-max_days, -1] ∪ [1, max_days], derived from the salt and
+        persisted on first use (a later call with another ``max_days`` keeps the stored shift)."""
+        if patient_key in self._shifts:
+            return self._shifts[patient_key]
+        n = int(ids.opaque_id("dateshift", patient_key, self.salt), 16) % (2 * max_days)
+        shift = n - max_days if n < max_days else n - max_days + 1
+        self.patient_pseudonym(patient_key)
+        con = self._con()
+        con.execute("UPDATE patients SET shift_days=? WHERE patient_key=? AND shift_days IS NULL",
+                    (shift, patient_key))
+        stored = con.execute("SELECT shift_days FROM patients WHERE patient_key=?", (patient_key,)).fetchone()[0]
+        self._shifts[patient_key] = int(stored)
+        return int(stored)
+
+    def record_exam(self, exam_key: str, exam_id: str, patient_key: str) -> None:
+        """Map an exam key (accession number or ``uid:``StudyInstanceUID) to its exam id and patient."""
+        self.patient_pseudonym(patient_key)
+        self._con().execute(
+            "INSERT INTO exams VALUES (?, ?, ?, ?) ON CONFLICT(exam_key) DO UPDATE SET "
+            "exam_id=excluded.exam_id, patient_key=excluded.patient_key", (exam_key, exam_id, patient_key, _now()))
+
+    def exam(self, exam_key: str) -> tuple[str, str] | None:
+        """(exam_id, patient pseudonym) of a recorded exam, or None."""
+        row = self._con().execute("SELECT e.exam_id, p.pseudonym FROM exams e JOIN patients p "
+                                  "USING (patient_key) WHERE e.exam_key=?", (exam_key,)).fetchone()
+        return tuple(row) if row else None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _patient_key(ds: Dataset) -> str:
+    """Original PatientID; an exam without one is its own patient (keyed by its study)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    return pid or "study:" + str(ds.get("StudyInstanceUID", "")).strip()
+
+
+def deidentify_dataset(ds: Dataset, cfg: DeidConfig, store: PseudonymStore, exam_id: str) -> Dataset:
+    """Return a de-identified copy of ``ds`` (``ds`` itself is not modified).
+
+    Args:
+        ds: a parsed DICOM dataset (with file_meta when read from a file).
+        cfg: de-identification options and salt.
+        store: the pseudonym map (patient pseudonym and date shift).
+        exam_id: the opaque exam id written to AccessionNumber and StudyID.
+    Returns:
+        A new dataset with file_meta rebuilt, ready for ``save_as(enforce_file_format=True)``.
+    """
+    key = _patient_key(ds)
+    pseudonym = store.patient_pseudonym(key)
+    sop_class = str(ds.get("SOPClassUID", "*"))
+    ctx = ActionContext(build_action_map(cfg.options, sop_class), cfg.salt,
+               store.date_shift_days(key, cfg.max_date_shift_days), phi_pattern(ds), frozenset(cfg.safe_private))
+    out = clean_dataset(ds, ctx)
+    out.PatientName = pseudonym
+    out.PatientID = pseudonym
+    out.AccessionNumber = exam_id
+    out.StudyID = exam_id
+    out.PatientIdentityRemoved = "YES"
+    codes = (["113100", "113105", "113107"] + (["113108"] if cfg.retain_patient_characteristics else [])
+             + (["113111"] if cfg.safe_private else []))
+    out.DeidentificationMethod = ["DICOM PS3.15 Annex E (mrifoundry)"] + [_DEID_CODES[c] for c in codes]
+    items = []
+    for code in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", _DEID_CODES[code]
+        items.append(item)
+    out.DeidentificationMethodCodeSequence = Sequence(items)
+    out.LongitudinalTemporalInformationModified = "MODIFIED"
+
+    old_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", old_meta.get("MediaStorageSOPClassUID", ""))
+    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID") or remap_uid(
+        old_meta.get("MediaStorageSOPInstanceUID", ""), cfg.salt)
+    meta.TransferSyntaxUID = old_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MRIFOUNDRY"
+    out.file_meta = meta
+    return out
+
+
+# --------------------------------------------------------------------------- exam level
+def _read_header(path: Path) -> Dataset | None:
+    """Header (no pixels) of a DICOM file, or None when it is not parseable DICOM."""
+    try:
+        hdr = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
+        return None
+    return hdr if hdr.get("SeriesInstanceUID") and hdr.get("SOPClassUID") else None
+
+
+def _read_full(path: Path, header: Dataset) -> Dataset:
+    """Whole file; a file truncated inside its pixel data falls back to the header only, so the
+    continuity stage (not this one) rejects it as ``truncated_file``."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:  # noqa: BLE001
+        return header
+    # a forced read of a file cut short can "succeed" with fewer elements than its header had
+    return ds if "SOPClassUID" in ds else header
+
+
+def _is_image_class(sop_class: str) -> bool | None:
+    """True/False for a registered SOP Class, None for a private/unknown one."""
+    uid = UID(sop_class)
+    return "Image Storage" in uid.name if uid.name != sop_class else None
+
+
+def _burned_in(hdr: Dataset) -> bool:
+    """Pixels that may show text: flagged, Secondary Capture, a capture device (ConversionType),
+    or a screenshot by ImageType (GE "SCREEN SAVE", "SCREENSHOT", "CAPTURE"). DERIVED\\SECONDARY
+    alone (MPR reformats) is left to continuity (``derived_series``)."""
+    image_type = hdr.get("ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
+    return (str(hdr.get("BurnedInAnnotation", "")).upper() == "YES"
+            or str(hdr.SOPClassUID) in SECONDARY_CAPTURE_CLASSES
+            or bool(str(hdr.get("ConversionType", "") or "").strip())
+            or any(("SCREEN" in str(v).upper() or "CAPTURE" in str(v).upper()) for v in image_type))
+
+
+def _has_pixels(ds: Dataset) -> bool:
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _sort_key(item: tuple[Path, Dataset]) -> tuple:
+    path, hdr = item
+    try:
+        number = int(hdr.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return number, str(hdr.get("SOPInstanceUID", "")), str(path)
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Replace ``dest`` by ``tmp`` with renames: no half-written series is ever visible."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
+                    cfg: DeidConfig, store: PseudonymStore) -> DeidResult:
+    """De-identify one exam's files into ``out_dir/<series_id>/<NNNN>.dcm``.
+
+    Re-running overwrites the same names and leaves no stale or temporary files.
+
+    Raises:
+        CurationError: ``deid_error`` on an unexpected failure (message names no header value).
+    """
+    out_dir = Path(out_dir)
+    by_series: dict[str, list[tuple[Path, Dataset]]] = {}
+    unreadable = 0
+    for path in sorted(Path(f) for f in files):
+        hdr = _read_header(path)
+        if hdr is None:
+            unreadable += 1
+            continue
+        by_series.setdefault(ids.series_id(str(hdr.SeriesInstanceUID), cfg.salt), []).append((path, hdr))
+    rejected = [DeidRejection(None, "unreadable_file", unreadable)] if unreadable else []
+    series: list[DeidSeries] = []
+    patient_id, study_date, study_description = "", None, None
+    if by_series:   # the exam's patient: the first readable header in a stable order
+        first = min((m for ms in by_series.values() for m in ms), key=_sort_key)[1]
+        acc = str(first.get("AccessionNumber", "") or "").strip()
+        store.record_exam(acc or "uid:" + str(first.get("StudyInstanceUID", "")), exam_id, _patient_key(first))
+        patient_id = store.patient_pseudonym(_patient_key(first))
+    for sid in sorted(by_series):
+        members = sorted(by_series[sid], key=_sort_key)
+        if cfg.reject_burned_in and any(_burned_in(h) for _, h in members):
+            rejected.append(DeidRejection(sid, "burned_in_annotation", len(members)))
+            shutil.rmtree(out_dir / sid, ignore_errors=True)
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        uid = str(members[0][1].SeriesInstanceUID)
+        parts: dict[str, Path] = {}    # image set -> temp folder, written one file at a time
+        counts: Counter = Counter()
+        split_failures: list[DeidRejection] = []
+        try:
+            non_image = 0
+            for k, (path, hdr) in enumerate(members):
+                image = _is_image_class(str(hdr.SOPClassUID))
+                ds = _read_full(path, hdr) if image is not False else hdr
+                if image is False or (image is None and not _has_pixels(ds)):
+                    non_image += 1
+                    continue
+                try:
+                    images = frames.split_images(ds)   # before de-identification: mosaics need the CSA header
+                except frames.FrameSplitError as e:
+                    split_failures.append(DeidRejection(sid, e.reason, 1, instance=f"src{k:04d}"))
+                    continue
+                for img in images:
+                    key = frames.image_set(img)
+                    if key not in parts:
+                        parts[key] = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir))
+                    clean = deidentify_dataset(img, cfg, store, exam_id)
+                    clean.save_as(parts[key] / f"{counts[key]:04d}.dcm", enforce_file_format=True)
+                    counts[key] += 1
+                    if study_date is None and clean.get("StudyDate"):
+                        study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
+                    study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
+            if non_image:
+                rejected.append(DeidRejection(sid, "non_image_object", non_image))
+            if split_failures and not parts:   # nothing of the series could be split: the series is rejected
+                rejected.append(DeidRejection(sid, split_failures[0].reason, len(split_failures)))
+            else:
+                rejected.extend(split_failures)
+            for key in [""] + sorted(k for k in parts if k):
+                part_id = sid if not key else ids.series_id(f"{uid}/{key}", cfg.salt)
+                if key not in parts:
+                    shutil.rmtree(out_dir / part_id, ignore_errors=True)
+                    continue
+                dest = out_dir / part_id
+                _swap_in(parts[key], dest)
+                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key))
+        except Exception as e:
+            raise CurationError(exam_id, "deid_error", f"{type(e).__name__} in series {sid}") from e
+        finally:
+            for folder in parts.values():
+                shutil.rmtree(folder, ignore_errors=True)
+    log.info("deid %s: %d series written, %d rejected", exam_id, len(series), len(rejected))
+    return DeidResult(exam_id, patient_id, study_date, series, rejected, study_description)

@@ -1,0 +1,292 @@
+"""Evaluations of a zoo model on catalog data, recorded in the ``evaluations`` table.
+
+- ``linear_probe_eval``: pooled features of a frozen encoder, a linear classifier
+  (tasks/evaluation/probing.py) on a label-balanced patient-level 60:40 split; labels from a catalog column.
+- ``zero_shot_eval``: k-means over patch features of a labelled dataset's slices
+  (tasks/evaluation/zero_shot.py), DSC per k, overlay pictures.
+
+Outputs go to ``OUT/research/evaluations/<eval_id>/``; pictures are linked from the rows.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from catalog.schema import EVALUATIONS
+from catalog.store import derived_lock, upsert
+from catalog.views import build_research_db, connect, query_dicts
+from mrifoundry import code_version
+from tasks.evaluation.embedding import load_batch
+from tasks.evaluation.labelled import load_labelled
+from tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
+from tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
+
+
+def eval_dir(research: Path, eval_id: str) -> Path:
+    if not eval_id.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"evaluation name {eval_id!r}: letters, digits, - and _ only")
+    return research / "evaluations" / eval_id
+
+
+def record(research: Path, rows: list[dict]) -> None:
+    """Upsert evaluation rows (same eval_id + metric replaces) and refresh the views."""
+    now, version = dt.datetime.now(dt.timezone.utc), code_version()
+    rows = [{"std": None, "n": None, "details": None, "picture_path": None, **r, "created_at": now,
+             "code_version": version} for r in rows]
+    with derived_lock(research):
+        upsert(research, EVALUATIONS, rows)
+        build_research_db(research)
+
+
+@torch.no_grad()
+def _embed_pooled(model, paths: list[str], batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = load_batch(paths[i:i + batch_size], model.image_size)
+        out.append(model.pooled(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
+
+
+#: An example probing query per input kind (the flow's default is the slice one).
+PROBE_QUERIES = {
+    "slices": "SELECT png_file, patient_id, body_part AS label FROM training_slices",
+    "volumes": "SELECT s.nifti_file, e.patient_id, s.sequence_type AS label FROM series s JOIN exams e "
+               "USING (exam_id) WHERE s.nifti_file IS NOT NULL",
+}
+
+
+def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, query: str,
+                      epochs: int = 100, seed: int = 0, batch_size: int = 32) -> dict:
+    """Probe ``model`` on the images of ``query``, which returns ``patient_id``, ``label`` and
+    ``png_file`` (slice models) or ``nifti_file`` (volume models, family ``volume``; one
+    vector per volume, tasks/evaluation/volume_embed.py) — examples in ``PROBE_QUERIES``.
+
+    Raises:
+        ValueError: the query lacks a column, or fewer than two classes or patients.
+    """
+    volumes = getattr(model, "family", None) == "volume"
+    image_col, unit = ("nifti_file", "volumes") if volumes else ("png_file", "slices")
+    cols, data = query_dicts(research, query)
+    missing = {image_col, "patient_id", "label"} - set(cols)
+    if missing:
+        raise ValueError(f"the probing query of a {unit[:-1]} model must return {image_col}, patient_id and label; "
+                         f"missing {sorted(missing)} (example: {PROBE_QUERIES[unit]})")
+    labels = [str(r["label"]) for r in data]
+    if len(set(labels)) < 2:
+        raise ValueError("linear probing needs at least two classes")
+    paths = [r[image_col] for r in data]
+    if volumes:
+        from tasks.evaluation.volume_embed import embed_volumes
+        X = embed_volumes(model, paths, batch_size=min(batch_size, 2))
+    else:
+        X = _embed_pooled(model, paths, batch_size)
+    tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed, labels=labels)
+    y = np.array(labels)
+    res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test {unit})")
+    details = json.dumps({"query": query, "unit": unit, "epochs": epochs, "seed": seed, "classes": res.class_names,
+                          "confusion": res.confusion.tolist(), "n_train": len(tr), "n_test": len(te),
+                          "best_epoch_accuracy": res.best_accuracy})
+    base = {"eval_id": eval_id, "kind": "linear-probe", "model": model_label, "weights_sha256": weights_sha,
+            "dataset": query, "n": len(te), "details": details, "picture_path": str(png.relative_to(research))}
+    record(research, [{**base, "metric": "accuracy", "value": res.accuracy},
+                      {**base, "metric": "balanced_accuracy", "value": res.balanced_accuracy}])
+    return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te), "unit": unit,
+            "classes": res.class_names, "confusion_png": str(png)}
+
+
+@torch.no_grad()
+def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, dataset_id: str,
+                   split: str = "test", k_values=(4, 8, 16, 32, 64, 128), seed: int = 0, n_overlays: int = 3,
+                   batch_size: int = 16, foreground_only: bool = True) -> dict:
+    """k-means zero-shot segmentation of a labelled dataset's ``split`` (foreground = label > 0).
+
+    MRI-CORE evaluates slices with foreground only (its loaders drop empty masks); set
+    ``foreground_only=False`` to include the empty ones.
+    """
+    from PIL import Image
+    if getattr(model, "family", None) == "volume":
+        raise ValueError(f"{model.name!r} is a volume encoder; zero-shot segmentation clusters 2D slice features")
+    rows = load_labelled(research, dataset_id, split)
+    if foreground_only:
+        rows = [r for r in rows if r["has_foreground"]]
+    if not rows:
+        raise ValueError(f"dataset {dataset_id!r} has no {split} slices to segment")
+    feats, masks, images = [], [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        x = load_batch([r["image_file"] for r in chunk], model.image_size)
+        feats.append(model.embed(x).float().cpu().numpy())
+        for r in chunk:
+            m = np.asarray(Image.open(r["mask_file"])) > 0
+            # masks at the model's input size: the same geometry as the features
+            masks.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize(
+                (model.image_size, model.image_size), Image.NEAREST)) > 0)
+        images.append(x[:, 0].numpy())
+    F, M, imgs = np.concatenate(feats), np.stack(masks), np.concatenate(images)
+    scores = zero_shot_dice(F, M, k_values=k_values, seed=seed)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    best_k = max(scores, key=scores.get) if scores else None
+    pictures = []
+    if best_k is not None:
+        labels = upsample_nearest(kmeans_segment(F, best_k, seed=seed), M.shape[-2:])
+        for j in np.linspace(0, len(F) - 1, min(n_overlays, len(F))).astype(int):
+            pictures.append(overlay_png(imgs[j], labels[j], out / f"overlay_k{best_k}_{j:03d}.png"))
+    base = {"eval_id": eval_id, "kind": "zero-shot", "model": model_label, "weights_sha256": weights_sha,
+            "dataset": f"{dataset_id}:{split}", "n": len(F)}
+    rows_out = [{**base, "metric": f"dice_k{k}", "value": v,
+                 "details": json.dumps({"k": k, "seed": seed, "foreground_only": foreground_only}),
+                 "picture_path": str(pictures[0].relative_to(research)) if (pictures and k == best_k) else None}
+                for k, v in scores.items()]
+    record(research, rows_out)
+    return {"dice_per_k": scores, "best_k": best_k, "n_slices": len(F), "overlays": [str(p) for p in pictures]}
+
+
+def non_blank(paths: list[str]) -> list[str]:
+    """Drop constant images: pyradiomics (and frd-score) fail on them."""
+    from PIL import Image
+    keep = []
+    for p in paths:
+        with Image.open(p) as im:
+            lo, hi = im.convert("L").getextrema()
+        if hi > lo:
+            keep.append(p)
+    return keep
+
+
+def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: list[str], n: int, seed: int = 0,
+             workers: int = 2) -> dict:
+    """FRD of each labelled dataset against the pretraining slices of ``reference_sql``,
+    the same ``n`` images per side (seeded); per-image features cached under
+    ``research/frd_cache``. One ``evaluations`` row per dataset (metric ``frd``)."""
+    from tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
+    reference = sample_images(non_blank(pretraining_images(research, reference_sql)), n, seed)
+    out, rows = {}, []
+    for ds in dataset_ids:
+        other = sample_images(non_blank(labelled_images(research, ds)), n, seed)
+        r = frd(reference, other, cache_dir=research / "frd_cache", workers=workers)
+        out[ds] = r
+        rows.append({"eval_id": eval_id, "kind": "frd", "model": "frd-score v1", "weights_sha256": "n/a",
+                     "dataset": ds, "metric": f"frd:{ds}", "value": float(r["frd"]), "n": n,
+                     "details": json.dumps({"reference_sql": reference_sql, "seed": seed, "n": n,
+                                            "n_features": r["n_features"], "cache_hits": r["cache_hits"],
+                                            "cache_misses": r["cache_misses"], "seconds": r["seconds"]})})
+    record(research, rows)
+    return out
+
+
+SAM_ARCH_FOR_VIT = {"vit_tiny": "sam_tiny", "vit_b16": "mri_core_sam"}
+
+
+def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arch: str | None,
+                    pretrained: str | None, seed: int = 0):
+    """(label, weights sha, factory) — the factory builds a fresh adapter SAM for each repeat.
+
+    A pretrain run (``pretrained``) or ``mri-core`` loads into MRI-CORE's SAM fork with the
+    pos_embed fixed; ``random`` is a seeded random SAM encoder (the baseline).
+    """
+    from models import zoo
+    from models.adapters import build_sam_for_fewshot
+    from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+    from tasks.evaluation.embedding import weights_digest
+    label = pretrained or model
+    if pretrained:
+        from tasks.pretraining.pretrained import pretrained_run
+        run = pretrained_run(research, pretrained)
+        if run.entry != "mri-core":
+            raise ValueError(f"{pretrained!r} is a {run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
+        weights, vit_arch = run.checkpoint, run.arch
+        model, arch = "mri-core", SAM_ARCH_FOR_VIT.get(vit_arch, vit_arch)
+    if model == "random":
+        import dataclasses
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = build_sam_encoder(dataclasses.replace(SAM_CONFIGS[arch or "sam_vit_b"], img_size=cfg.image_size))
+        source = encoder
+    else:
+        opts = {"as_sam": True} if model == "mri-core" else {}
+        source = zoo.load(model, weights, arch=arch, image_size=cfg.image_size, **opts)
+
+    def factory():
+        return build_sam_for_fewshot(source, cfg.image_size, encoder_adapter_depths=cfg.encoder_adapter_depths)
+    return label, weights_digest(weights), factory
+
+
+def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, model: str, weights: str | None = None,
+                 arch: str | None = None, pretrained: str | None = None) -> dict:
+    """MRI-CORE's few-shot protocol on a labelled dataset; mean ± std over ``cfg.repeats``
+    rows in ``evaluations`` (test 2D/3D DSC and 3D NSD, foreground-only and all slices) and a
+    training-curve PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.evaluation.fewshot import METRICS, run_fewshot
+    label, sha, factory = fewshot_factory(research, cfg, model=model, weights=weights, arch=arch,
+                                          pretrained=pretrained, seed=cfg.seed)
+    rows = load_labelled(research, dataset_id)
+    res = run_fewshot(factory, rows, cfg)
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r, rep in enumerate(res["repeats"]):
+        ax[0].plot(rep["curves"]["train_loss"], lw=1, label=f"repeat {r}")
+        val = rep["curves"].get("val_dsc_3d") or []
+        if val:
+            ax[1].plot([v[0] for v in val], [v[1] for v in val], marker="o", lw=1, label=f"repeat {r}")
+    ax[0].set_title("training loss (DiceCE, per epoch)")
+    ax[1].set_title("validation 3D DSC")
+    ax[0].set_xlabel("epoch")
+    ax[1].set_xlabel("epoch")
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"{label} few-shot on {dataset_id}", fontsize=10)
+    fig.tight_layout()
+    png = out / "curves.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    details = json.dumps({"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+                          "per_repeat": {m: res["summary"][m]["values"] for m in METRICS}})
+    base = {"eval_id": eval_id, "kind": "few-shot", "model": label, "weights_sha256": sha, "dataset": dataset_id,
+            "n": cfg.repeats, "details": details, "picture_path": str(png.relative_to(research))}
+    record(research, [{**base, "metric": m, "value": res["summary"][m]["mean"], "std": res["summary"][m]["std"]}
+                      for m in METRICS])
+    return {"summary": {m: {k: v for k, v in s.items() if k != "values"} for m, s in res["summary"].items()},
+            "curves_png": str(png)}
+
+
+def transfer_eval(research: Path, *, eval_id: str, model_a: str, model_b: str, frd_eval_id: str = "frd",
+                  metric: str = "test_dsc_3d") -> dict:
+    """MRI-CORE figure 4: per dataset, the few-shot gain of ``model_a`` over ``model_b``
+    (``metric``) against the dataset's FRD to the pretraining set; Pearson and Spearman."""
+    from tasks.evaluation.transfer import transfer_analysis
+    con = connect(research)
+    try:
+        fs = con.execute("SELECT model, dataset, value FROM evaluations WHERE kind = 'few-shot' AND metric = ? "
+                         "AND model IN (?, ?)", [metric, model_a, model_b]).fetchall()
+        frd_rows = con.execute("SELECT dataset, value FROM evaluations WHERE kind = 'frd' AND eval_id = ?",
+                               [frd_eval_id]).fetchall()
+    finally:
+        con.close()
+    score = {(m, d): v for m, d, v in fs}
+    frd_by = dict(frd_rows)
+    rows = [{"dataset": d, "gain": score[(model_a, d)] - score[(model_b, d)], "frd": frd_by[d]}
+            for d in sorted(frd_by) if (model_a, d) in score and (model_b, d) in score]
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    res = transfer_analysis(rows, out / "gain_vs_frd.png", x_label="FRD to the pretraining set",
+                            y_label=f"{metric} gain: {model_a} − {model_b}")
+    base = {"eval_id": eval_id, "kind": "transfer", "model": f"{model_a} vs {model_b}", "weights_sha256": "n/a",
+            "dataset": ",".join(r["dataset"] for r in rows), "n": res["n"],
+            "details": json.dumps({"rows": rows, "metric": metric}), "picture_path": str(Path(res["png"]).relative_to(research))}
+    record(research, [{**base, "metric": "pearson_r", "value": res["pearson"]["r"]},
+                      {**base, "metric": "pearson_p", "value": res["pearson"]["p"]},
+                      {**base, "metric": "spearman_r", "value": res["spearman"]["r"]},
+                      {**base, "metric": "spearman_p", "value": res["spearman"]["p"]}])
+    return res

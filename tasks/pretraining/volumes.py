@@ -1,0 +1,210 @@
+"""Pretraining on catalog volumes: Triad, BrainSegFounder or PRISM, one process or DDP via torchrun.
+
+``train_volumes(cfg, rows, run_dir)`` is the whole stage as a plain function; ``python -m
+tasks.pretraining.volumes RUN_DIR/job.json`` is the same under ``torchrun``. The loop mirrors the
+slice trainer (tasks/pretraining/slices.py): the same distributed set-up, epoch sampler, bf16 autocast
+on CUDA, non-finite-loss guard, resumable ``train_state.pt`` and ``metrics.jsonl``. A run
+directory holds, besides those:
+
+- ``checkpoints/encoder_<it>.pth`` — ``{"state_dict": <encoder in the method's published
+  layout>, "method", "encoder", "in_channels", "roi", "iteration", "body_parts"}``, at each
+  epoch end and at the end; loadable with ``models.zoo.load(<method>, path)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models.recipes import VolumeConfig
+from models.ssl.schedules import cosine_schedule
+from tasks.pretraining.slices import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job,
+                            load_train_state, optimizer_step, rng_state, setup_distributed, wrap_ddp)
+from tasks.data.samplers import EpochSampler
+from tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
+
+__all__ = ["build_method", "effective_batch_size", "train_volumes"]
+
+
+def build_method(cfg: VolumeConfig, n_body_parts: int = 1) -> nn.Module:
+    """The method's pretrainer module (models/ssl3d) for ``cfg``."""
+    if cfg.method == "triad":
+        from models.ssl3d.triad import TriadPretrainer
+        return TriadPretrainer(encoder=cfg.encoder, roi=cfg.roi, mask_ratio=cfg.mask_ratio, mask_patch=cfg.mask_patch,
+                               text_weight=cfg.text_weight, ssl_hidden=cfg.ssl_hidden)
+    if cfg.method == "brainsegfounder":
+        from models.ssl3d.brainsegfounder import BrainSegFounderPretrainer
+        return BrainSegFounderPretrainer(encoder=cfg.encoder, in_channels=cfg.in_channels, roi=cfg.roi,
+                                         contrastive_dim=cfg.contrastive_dim, temperature=cfg.temperature)
+    if cfg.method == "prism":
+        from models.ssl3d.prism import PrismPretrainer
+        return PrismPretrainer(encoder=cfg.encoder, in_channels=cfg.in_channels, roi=cfg.roi,
+                               n_body_parts=max(n_body_parts, 1), mask_ratio=cfg.mask_ratio,
+                               mask_patch=cfg.mask_patch, sequence_dim=cfg.sequence_dim,
+                               temperature=cfg.temperature)
+    raise ValueError(f"unknown volume method {cfg.method!r} (triad | brainsegfounder | prism)")
+
+
+def effective_batch_size(n: int, batch_size: int, world_size: int) -> int:
+    """The smallest batch size ≥ ``batch_size`` whose epoch has no rank batch of 1 item: the
+    batch-norm of Triad's head and every contrastive loss need two samples."""
+    if n < 2 * world_size:
+        raise ValueError(f"{n} training volumes for {world_size} process(es): need at least {2 * world_size}")
+    bs = max(batch_size, 2)
+    while bs < n and n // (math.ceil(n / (bs * world_size)) * world_size) < 2:
+        bs += 1
+    return bs
+
+
+def _param_groups(model: nn.Module) -> list[dict]:
+    """No weight decay on biases, norms, tokens and 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+    return [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
+
+
+def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg: VolumeConfig,
+                            body_parts: list[str]) -> Path:
+    path = run_dir / "checkpoints" / f"encoder_{iteration}.pth"
+    _atomic_save({"state_dict": _unwrap(model).encoder_state_dict(), "method": cfg.method, "encoder": cfg.encoder,
+                  "in_channels": cfg.in_channels, "roi": cfg.roi, "iteration": iteration,
+                  "body_parts": body_parts}, path)
+    return path
+
+
+def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: np.ndarray | None = None,
+                  init_state: Path | None = None, resume: bool = True, cache_dir: Path | None = None,
+                  on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Pretrain ``cfg.method`` on the volumes of ``rows`` (``query_volumes`` rows) into ``run_dir``.
+
+    ``texts``: [N, D] description embeddings (Triad); ``init_state``: a finished run's
+    ``train_state.pt`` whose model weights start this run (BrainSegFounder's stage 2);
+    ``cache_dir``: where decoded volumes are kept when ``cfg.cache_volumes`` (default
+    ``run_dir/volume_cache``; the flow shares ``OUT/research/cache/volumes`` between runs).
+
+    Raises:
+        ValueError: too few volumes, a Triad run without ``texts``, PRISM rows without a
+            second series in their exam, or a resumed run whose data or world size differ.
+    """
+    d = setup_distributed()
+    torch.manual_seed(cfg.seed + d.rank)
+    run_dir = Path(run_dir)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    pairs = body_parts = None
+    if cfg.method == "prism":
+        pairs = select_pairs(rows)
+        keep = [i for i, p in enumerate(pairs) if p]
+        if len(keep) < len(rows):
+            raise ValueError(f"PRISM pairs two series of one exam: {len(rows) - len(keep)} of {len(rows)} rows have "
+                             "none (select exams with ≥ 2 series, e.g. with tasks.data.volumes.PAIRED_QUERY)")
+        body_parts = body_part_classes(rows)
+    if cfg.method == "triad" and cfg.text_weight and texts is None:
+        raise ValueError("Triad's text loss needs description embeddings (texts=…; tasks/data/text_embed.py)")
+    n = len(rows)
+    bs = effective_batch_size(n, cfg.batch_size, d.world_size)
+    cache = str(cache_dir or Path(run_dir) / "volume_cache") if cfg.cache_volumes else None
+    dataset = VolumeDataset(rows, cfg.roi, seed=cfg.seed, flip_prob=cfg.flip_prob,
+                            texts=texts if cfg.method == "triad" else None, pairs=pairs, body_parts=body_parts,
+                            cache_dir=cache)
+    sampler = EpochSampler(n, bs, rank=d.rank, world_size=d.world_size, seed=cfg.seed)
+    steps_per_epoch = len(sampler)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
+    lrs = cosine_schedule(cfg.lr, cfg.min_lr, total, warmup_iters=warmup)
+
+    model = build_method(cfg, len(body_parts or []))
+    if init_state is not None:
+        st = torch.load(init_state, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+    model = model.to(d.device)
+    opt = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    start_it = 0
+    state_path = run_dir / "train_state.pt"
+    st = load_train_state(state_path, d, n, "volumes") if resume else None
+    if st is not None:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start_it = int(st["iteration"])
+    net = wrap_ddp(model, d)
+    stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
+    amp = autocast(cfg.bf16, d)
+    metrics = (run_dir / "metrics.jsonl").open("a") if d.main else None
+    it, window, last_ckpt, vps = start_it, [], None, 0.0
+    t_log, n_log = time.perf_counter(), 0
+    try:
+        while it < stop_at:
+            epoch, step = divmod(it, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            sampler.load_state_dict({"epoch": epoch, "step": step})
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                                 pin_memory=d.device.type == "cuda",
+                                                 generator=torch.Generator().manual_seed(cfg.seed))
+            for batch in loader:
+                lr = float(lrs[min(it, total - 1)])
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                    g["weight_decay"] = cfg.weight_decay * g["wd_mult"]
+                batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+                with amp:
+                    parts = net(batch)
+                loss = parts["loss"]
+                optimizer_step(loss, opt, model.parameters(), cfg.clip_grad, it)
+                it += 1
+                n_log += batch["image"].shape[0] * d.world_size
+                window.append(float(loss.detach()))
+                if it % cfg.log_every == 0 or it == stop_at:
+                    if d.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    vps = n_log / max(time.perf_counter() - t_log, 1e-9)
+                    rec = {"iteration": it, "total": total, "epoch": it / steps_per_epoch,
+                           **{k: float(v.detach()) for k, v in parts.items()}, "lr": lr, "images_per_s": vps}
+                    emit(rec, metrics, on_log, d)
+                    t_log, n_log = time.perf_counter(), 0
+                epoch_end = it % steps_per_epoch == 0
+                if d.main and (it % cfg.checkpoint_every == 0 or epoch_end or it == stop_at):
+                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                                  "n_volumes": n, "world_size": d.world_size, "body_parts": body_parts,
+                                  "rng": rng_state(), "config": cfg.to_dict()}, state_path)
+                if d.main and (epoch_end or it == stop_at):
+                    last_ckpt = save_encoder_checkpoint(run_dir, it, model, cfg, body_parts or [])
+                if it >= stop_at:
+                    break
+    finally:
+        if metrics:
+            metrics.close()
+        if d.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+    return final_result(run_dir, window, vps, it, steps_per_epoch, total, last_ckpt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tasks.pretraining.volumes JOB.json`` (under torchrun): JOB = {config, rows_file,
+    texts_file, run_dir, init_state, resume, cache_dir}; rank 0 writes ``result.json`` beside it."""
+    argv = sys.argv[1:] if argv is None else argv
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    cfg = VolumeConfig.from_dict(job["config"])
+    rows = json.loads(Path(job["rows_file"]).read_text())
+    texts = np.load(job["texts_file"]) if job.get("texts_file") else None
+    res = train_volumes(cfg, rows, Path(job["run_dir"]), texts=texts,
+                        init_state=Path(job["init_state"]) if job.get("init_state") else None,
+                        resume=job.get("resume", True),
+                        cache_dir=Path(job["cache_dir"]) if job.get("cache_dir") else None,
+                        on_log=lambda r: print(json.dumps(r), flush=True))
+    return finish_job(res, job_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
