@@ -100,7 +100,9 @@ def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, devic
     from models.ssl.ema import update_teacher
     from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
     from models.ssl.masking import MaskingGenerator
-    from tasks.pretraining.slices import DinoNet, Dist, _dino_step, build_backbone, param_groups
+    from models.ssl.dino import DinoNet, build_backbone
+    from tasks.pretraining.engine import Dist
+    from tasks.pretraining.slices import _dino_step, param_groups
     cfg = recipe(recipe_name, batch_size=batch)
     backbone = build_backbone(cfg)
     head = DINOHead(backbone.cfg.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)

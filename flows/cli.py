@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from flows.params import research_dir
+
 
 def _cmd_curate(a) -> int:
     from flows.curate import curate
@@ -22,16 +24,9 @@ def _cmd_curate(a) -> int:
     return 0
 
 
-def _research(out: str | None) -> Path:
-    from mrifoundry.settings import Settings
-    s = Settings()
-    root = Path(out) if out else (s.out or s.home / "out")
-    return Path(root) / "research"
-
-
 def _cmd_sql(a) -> int:
     from catalog.views import connect
-    con = connect(_research(a.out))
+    con = connect(research_dir(a.out))
     try:
         cur = con.execute(a.query)
         cols = [d[0] for d in cur.description] if cur.description else []

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.evaluate import few_shot, frd_flow, linear_probe, zero_shot
-from flows.pretrain import _research
+from flows.params import research_dir
 
 DATASETS = {"mni-wm": "make_mni_wm_dataset", "phantom": "make_phantom_dataset"}
 
@@ -49,7 +49,7 @@ def _models(research: Path) -> list[dict]:
 def demo_eval(out: str = "{home}/demo") -> dict:
     """Probing, zero-shot (and the rest of docs/evaluation.md) on the demo catalog → a report."""
     logger = get_run_logger()
-    research = _research(out)
+    research = research_dir(out)
     counts = ingest_demo_tasks(str(research))
     logger.info("labelled demo tasks: %s", counts)
     lines = ["# Evaluation report (demo)", "", f"Labelled tasks (slices): {counts}.", ""]

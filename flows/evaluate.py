@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.pretrain import _expand, _research
+from flows.params import expand_home, research_dir
 from tasks.pretraining.pretrained import pretrained_run
 
 
@@ -26,7 +26,7 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
         run = pretrained_run(research, pretrained)
         model, weights, arch, label = run.entry, run.checkpoint, run.arch, pretrained
     else:
-        weights, label = _expand(weights), model
+        weights, label = expand_home(weights), model
     device = "cuda" if torch.cuda.is_available() else "cpu"
     opts = {"seed": seed} if model == "random" else {}
     return zoo.load(model, weights, arch=arch, image_size=image_size, device=device, **opts), label, \
@@ -64,7 +64,7 @@ def linear_probe(out: str | None = None,
     nifti_file (volume models: triad-unet, triad-swin, brainsegfounder, prism or their
     pretrain runs); label-balanced patient-level 60:40 split. Default query: tasks.evaluation.evaluate.PROBE_QUERIES
     (body part of training slices; sequence type of converted volumes)."""
-    research = _research(out)
+    research = research_dir(out)
     name = eval_id or f"probe-{pretrained or model}"
     res = probe_task(str(research), name, query, model, weights, arch, image_size, pretrained, epochs, seed)
     get_run_logger().info("linear probe %s: accuracy %.3f (balanced %.3f) on %d test %s", name, res["accuracy"],
@@ -82,7 +82,7 @@ def zero_shot(dataset_id: str, out: str | None = None, split: str = "test",
               arch: str | None = None, image_size: int | None = None, pretrained: str | None = None,
               eval_id: str | None = None, seed: int = 0) -> dict:
     """Zero-shot segmentation of a labelled dataset by k-means over patch features."""
-    research = _research(out)
+    research = research_dir(out)
     name = eval_id or f"zeroshot-{pretrained or model}-{dataset_id}"
     res = zero_shot_task(str(research), name, dataset_id, split, list(k_values), model, weights, arch, image_size,
                          pretrained, seed)
@@ -111,7 +111,7 @@ def frd_flow(dataset_ids: list[str], out: str | None = None,
     """FRDv1 (frd-score) of labelled datasets against the pretraining slices (dataset 1),
     ``n`` images per side drawn with ``seed``; features cached, so a second FRD against the
     same reference recomputes nothing for it."""
-    research = _research(out)
+    research = research_dir(out)
     res = frd_task(str(research), eval_id, reference_sql, list(dataset_ids), n, seed, workers)
     lines = ["| dataset | FRD | n | features | cache hits / misses |", "|---|---|---|---|---|"]
     lines += [f"| {d} | {r['frd']:.3f} | {r['n_other']} | {r['n_features']} | {r['cache_hits']} / {r['cache_misses']} |"
@@ -128,7 +128,7 @@ def fewshot_task(research: str, eval_id: str, dataset_id: str, preset: str, over
     from tasks.evaluation.fewshot import FewShotConfig
     cfg = FewShotConfig.tiny(**overrides) if preset == "tiny" else FewShotConfig(**overrides)
     return fewshot_eval(Path(research), eval_id=eval_id, dataset_id=dataset_id, cfg=cfg, model=model,
-                        weights=_expand(weights), arch=arch, pretrained=pretrained)
+                        weights=expand_home(weights), arch=arch, pretrained=pretrained)
 
 
 @flow(name="few-shot", log_prints=False)
@@ -137,7 +137,7 @@ def few_shot(dataset_id: str, out: str | None = None, model: str = "sam-vit-b", 
              overrides: dict | None = None, eval_id: str | None = None) -> dict:
     """MRI-CORE's few-shot segmentation (adapters in encoder blocks 0, 1, 10, 11 and the mask
     decoder; 5 training slices; R repeats) on a labelled dataset. ``preset``: mri-core | tiny."""
-    research = _research(out)
+    research = research_dir(out)
     name = eval_id or f"fewshot-{pretrained or model}-{dataset_id}"
     res = fewshot_task(str(research), name, dataset_id, preset, dict(overrides or {}), model, weights, arch,
                        pretrained)
@@ -158,7 +158,7 @@ def transfer(model_a: str, model_b: str, out: str | None = None, frd_eval_id: st
              metric: str = "test_dsc_3d", eval_id: str | None = None) -> dict:
     """Few-shot gain of ``model_a`` over ``model_b`` per dataset against FRD (MRI-CORE fig. 4)."""
     from tasks.evaluation.evaluate import transfer_eval
-    research = _research(out)
+    research = research_dir(out)
     name = eval_id or f"transfer-{model_a}-vs-{model_b}"
     res = transfer_eval(research, eval_id=name, model_a=model_a, model_b=model_b, frd_eval_id=frd_eval_id,
                         metric=metric)

@@ -9,7 +9,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.pretrain import _expand, _research
+from flows.params import expand_home, research_dir
 from tasks.evaluation.embedding import extract_features
 from tasks.pretraining.pretrained import pretrained_run
 
@@ -53,12 +53,12 @@ def extract_features_flow(out: str | None = None, query: str | None = None,
     ``feature_set`` (default: the model name). ``pretrained=<model_id>`` takes a run of the
     ``pretrain`` flow from the catalog's ``models`` table instead (its latest checkpoint and
     arch, loaded through the zoo entry of its method)."""
-    research = _research(out)
+    research = research_dir(out)
     if pretrained:
         run = pretrained_run(research, pretrained)
         model, weights, arch = run.entry, run.checkpoint, run.arch
     name = feature_set or pretrained or model
-    row = embed_task(str(research), query, model, _expand(weights), arch, image_size, name, batch_size,
+    row = embed_task(str(research), query, model, expand_home(weights), arch, image_size, name, batch_size,
                      patch_grids, pool)
     table, side = ("volume_features", "³") if row["unit"] == "volume" else ("features", "²")
     create_markdown_artifact(

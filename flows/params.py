@@ -8,6 +8,18 @@ from mrifoundry.settings import CurateParams, Settings
 SAMPLE = "sample"
 
 
+def expand_home(v: str | None, settings: Settings | None = None) -> str | None:
+    """``{home}`` in a path parameter → MRIFOUNDRY_HOME."""
+    return v.replace("{home}", str((settings or Settings()).home)) if isinstance(v, str) else v
+
+
+def research_dir(out: str | None, settings: Settings | None = None) -> Path:
+    """``OUT/research`` of a flow's ``out`` parameter (default MRIFOUNDRY_OUT, else HOME/out)."""
+    s = settings or Settings()
+    root = Path(expand_home(out, s)) if out else (s.out or s.home / "out")
+    return Path(root).resolve() / "research"
+
+
 def resolve(params: CurateParams, settings: Settings | None = None) -> CurateParams:
     """Fill archive/reports/out from settings; ``sample`` names the embedded sample archive
     (generated on first use); ``{home}`` expands to MRIFOUNDRY_HOME.
@@ -16,9 +28,7 @@ def resolve(params: CurateParams, settings: Settings | None = None) -> CuratePar
         ValueError: no archive given and none configured.
     """
     s = settings or Settings()
-    home = str(s.home)
-    exp = (lambda v: v.replace("{home}", home) if isinstance(v, str) else v)  # noqa: E731
-    archive, reports, out = exp(params.archive), exp(params.reports), exp(params.out)
+    archive, reports, out = (expand_home(v, s) for v in (params.archive, params.reports, params.out))
     if archive is None:
         archive = s.archive
         if reports is None and s.reports:

@@ -24,6 +24,9 @@ from segment_anything.modeling.image_encoder import Block, window_partition, win
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import Tensor, nn
 
+from models.checkpoints import load_state
+from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["Adapter", "AdaptedBlock", "AdaptedTwoWayBlock", "FewShotSam", "MRI_CORE_ENCODER_DEPTHS",
            "add_encoder_adapters", "add_decoder_adapters", "freeze_all_but_adapters",
            "adapter_parameter_names", "build_sam_for_fewshot"]
@@ -247,10 +250,7 @@ def _decoder_heads(dim: int) -> int:
 
 
 def _load_decoder_weights(sam: FewShotSam, path: Path) -> list[str]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
+    ckpt = load_state(path, ("model", "state_dict"))
     target = sam.state_dict()
     prefixes = ("prompt_encoder.", "mask_decoder.")
     src = {k: v for k, v in ckpt.items() if k.startswith(prefixes)}
@@ -294,7 +294,6 @@ def build_sam_for_fewshot(zoo_model_or_encoder, image_size: int, num_classes: in
     Decoder sizes follow SAM's ratios for ``d = encoder out_chans``: 2 two-way blocks, MLP
     ``8d``, IoU head hidden ``d``; 8 heads when ``d/2`` allows (SAM: d=256).
     """
-    from models.zoo import IMAGENET_MEAN, IMAGENET_STD  # zoo imports heavy loaders; keep lazy
 
     if isinstance(zoo_model_or_encoder, ImageEncoderViT):
         encoder, zmean, zstd = zoo_model_or_encoder, IMAGENET_MEAN, IMAGENET_STD

@@ -6,19 +6,21 @@ are never downloaded: each entry names the file it expects. See docs/models.md.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import zoo3d
+from models.checkpoints import inner_state
 from models.convert import load_mri_core_into_sam, resize_sam_encoder_state
+from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from models.registry import ZOO, ZooEntry, available, load, register
 from models.sam_encoder import SAM_CONFIGS, build_sam_encoder, sam_blocks_forward
 from models.vit import VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys, unchunk_block_keys
 
@@ -27,8 +29,6 @@ __all__ = ["ZooModel", "ZooEntry", "ZOO", "register", "available", "load",
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ZooModel:
@@ -97,102 +97,6 @@ class ZooModel:
         raise ValueError(f"pool {pool!r} is not available for family {self.family!r}")
 
 
-Builder = Callable[..., ZooModel]
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """A zoo entry's card and builder.
-
-    ``builder(entry, weights: Path | None, arch: str | None, image_size: int | None,
-    **options) -> ZooModel``; ``weights_file`` is the expected local file (None: the
-    entry takes no weights); ``options`` the keyword options its builder accepts;
-    ``sha256`` is checked when set (None for now: we hold no reference digests).
-    """
-
-    name: str
-    family: str
-    builder: Builder
-    weights_file: str | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    source: str
-    licence: str
-    description: str
-    options: tuple[str, ...] = ()
-    sha256: str | None = None
-
-
-ZOO: dict[str, ZooEntry] = {}
-
-
-def register(entry: ZooEntry, *, overwrite: bool = False) -> ZooEntry:
-    """Add an entry; re-registering a name needs ``overwrite=True``."""
-    if entry.name in ZOO and not overwrite:
-        raise ValueError(f"zoo entry {entry.name!r} already registered")
-    if entry.family not in ("sam", "dinov2", "volume"):
-        raise ValueError(f"unknown family {entry.family!r}")
-    ZOO[entry.name] = entry
-    return entry
-
-
-def available() -> list[str]:
-    return sorted(ZOO)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load(name: str, weights: str | Path | None = None, *, arch: str | None = None,
-         image_size: int | None = None, device: str | torch.device = "cpu",
-         **options) -> ZooModel:
-    """Build a zoo model from a local weight file.
-
-    Args:
-        name: a key of :data:`ZOO` (see :func:`available`).
-        weights: local checkpoint in the entry's native layout; None only for ``random``.
-        arch: architecture preset (``VIT_CONFIGS`` / ``SAM_CONFIGS`` key); default per entry.
-        image_size: input size; default the size the weights were trained at. For SAM it
-            also sets the token grid (pos_embed and global rel_pos are resized).
-        device: where the encoder goes.
-        **options: entry-specific (``mri-core``: ``as_sam``, ``sam_init``; ``random``: ``seed``).
-
-    Raises:
-        ValueError: unknown name, weights missing (the message names the expected file),
-            weights given to ``random``, checksum mismatch, unknown options.
-        FileNotFoundError: ``weights`` does not exist.
-    """
-    if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; available: {available()}")
-    entry = ZOO[name]
-    unknown = sorted(set(options) - set(entry.options))
-    if unknown:
-        raise ValueError(f"{name!r} does not take options {unknown}; it takes {list(entry.options)}")
-    path = None
-    if entry.weights_file is None:
-        if weights is not None:
-            raise ValueError(f"{name!r} takes no weights")
-    elif weights is None:
-        raise ValueError(f"{name!r} needs local weights: pass weights=<path to "
-                         f"{entry.weights_file}> (from {entry.source}); nothing is downloaded")
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name!r} weights not found: {path} (expected {entry.weights_file})")
-        if entry.sha256 and _sha256(path) != entry.sha256:
-            raise ValueError(f"{path} does not match {name!r}'s sha256 {entry.sha256}")
-    model = entry.builder(entry, path, arch, image_size, **options)
-    model.encoder.to(device).eval()
-    if model.missing_keys:
-        log.info("%s: %d encoder tensors not in the weights, left at init: %s", name,
-                 len(model.missing_keys), ", ".join(model.missing_keys))
-    return model
-
 
 # --------------------------------------------------------------------------- loaders
 
@@ -202,9 +106,7 @@ def _torch_load(path: Path) -> dict:
 
 def _backbone_state(ckpt: dict) -> dict:
     """Bare, unchunked backbone keys from a DINOv2-trainer or hub checkpoint."""
-    for key in ("model", "teacher", "student"):
-        if isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
+    ckpt = inner_state(ckpt, ("model", "teacher", "student"))
     if any(k.startswith("backbone.") for k in ckpt):
         ckpt = {k[len("backbone."):]: v for k, v in ckpt.items() if k.startswith("backbone.")}
     return unchunk_block_keys(ckpt)
@@ -335,6 +237,4 @@ def save_mri_core_checkpoint(backbone_sd: dict, head_sd: dict, path: str | Path,
 
 
 # the volume encoders (Triad, BrainSegFounder, PRISM): models/zoo3d.py
-from models.zoo3d import register_all as _register_volume_entries  # noqa: E402
-
-_register_volume_entries()
+zoo3d.register_all()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from models.encoders3d import Encoder3d
+from models.registry import ZooEntry, register
 
 __all__ = ["VolumeZooModel"]
 
@@ -76,7 +77,6 @@ def _builder(method: str, default_arch: str, loader_name: str):
 
 
 def register_all() -> None:
-    from models.zoo import ZooEntry, register
     none = (0.0,), (1.0,)
     register(ZooEntry(
         "triad-unet", "volume", _builder("triad", "triad_unet", "load_triad_encoder"), "Triad-PlainConvUNet-MAE.pth",

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from mrifoundry import ids
-from mrifoundry.vendor_corpus import CASES, build, by_name
+from mrifoundry.vendor_corpus import build, by_name
 
 
 @dataclass

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["update_teacher"]
+__all__ = ["unwrap", "update_teacher"]
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
     """Strip DDP / DataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
     while True:
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -34,10 +34,10 @@ def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> N
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    student_params = dict(_unwrap(student).named_parameters())
+    student_params = dict(unwrap(student).named_parameters())
     t_list: list[torch.Tensor] = []
     s_list: list[torch.Tensor] = []
-    for name, t in _unwrap(teacher).named_parameters():
+    for name, t in unwrap(teacher).named_parameters():
         if name not in student_params:
             raise KeyError(f"teacher parameter {name!r} has no student counterpart")
         s = student_params[name]

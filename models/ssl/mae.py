@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from models.vit import Block, ViTConfig
 
 if TYPE_CHECKING:
     from models.vit import DinoVisionTransformer
 
-__all__ = ["MAE", "patchify", "sincos_pos_embed_2d"]
+__all__ = ["MAE", "MAETransform", "patchify", "sincos_pos_embed_2d"]
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:
@@ -147,3 +148,21 @@ class MAE(nn.Module):
         latent, ids_keep, mask, grid = self.forward_encoder(images)
         pred = self.forward_decoder(latent, ids_keep, grid)
         return self.loss(images, pred, mask), pred, mask
+
+
+class MAETransform:
+    """One random-resized crop + flip, ImageNet normalisation (MAE's recipe, no colour changes).
+
+    Input ``[1, H, W]`` (grey, replicated to 3 channels) or ``[3, H, W]`` (a T1/T2/FLAIR stack,
+    tasks/data/contrast_stacks.py, used as is); float in [0, 1]. Output ``[3, size, size]``.
+    """
+
+    def __init__(self, size: int):
+        from torchvision.transforms import v2
+        self.t = v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+                             v2.RandomHorizontalFlip(), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __call__(self, img: Tensor) -> Tensor:
+        if img.ndim != 3 or img.shape[0] not in (1, 3):
+            raise ValueError(f"expected a [1|3, H, W] image, got shape {tuple(img.shape)}")
+        return self.t(img.expand(3, -1, -1) if img.shape[0] == 1 else img)

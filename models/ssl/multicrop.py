@@ -29,12 +29,9 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["ChannelwiseJitter", "MultiCrop", "MultiCropConfig", "collate_multicrop"]
-
-# The backbones start from SAM, whose preprocessing uses ImageNet statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class MultiCropConfig:

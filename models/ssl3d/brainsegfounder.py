@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoints import inner_state
 from models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
 from models.ssl3d.losses3d import nt_xent
 
@@ -261,10 +262,7 @@ def _swin_state(state: Mapping | str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(state, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise TypeError(f"expected a checkpoint dict or path, got {type(state).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
+    state = inner_state(state, ("state_dict", "model"))
     flat = {k.removeprefix("module.").removeprefix("encoder3d."): v for k, v in state.items()}
     swin = {k.removeprefix("swinViT."): v for k, v in flat.items() if k.startswith("swinViT.")}
     if not swin:

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.checkpoints import inner_state
 from models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
 
 __all__ = ["DEFAULT_WEIGHTS", "Encoded", "PrismPretrainer", "load_prism_encoder", "meta_l1_loss", "part_ce_loss"]
@@ -256,14 +257,8 @@ class PrismPretrainer(nn.Module):
 
 # --- zoo loader ---------------------------------------------------------------------------------
 
-def _unwrap(ckpt: dict) -> dict:
-    # PRISM's save_ckpt: {"epoch", "state_dict", "optimizer", …}; other trainers use model / net
-    while True:
-        inner = next((ckpt[k] for k in ("state_dict", "model", "net") if isinstance(ckpt.get(k), dict)), None)
-        if inner is None:
-            return ckpt
-        ckpt = inner
-
+# PRISM's save_ckpt: {"epoch", "state_dict", "optimizer", …}; other trainers use model / net
+_WRAPPERS = ("state_dict", "model", "net")
 
 def _swin_state(sd: dict) -> dict[str, Tensor]:
     """Keys containing ``swinViT.`` with everything before it stripped (PRISM's ``_replce_weight``).
@@ -300,10 +295,10 @@ def load_prism_encoder(state: dict | str | Path, name: str = "swin_b_v2", in_cha
     """
     if isinstance(state, (str, Path)):
         state = torch.load(state, map_location="cpu", weights_only=True)
-    sd = _swin_state(_unwrap(state))
+    sd = _swin_state(inner_state(state, _WRAPPERS))
     if not sd:
         raise ValueError(f"no key contains {_VIT_KEY!r}: not a PRISM / SwinUNETR checkpoint "
-                         f"(first keys: {list(_unwrap(state))[:5]})")
+                         f"(first keys: {list(inner_state(state, _WRAPPERS))[:5]})")
     enc = build_encoder3d(name, in_channels=in_channels)
     expected = set(enc.state_dict())
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.checkpoints import inner_state
 from models.encoders3d import Encoder3d, build_encoder3d, pool_features
 from models.ssl3d.decoder3d import LightDecoder3d, random_patch_mask
 
@@ -213,10 +214,7 @@ def _read(state: dict | str | Path) -> dict:
         # Triad's checkpoint-{epoch}.pth stores its argparse Namespace beside the weights
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(state, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "model_state"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
+    state = inner_state(state, ("model", "state_dict", "model_state"))
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
 
 

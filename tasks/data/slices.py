@@ -10,6 +10,9 @@ from PIL import Image
 
 from catalog.views import query_dicts
 
+#: What the slice recipes train on when the caller names no query.
+DEFAULT_QUERY = "SELECT png_file FROM training_slices"
+
 
 def query_slices(research: Path, sql: str) -> list[dict]:
     """Run ``sql`` on the research catalog; it must return a ``png_file`` column.

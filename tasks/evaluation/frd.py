@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor

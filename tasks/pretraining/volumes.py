@@ -1,10 +1,10 @@
 """Pretraining on catalog volumes: Triad, BrainSegFounder or PRISM, one process or DDP via torchrun.
 
 ``train_volumes(cfg, rows, run_dir)`` is the whole stage as a plain function; ``python -m
-tasks.pretraining.volumes RUN_DIR/job.json`` is the same under ``torchrun``. The loop mirrors the
-slice trainer (tasks/pretraining/slices.py): the same distributed set-up, epoch sampler, bf16 autocast
-on CUDA, non-finite-loss guard, resumable ``train_state.pt`` and ``metrics.jsonl``. A run
-directory holds, besides those:
+tasks.pretraining.volumes RUN_DIR/job.json`` is the same under ``torchrun``. The loop is the
+shared engine's (tasks/pretraining/engine.py), as for the slice trainer: the same distributed
+set-up, epoch sampler, bf16 autocast on CUDA, non-finite-loss guard, resumable
+``train_state.pt`` and ``metrics.jsonl``. A run directory holds, besides those:
 
 - ``checkpoints/encoder_<it>.pth`` — ``{"state_dict": <encoder in the method's published
   layout>, "method", "encoder", "in_channels", "roi", "iteration", "body_parts"}``, at each
@@ -15,19 +15,17 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
-from tasks.pretraining.slices import (TrainResult, _atomic_save, _unwrap, autocast, emit, final_result, finish_job,
-                            load_train_state, optimizer_step, rng_state, setup_distributed, wrap_ddp)
+from tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
+                                      seeded_loader, setup_distributed, unwrap)
 from tasks.data.samplers import EpochSampler
 from tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
 
@@ -76,7 +74,7 @@ def _param_groups(model: nn.Module) -> list[dict]:
 def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg: VolumeConfig,
                             body_parts: list[str]) -> Path:
     path = run_dir / "checkpoints" / f"encoder_{iteration}.pth"
-    _atomic_save({"state_dict": _unwrap(model).encoder_state_dict(), "method": cfg.method, "encoder": cfg.encoder,
+    atomic_save({"state_dict": unwrap(model).encoder_state_dict(), "method": cfg.method, "encoder": cfg.encoder,
                   "in_channels": cfg.in_channels, "roi": cfg.roi, "iteration": iteration,
                   "body_parts": body_parts}, path)
     return path
@@ -125,68 +123,36 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
 
     model = build_method(cfg, len(body_parts or []))
     if init_state is not None:
-        st = torch.load(init_state, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
+        model.load_state_dict(torch.load(init_state, map_location="cpu", weights_only=False)["model"])
     model = model.to(d.device)
     opt = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    start_it = 0
-    state_path = run_dir / "train_state.pt"
-    st = load_train_state(state_path, d, n, "volumes") if resume else None
+    st = load_train_state(run_dir / "train_state.pt", d, n, "volumes") if resume else None
     if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        start_it = int(st["iteration"])
-    net = wrap_ddp(model, d)
-    stop_at = min(total, cfg.max_iterations) if cfg.max_iterations else total
-    amp = autocast(cfg.bf16, d)
-    metrics = (run_dir / "metrics.jsonl").open("a") if d.main else None
-    it, window, last_ckpt, vps = start_it, [], None, 0.0
-    t_log, n_log = time.perf_counter(), 0
-    try:
-        while it < stop_at:
-            epoch, step = divmod(it, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            sampler.load_state_dict({"epoch": epoch, "step": step})
-            dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                                 pin_memory=d.device.type == "cuda",
-                                                 generator=torch.Generator().manual_seed(cfg.seed))
-            for batch in loader:
-                lr = float(lrs[min(it, total - 1)])
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                    g["weight_decay"] = cfg.weight_decay * g["wd_mult"]
-                batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
-                with amp:
-                    parts = net(batch)
-                loss = parts["loss"]
-                optimizer_step(loss, opt, model.parameters(), cfg.clip_grad, it)
-                it += 1
-                n_log += batch["image"].shape[0] * d.world_size
-                window.append(float(loss.detach()))
-                if it % cfg.log_every == 0 or it == stop_at:
-                    if d.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    vps = n_log / max(time.perf_counter() - t_log, 1e-9)
-                    rec = {"iteration": it, "total": total, "epoch": it / steps_per_epoch,
-                           **{k: float(v.detach()) for k, v in parts.items()}, "lr": lr, "images_per_s": vps}
-                    emit(rec, metrics, on_log, d)
-                    t_log, n_log = time.perf_counter(), 0
-                epoch_end = it % steps_per_epoch == 0
-                if d.main and (it % cfg.checkpoint_every == 0 or epoch_end or it == stop_at):
-                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-                                  "n_volumes": n, "world_size": d.world_size, "body_parts": body_parts,
-                                  "rng": rng_state(), "config": cfg.to_dict()}, state_path)
-                if d.main and (epoch_end or it == stop_at):
-                    last_ckpt = save_encoder_checkpoint(run_dir, it, model, cfg, body_parts or [])
-                if it >= stop_at:
-                    break
-    finally:
-        if metrics:
-            metrics.close()
-        if d.world_size > 1 and dist.is_initialized():
-            dist.barrier()
-    return final_result(run_dir, window, vps, it, steps_per_epoch, total, last_ckpt)
+    start_it = int(st["iteration"]) if st is not None else 0
+
+    def schedule(it: int) -> dict:
+        lr = float(lrs[min(it, total - 1)])
+        for g in opt.param_groups:
+            g["lr"] = lr
+            g["weight_decay"] = cfg.weight_decay * g["wd_mult"]
+        return {"lr": lr}
+
+    def forward(net, batch, it: int, s: dict):
+        batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+        return net(batch), batch["image"].shape[0]
+
+    recipe = Recipe(model=model, optimizer=opt, clip_grad=cfg.clip_grad, schedule=schedule, forward=forward,
+                    loader=lambda: seeded_loader(dataset, sampler, num_workers=cfg.num_workers, seed=cfg.seed,
+                                                 device=d.device),
+                    epoch_start=dataset.set_epoch,
+                    state=lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "n_volumes": n,
+                                   "body_parts": body_parts, "config": cfg.to_dict()},
+                    checkpoint=lambda it: save_encoder_checkpoint(run_dir, it, model, cfg, body_parts or []))
+    return run_loop(recipe, d, sampler, run_dir, start_it=start_it, total=total,
+                    stop_at=min(total, cfg.max_iterations) if cfg.max_iterations else total, bf16=cfg.bf16,
+                    log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, on_log=on_log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from catalog.views import query_dicts
 from models.ssl.multicrop import IMAGENET_MEAN, IMAGENET_STD, ChannelwiseJitter, MultiCrop, MultiCropConfig
 from tasks.data.contrast_stacks import DEFAULT_QUERY, ExamStack, build_stacks, choose_contrasts
-from tasks.pretraining.slices import MAETransform
+from models.ssl.mae import MAETransform
 from tasks.data.slices import load_slice
 
 SIZE = 64

@@ -196,7 +196,7 @@ def test_layerscale_is_folded_and_preserves_the_function():
 def test_dinov2_checkpoint_initialises_a_layerscale_free_backbone(tmp_path):
     """BrainFound's start: a hub-layout DINOv2 backbone with layerscale → the trainer's
     backbone (no layerscale) computes the same function; another crop size resizes pos_embed."""
-    from tasks.pretraining.slices import init_from_dinov2
+    from models.ssl.dino import init_from_dinov2
     torch.manual_seed(1)
     hub = DinoVisionTransformer(replace(VIT_TINY, layerscale=1e-5)).eval()
     with torch.no_grad():

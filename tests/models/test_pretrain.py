@@ -19,8 +19,10 @@ from models.recipes import recipe
 from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from models.ssl.masking import MaskingGenerator
 from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
-from tasks.pretraining.slices import DinoNet, Dist, _dino_step, build_backbone, train
+from models.ssl.dino import DinoNet, build_backbone
 from tasks.data.slices import SliceDataset, query_slices
+from tasks.pretraining.engine import Dist
+from tasks.pretraining.slices import _dino_step, train
 
 REPO = Path(__file__).resolve().parents[2]
 

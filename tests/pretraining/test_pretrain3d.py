@@ -114,7 +114,7 @@ def test_ddp_two_processes_gloo(volumes, tmp_path):
 
 
 def test_latest_checkpoint_is_the_highest_iteration_not_the_last_name(tmp_path):
-    from flows.pretrain import _latest
+    from tasks.pretraining.launch import latest_checkpoint as _latest
     for it in (2, 10, 9):
         (tmp_path / "eval" / f"training_{it}").mkdir(parents=True)
         (tmp_path / "eval" / f"training_{it}" / "teacher_checkpoint.pth").touch()
