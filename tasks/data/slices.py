@@ -8,22 +8,42 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catalog.views import query_dicts
+from catalog.views import connect
 
 #: What the slice recipes train on when the caller names no query.
 DEFAULT_QUERY = "SELECT png_file FROM training_slices"
 
 
-def query_slices(research: Path, sql: str) -> list[dict]:
-    """Run ``sql`` on the research catalog; it must return a ``png_file`` column.
+_SLICE_COLUMNS = ("slice_id", "series_id", "exam_id", "png_file")
 
-    Extra columns (slice_id, series_id, exam_id …) are kept per row. Rows are ordered by
-    ``png_file`` so a run's epoch order depends only on the seed, not on the catalog's
-    file order.
+
+def query_slices(research: Path, sql: str) -> list[dict]:
+    """The catalog slices ``sql`` names, by ``slice_id`` or by ``png_file`` (one convention
+    for training, features, probing and FRD).
+
+    Each row has the slice's slice_id, series_id, exam_id and png_file, plus the query's
+    other columns (label, patient_id …). A ``png_file`` outside the catalog (a contrast
+    stack, another folder's PNG) is kept with the ids None. Rows are ordered by ``png_file``
+    so a run's epoch order depends only on the seed, not on the catalog's file order.
+
+    Raises:
+        ValueError: the query returns neither slice_id nor png_file.
     """
-    cols, rows = query_dicts(research, sql)
-    if "png_file" not in cols:
-        raise ValueError("the training query must return a png_file column (e.g. SELECT png_file FROM training_slices)")
+    con = connect(research)
+    try:
+        cols = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
+        key = next((k for k in ("slice_id", "png_file") if k in cols), None)
+        if key is None:
+            raise ValueError(f"the query must name slices by slice_id or png_file (e.g. {DEFAULT_QUERY})")
+        extra = [c for c in cols if c not in _SLICE_COLUMNS]
+        picked = ", ".join([f"{'q' if c == key else 't'}.{c}" for c in _SLICE_COLUMNS] + [f'q."{c}"' for c in extra])
+        cur = con.execute(f"SELECT {picked} FROM ({sql}) q LEFT JOIN slices t ON t.{key} = q.{key}")
+        names = list(_SLICE_COLUMNS) + extra
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    if key == "slice_id" and any(r["png_file"] is None for r in rows):
+        raise ValueError("the query returns slice_ids that are not in the catalog's slices table")
     rows.sort(key=lambda r: r["png_file"])
     return rows
 

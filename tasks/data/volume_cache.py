@@ -2,7 +2,7 @@
 
 Every draw of the volume trainers would otherwise decompress a whole ``.nii.gz`` and take
 its percentiles (≈ 0.3 s for a 1 mm head: ``python -m bench.volume_loading``) to keep a 96³
-crop of it. The cache stores the output of :func:`tasks.data.volumes.load_volume` once per
+crop of it. The cache stores the output of :func:`tasks.data.volume_io.load_volume` once per
 file as float16 ``.npy`` (values in [0, 1]: at most 2⁻¹² ≈ 2.4e-4 off) plus the affine; a
 draw then reads only the crop's pages.
 
@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.data.volume_io import LOAD_FORMAT, load_volume
+
 __all__ = ["VolumeCache"]
 
 log = logging.getLogger(__name__)
-_FORMAT = "robust-minmax-0.5-99.5/float16/v1"   # part of the key: change it when load_volume changes
+_FORMAT = f"{LOAD_FORMAT}/float16/v1"   # part of the key: the stored form of load_volume's output
 
 
 class VolumeCache:
@@ -48,7 +50,6 @@ class VolumeCache:
         return self.root / f"{key}.npy", self.root / f"{key}.affine.npy"
 
     def load(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        from tasks.data.volumes import load_volume
         data_file, affine_file = self.files(path)
         if data_file.exists() and affine_file.exists():
             try:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from catalog.views import query_dicts
+from tasks.data.volume_cache import VolumeCache
+from tasks.data.volume_io import load_volume
 
 __all__ = ["DEFAULT_QUERY", "PAIRED_QUERY", "VolumeDataset", "body_part_classes", "crop_box", "load_volume", "meta_vector",
            "query_volumes", "select_pairs"]
@@ -43,21 +45,6 @@ def query_volumes(research: Path, sql: str) -> list[dict]:
     rows = [r for r in rows if r["nifti_file"]]
     rows.sort(key=lambda r: r["series_id"])
     return rows
-
-
-def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [X, Y, Z] in [0, 1] after robust min-max, affine). 4D: the middle time point
-    (the converter already wrote one; this guards other NIfTIs)."""
-    from monai.transforms import ScaleIntensityRangePercentiles
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 4:
-        data = data[..., data.shape[3] // 2]
-    if data.ndim != 3:
-        raise ValueError(f"{Path(path).name}: expected a 3D volume, got shape {data.shape}")
-    scale = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
-    out = np.asarray(scale(data[None]), dtype=np.float32)[0]
-    return np.nan_to_num(out, nan=0.0), img.affine
 
 
 def meta_vector(row: dict) -> np.ndarray:
@@ -165,7 +152,6 @@ class VolumeDataset(torch.utils.data.Dataset):
         if self.cache_dir is None:
             return load_volume(path)
         if getattr(self, "_cache", None) is None:    # per process: loader workers build their own
-            from tasks.data.volume_cache import VolumeCache
             self._cache = VolumeCache(self.cache_dir)
         return self._cache.load(path)
 

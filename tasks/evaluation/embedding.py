@@ -12,7 +12,6 @@ weights hash, query, unit and size.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import shutil
 import time
@@ -27,17 +26,14 @@ from catalog.schema import FEATURE_SETS, FEATURES, VOLUME_FEATURES, to_arrow
 from catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
 from catalog.views import build_research_db, connect
 from mrifoundry import code_version
-from tasks.data.slices import load_slice
+from mrifoundry.digest import file_sha256
+from tasks.data.slices import load_slice, query_slices
+from tasks.evaluation.volume_embed import embed_volumes
 
 
 def weights_digest(path: str | Path | None) -> str:
-    if not path:
-        return "random"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """The first 16 hex digits of the weight file's SHA-256 (``random``: no file)."""
+    return file_sha256(path)[:16] if path else "random"
 
 
 def _rows_by_key(research: Path, sql: str, key: str, table: str, columns: tuple[str, ...], what: str,
@@ -57,12 +53,13 @@ def _rows_by_key(research: Path, sql: str, key: str, table: str, columns: tuple[
 
 
 def query_slice_rows(research: Path, sql: str) -> list[dict]:
-    """Rows of ``sql`` joined to the slices table: slice_id, series_id, exam_id, png_file.
-
-    The query must return ``slice_id`` (e.g. ``SELECT slice_id FROM training_slices WHERE …``).
-    """
-    return _rows_by_key(research, sql, "slice_id", "slices", ("slice_id", "series_id", "exam_id", "png_file"),
-                        "of a slice model")
+    """The distinct catalog slices of ``sql`` (named by slice_id or png_file;
+    ``tasks.data.slices.query_slices``), ordered by slice_id."""
+    rows = query_slices(research, sql)
+    if any(r["slice_id"] is None for r in rows):
+        raise ValueError("the feature query of a slice model must name catalog slices (slice_id, or the png_file "
+                         "of a slice in the slices table)")
+    return sorted({r["slice_id"]: r for r in rows}.values(), key=lambda r: r["slice_id"])
 
 
 def query_volume_rows(research: Path, sql: str) -> list[dict]:
@@ -79,6 +76,24 @@ def load_batch(paths: list[str], size: int) -> torch.Tensor:
     so slices of any matrix stack; the zoo model applies its own normalisation."""
     return torch.stack([F.interpolate(load_slice(p)[None], size=(size, size), mode="bilinear",
                                       antialias=True, align_corners=False)[0] for p in paths]).clamp(0, 1)
+
+
+@torch.inference_mode()
+def embed_batches(model, paths: list[str], batch_size: int, *, device: str = "cpu", pool: str = "mean"):
+    """Yield (pooled [b, D] float32 array, patch grid [b, D, h, w] tensor) per batch of PNG
+    ``paths``: the one way slices are embedded (feature sets, probing). ``pool``: ``mean``
+    of the grid or ``cls`` (DINOv2 family)."""
+    for start in range(0, len(paths), batch_size):
+        x = load_batch(paths[start:start + batch_size], model.image_size).to(device)
+        grid = model.embed(x)                     # [B, D, h, w]
+        vec = grid.mean(dim=(2, 3)) if pool == "mean" else model.pooled(x, pool=pool)
+        yield vec.float().cpu().numpy(), grid
+
+
+def embed_pooled(model, paths: list[str], batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """[n, D] mean-pooled features of PNG ``paths``."""
+    out = [vec for vec, _ in embed_batches(model, paths, batch_size, device=device)]
+    return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
 def extract_features(research: Path, sql: str, model, feature_set: str, *, weights: str | Path | None = None,
@@ -101,7 +116,7 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
                                        batch_size=min(batch_size, 2), device=device, on_progress=on_progress)
     rows = query_slice_rows(research, sql)
     work, final_dir = _work_dir(research, feature_set)
-    encoder = model.encoder.to(device).eval()
+    model.encoder.to(device).eval()
     out_rows, shard, shard_k, dim = [], [], 0, None
     t0 = time.perf_counter()
 
@@ -112,28 +127,24 @@ def extract_features(research: Path, sql: str, model, feature_set: str, *, weigh
             shard, shard_k = [], shard_k + 1
 
     try:
-        with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
-                x = load_batch([r["png_file"] for r in batch], model.image_size).to(device)
-                grid = model.embed(x)                     # [B, D, h, w]
-                vec = grid.mean(dim=(2, 3)) if pool == "mean" else model.pooled(x, pool=pool)
-                vec = vec.float().cpu().numpy()
-                dim = vec.shape[1]
-                for i, r in enumerate(batch):
-                    rec = {"feature_set": feature_set, "slice_id": r["slice_id"], "series_id": r["series_id"],
-                           "exam_id": r["exam_id"], "embedding": vec[i].tolist(), "grid_path": None, "grid_index": None}
-                    if patch_grids:
-                        rec["grid_path"] = f"features/{feature_set}/grids_{shard_k:05d}.npy"
-                        rec["grid_index"] = sum(len(a) for a in shard) + i
-                    out_rows.append(rec)
+        batches = embed_batches(model, [r["png_file"] for r in rows], batch_size, device=device, pool=pool)
+        for start, (vec, grid) in zip(range(0, len(rows), batch_size), batches):
+            batch = rows[start:start + batch_size]
+            dim = vec.shape[1]
+            for i, r in enumerate(batch):
+                rec = {"feature_set": feature_set, "slice_id": r["slice_id"], "series_id": r["series_id"],
+                       "exam_id": r["exam_id"], "embedding": vec[i].tolist(), "grid_path": None, "grid_index": None}
                 if patch_grids:
-                    shard.append(grid.float().cpu().numpy())
-                    if sum(len(a) for a in shard) >= shard_size:
-                        flush_shard()
-                if on_progress:
-                    done = min(start + batch_size, len(rows))
-                    on_progress(done, len(rows), done / max(time.perf_counter() - t0, 1e-9))
+                    rec["grid_path"] = f"features/{feature_set}/grids_{shard_k:05d}.npy"
+                    rec["grid_index"] = sum(len(a) for a in shard) + i
+                out_rows.append(rec)
+            if patch_grids:
+                shard.append(grid.float().cpu().numpy())
+                if sum(len(a) for a in shard) >= shard_size:
+                    flush_shard()
+            if on_progress:
+                done = min(start + batch_size, len(rows))
+                on_progress(done, len(rows), done / max(time.perf_counter() - t0, 1e-9))
         flush_shard()
         row = _publish(research, work, final_dir, FEATURES, out_rows, feature_set=feature_set, model=model.name,
                        weights=weights, query=sql, image_size=int(model.image_size),
@@ -173,7 +184,6 @@ def extract_volume_features(research: Path, sql: str, model, feature_set: str, *
     """Embed the NIfTI of each series ``sql`` returns (series_id) with a volume encoder: one
     multi-scale pooled vector per volume (``tasks.evaluation.volume_embed``), table ``volume_features``.
     Returns the ``feature_sets`` row."""
-    from tasks.evaluation.volume_embed import embed_volumes
     rows = query_volume_rows(research, sql)
     work, final_dir = _work_dir(research, feature_set)
     try:

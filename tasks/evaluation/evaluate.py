@@ -20,10 +20,16 @@ from catalog.schema import EVALUATIONS
 from catalog.store import derived_lock, upsert
 from catalog.views import build_research_db, connect, query_dicts
 from mrifoundry import code_version
-from tasks.evaluation.embedding import load_batch
+from tasks.data.slices import query_slices
+from tasks.evaluation.embedding import embed_pooled, load_batch, load_features, weights_digest
+from tasks.evaluation.fewshot import METRICS, run_fewshot
+from tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
 from tasks.evaluation.labelled import load_labelled
 from tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
+from tasks.evaluation.transfer import transfer_analysis
+from tasks.evaluation.volume_embed import embed_volumes
 from tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
+from tasks.pretraining.pretrained import pretrained_run
 
 
 def eval_dir(research: Path, eval_id: str) -> Path:
@@ -42,55 +48,55 @@ def record(research: Path, rows: list[dict]) -> None:
         build_research_db(research)
 
 
-@torch.no_grad()
-def _embed_pooled(model, paths: list[str], batch_size: int) -> np.ndarray:
-    out = []
-    for i in range(0, len(paths), batch_size):
-        x = load_batch(paths[i:i + batch_size], model.image_size)
-        out.append(model.pooled(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
-
-
 #: An example probing query per input kind (the flow's default is the slice one).
 PROBE_QUERIES = {
-    "slices": "SELECT png_file, patient_id, body_part AS label FROM training_slices",
+    "slices": "SELECT slice_id, patient_id, body_part AS label FROM training_slices",
     "volumes": "SELECT s.nifti_file, e.patient_id, s.sequence_type AS label FROM series s JOIN exams e "
                "USING (exam_id) WHERE s.nifti_file IS NOT NULL",
 }
 
 
 def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, query: str,
-                      epochs: int = 100, seed: int = 0, batch_size: int = 32) -> dict:
+                      epochs: int = 100, seed: int = 0, batch_size: int = 32, feature_set: str | None = None) -> dict:
     """Probe ``model`` on the images of ``query``, which returns ``patient_id``, ``label`` and
-    ``png_file`` (slice models) or ``nifti_file`` (volume models, family ``volume``; one
-    vector per volume, tasks/evaluation/volume_embed.py) — examples in ``PROBE_QUERIES``.
+    the images: slices by ``slice_id`` or ``png_file`` (slice models), volumes by
+    ``nifti_file`` (volume models, family ``volume``; one vector per volume,
+    tasks/evaluation/volume_embed.py) — examples in ``PROBE_QUERIES``.
+
+    ``feature_set``: read the slices' stored vectors from that feature set (its model must be
+    ``model``) instead of embedding them again.
 
     Raises:
-        ValueError: the query lacks a column, or fewer than two classes or patients.
+        ValueError: the query lacks a column, or fewer than two classes or patients, or a
+            slice is missing from ``feature_set``.
     """
     volumes = getattr(model, "family", None) == "volume"
-    image_col, unit = ("nifti_file", "volumes") if volumes else ("png_file", "slices")
-    cols, data = query_dicts(research, query)
-    missing = {image_col, "patient_id", "label"} - set(cols)
+    unit = "volumes" if volumes else "slices"
+    if volumes:
+        cols, data = query_dicts(research, query)
+        missing = {"nifti_file", "patient_id", "label"} - set(cols)
+    else:
+        data = query_slices(research, query)
+        missing = {"patient_id", "label"} - set(data[0] if data else {"patient_id", "label"})
     if missing:
-        raise ValueError(f"the probing query of a {unit[:-1]} model must return {image_col}, patient_id and label; "
-                         f"missing {sorted(missing)} (example: {PROBE_QUERIES[unit]})")
+        raise ValueError(f"the probing query of a {unit[:-1]} model must return {sorted(missing)} "
+                         f"(example: {PROBE_QUERIES[unit]})")
     labels = [str(r["label"]) for r in data]
     if len(set(labels)) < 2:
         raise ValueError("linear probing needs at least two classes")
-    paths = [r[image_col] for r in data]
     if volumes:
-        from tasks.evaluation.volume_embed import embed_volumes
-        X = embed_volumes(model, paths, batch_size=min(batch_size, 2))
+        X = embed_volumes(model, [r["nifti_file"] for r in data], batch_size=min(batch_size, 2))
+    elif feature_set:
+        X = _stored_vectors(research, feature_set, [r["slice_id"] for r in data])
     else:
-        X = _embed_pooled(model, paths, batch_size)
+        X = embed_pooled(model, [r["png_file"] for r in data], batch_size)
     tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed, labels=labels)
     y = np.array(labels)
     res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
     out = eval_dir(research, eval_id)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test {unit})")
-    details = json.dumps({"query": query, "unit": unit, "epochs": epochs, "seed": seed, "classes": res.class_names,
+    details = json.dumps({"query": query, "unit": unit, "feature_set": feature_set, "epochs": epochs, "seed": seed, "classes": res.class_names,
                           "confusion": res.confusion.tolist(), "n_train": len(tr), "n_test": len(te),
                           "best_epoch_accuracy": res.best_accuracy})
     base = {"eval_id": eval_id, "kind": "linear-probe", "model": model_label, "weights_sha256": weights_sha,
@@ -99,6 +105,15 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
                       {**base, "metric": "balanced_accuracy", "value": res.balanced_accuracy}])
     return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te), "unit": unit,
             "classes": res.class_names, "confusion_png": str(png)}
+
+
+def _stored_vectors(research: Path, feature_set: str, slice_ids: list[str]) -> np.ndarray:
+    ids, X = load_features(research, feature_set)
+    at = {sid: i for i, sid in enumerate(ids)}
+    missing = [s for s in slice_ids if s not in at]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(slice_ids)} probed slices are not in feature set {feature_set!r}")
+    return X[[at[s] for s in slice_ids]]
 
 
 @torch.no_grad()
@@ -166,7 +181,6 @@ def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: l
     """FRD of each labelled dataset against the pretraining slices of ``reference_sql``,
     the same ``n`` images per side (seeded); per-image features cached under
     ``research/frd_cache``. One ``evaluations`` row per dataset (metric ``frd``)."""
-    from tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
     reference = sample_images(non_blank(pretraining_images(research, reference_sql)), n, seed)
     out, rows = {}, []
     for ds in dataset_ids:
@@ -195,10 +209,8 @@ def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arc
     from models import zoo
     from models.adapters import build_sam_for_fewshot
     from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
-    from tasks.evaluation.embedding import weights_digest
     label = pretrained or model
     if pretrained:
-        from tasks.pretraining.pretrained import pretrained_run
         run = pretrained_run(research, pretrained)
         if run.entry != "mri-core":
             raise ValueError(f"{pretrained!r} is a {run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
@@ -228,7 +240,6 @@ def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, model: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.evaluation.fewshot import METRICS, run_fewshot
     label, sha, factory = fewshot_factory(research, cfg, model=model, weights=weights, arch=arch,
                                           pretrained=pretrained, seed=cfg.seed)
     rows = load_labelled(research, dataset_id)
@@ -265,7 +276,6 @@ def transfer_eval(research: Path, *, eval_id: str, model_a: str, model_b: str, f
                   metric: str = "test_dsc_3d") -> dict:
     """MRI-CORE figure 4: per dataset, the few-shot gain of ``model_a`` over ``model_b``
     (``metric``) against the dataset's FRD to the pretraining set; Pearson and Spearman."""
-    from tasks.evaluation.transfer import transfer_analysis
     con = connect(research)
     try:
         fs = con.execute("SELECT model, dataset, value FROM evaluations WHERE kind = 'few-shot' AND metric = ? "

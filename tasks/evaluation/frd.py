@@ -43,6 +43,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.store import write_parquet_atomic
+from mrifoundry.digest import file_sha256
+from tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
+from tasks.data.slices import query_slices
+from tasks.evaluation.labelled import load_labelled
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +96,6 @@ def config_id() -> str:
     }
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sample_images(paths: Iterable[str | Path], n: int, seed: int = 0) -> list[str]:
@@ -179,7 +175,7 @@ def extract_features(paths: Sequence[str | Path], *, cache_dir: str | Path, work
     cache_dir = Path(cache_dir)
     cache = cache_dir / CACHE_FILE
     paths = [str(p) for p in paths]
-    hashes = [sha256_file(p) for p in paths]
+    hashes = [file_sha256(p) for p in paths]
     cid = config_id()
     with _locked(cache_dir):
         found = _read_cache(cache, cid, set(hashes))
@@ -288,28 +284,15 @@ def frd(reference_paths: Sequence[str | Path], other_paths: Sequence[str | Path]
     }
 
 
-def pretraining_images(research: str | Path, sql: str = "SELECT png_file FROM training_slices") -> list[str]:
-    """Absolute PNG paths of the curated slices a query selects (the FRD reference)."""
-    from catalog.views import connect
-
-    con = connect(Path(research))
-    try:
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description]
-        if "png_file" not in cols:
-            raise ValueError("the query must return a png_file column")
-        i = cols.index("png_file")
-        return [r[i] for r in cur.fetchall()]
-    finally:
-        con.close()
+def pretraining_images(research: str | Path, sql: str = SLICES_QUERY) -> list[str]:
+    """Absolute PNG paths of the curated slices a query selects (by slice_id or png_file; the FRD reference)."""
+    return [r["png_file"] for r in query_slices(Path(research), sql)]
 
 
 def labelled_images(research: str | Path, dataset_id: str, split: str | None = None) -> list[str]:
     """Absolute image PNG paths of a labelled dataset (optionally one split)."""
-    from tasks.evaluation.labelled import load_labelled
-
     return [r["image_file"] for r in load_labelled(Path(research), dataset_id, split)]
 
 
 __all__ = ["CACHE_FILE", "MASK_POLICY", "config_id", "extract_features", "frd", "frechet_from_features",
-           "labelled_images", "pretraining_images", "sample_images", "sha256_file"]
+           "labelled_images", "pretraining_images", "sample_images"]

@@ -38,8 +38,8 @@ from models.ssl.schedules import build_schedules
 from models.zoo import save_mri_core_checkpoint
 from tasks.data.samplers import EpochSampler
 from tasks.data.slices import SliceDataset
-from tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop,
-                                      seeded_loader, setup_distributed, unwrap)
+from tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop, seeded_loader,
+                                      setup_distributed, unwrap)
 
 __all__ = ["TrainResult", "main", "param_groups", "train"]
 

@@ -24,10 +24,10 @@ from torch import nn
 
 from models.recipes import VolumeConfig
 from models.ssl.schedules import cosine_schedule
-from tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
-                                      seeded_loader, setup_distributed, unwrap)
 from tasks.data.samplers import EpochSampler
 from tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
+from tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
+                                      seeded_loader, setup_distributed, unwrap)
 
 __all__ = ["build_method", "effective_batch_size", "train_volumes"]
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from catalog.views import connect
 from models import zoo
-from tasks.evaluation.embedding import extract_features, load_features
+from tasks.evaluation.embedding import extract_features, load_features, query_slice_rows
 
 QUERY = "SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 20"
 
@@ -56,8 +56,33 @@ def test_reextraction_replaces_the_set(small_catalog, model):
     assert n == 5 and sets == 1
 
 
+def test_slices_named_by_png_file_are_the_same_slices(small_catalog, model):
+    """One query convention: slice_id or png_file name the same catalog slices."""
+    by_id = query_slice_rows(small_catalog, "SELECT slice_id FROM slices ORDER BY slice_id LIMIT 3")
+    files = ", ".join(f"'{r['png_file']}'" for r in by_id)
+    by_file = query_slice_rows(small_catalog, f"SELECT png_file FROM slices WHERE png_file IN ({files})")
+    assert by_file == by_id and all(r["series_id"] and r["exam_id"] for r in by_id)
+
+
 def test_query_without_slice_id_is_refused(small_catalog, model):
     with pytest.raises(ValueError, match="slice_id"):
-        extract_features(small_catalog, "SELECT png_file FROM slices", model, "bad")
+        extract_features(small_catalog, "SELECT series_id FROM slices", model, "bad")
+    with pytest.raises(ValueError, match="not in the catalog"):
+        extract_features(small_catalog, "SELECT 'nope' AS slice_id", model, "bad")
     with pytest.raises(ValueError, match="feature set name"):
         extract_features(small_catalog, QUERY, model, "../escape")
+
+
+def test_probe_on_stored_features_equals_probe_on_fresh_embedding(small_catalog, model):
+    """Probing reads a stored feature set: the same vectors, so the same probe, as embedding anew."""
+    from tasks.evaluation.evaluate import linear_probe_eval
+    query = "SELECT slice_id, patient_id, orientation AS label FROM training_slices"
+    extract_features(small_catalog, query, model, "probe-store", batch_size=8)
+    kw = dict(model_label="random", weights_sha="random", query=query, epochs=15, seed=0)
+    fresh = linear_probe_eval(small_catalog, model, eval_id="probe-fresh", **kw)
+    stored = linear_probe_eval(small_catalog, model, eval_id="probe-stored", feature_set="probe-store", **kw)
+    assert stored["n_test"] == fresh["n_test"] > 0 and stored["classes"] == fresh["classes"]
+    assert stored["accuracy"] == pytest.approx(fresh["accuracy"], abs=1e-9)
+    with pytest.raises(ValueError, match="not in feature set"):
+        extract_features(small_catalog, "SELECT slice_id FROM slices ORDER BY slice_id LIMIT 2", model, "probe-part")
+        linear_probe_eval(small_catalog, model, eval_id="probe-missing", feature_set="probe-part", **kw)
