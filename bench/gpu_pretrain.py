@@ -19,7 +19,6 @@ seconds (tests).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import time
@@ -93,26 +92,18 @@ def bench_vit_step(arch: str, size: int, batch: int, steps: int, warmup: int, de
 
 
 def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
+    """The slice trainer's own DINOv2 objective (tasks.pretraining.slices.DinoObjective) on random crops."""
     import numpy as np
 
-    from models.heads import DINOHead
     from models.recipes import recipe
-    from models.ssl.ema import update_teacher
-    from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-    from models.ssl.masking import MaskingGenerator
-    from models.ssl.dino import DinoNet, build_backbone
-    from tasks.pretraining.engine import Dist
-    from tasks.pretraining.slices import _dino_step, param_groups
+    from models.ssl.dino import build_backbone
+    from tasks.pretraining.engine import Dist, optimizer_step
+    from tasks.pretraining.slices import DinoObjective, param_groups
     cfg = recipe(recipe_name, batch_size=batch)
     backbone = build_backbone(cfg)
-    head = DINOHead(backbone.cfg.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
-    student = DinoNet(backbone, head).to(device)
-    teacher = copy.deepcopy(student).requires_grad_(False)
-    dino, ibot, koleo = DINOLoss(cfg.head_out_dim).to(device), iBOTPatchLoss(cfg.head_out_dim).to(device), KoLeoLoss()
-    grid = cfg.global_size // backbone.cfg.patch_size
-    masker = MaskingGenerator((grid, grid), max_num_patches=int(0.5 * grid * grid))
-    opt = torch.optim.AdamW(param_groups(student, cfg, backbone.cfg.depth))
     d = Dist(device=device)
+    objective = DinoObjective(cfg, backbone, [], d)
+    opt = torch.optim.AdamW(param_groups(objective.student, cfg, backbone.cfg.depth))
     batch_data = {"global": torch.randn(2 * batch, 3, cfg.global_size, cfg.global_size, device=device),
                   "local": torch.randn(cfg.n_local * batch, 3, cfg.local_size, cfg.local_size, device=device)}
     sched = {"teacher_temp": 0.04, "momentum": 0.994}
@@ -121,12 +112,9 @@ def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, devic
 
     def step():
         with amp:
-            parts, _ = _dino_step(batch_data, student, teacher, dino, ibot, koleo, masker, cfg, sched, d, it[0])
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-        opt.step()
-        update_teacher(teacher, student, sched["momentum"])
+            parts, _ = objective.forward(objective.student, batch_data, it[0], sched)
+        optimizer_step(parts["loss"], opt, objective.student.parameters(), cfg.clip_grad, it[0])
+        objective.after_step(sched)
         it[0] += 1
         if not np.isfinite(float(parts["loss"].detach())):
             raise FloatingPointError("non-finite loss in the benchmark")

@@ -6,16 +6,11 @@ transformer decoder fills in mask tokens and regresses the pixels of the masked 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
 from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from models.vit import Block, ViTConfig
-
-if TYPE_CHECKING:
-    from models.vit import DinoVisionTransformer
+from models.vit import Block, DinoVisionTransformer, ViTConfig
 
 __all__ = ["MAE", "MAETransform", "patchify", "sincos_pos_embed_2d"]
 

@@ -9,6 +9,7 @@ Outputs go to ``OUT/research/evaluations/<eval_id>/``; pictures are linked from 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -19,6 +20,9 @@ import torch
 from catalog.schema import EVALUATIONS
 from catalog.store import derived_lock, upsert
 from catalog.views import build_research_db, connect, query_dicts
+from models import zoo
+from models.adapters import build_sam_for_fewshot
+from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
 from mrifoundry import code_version
 from tasks.data.slices import query_slices
 from tasks.evaluation.embedding import embed_pooled, load_batch, load_features, weights_digest
@@ -206,9 +210,6 @@ def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arc
     A pretrain run (``pretrained``) or ``mri-core`` loads into MRI-CORE's SAM fork with the
     pos_embed fixed; ``random`` is a seeded random SAM encoder (the baseline).
     """
-    from models import zoo
-    from models.adapters import build_sam_for_fewshot
-    from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
     label = pretrained or model
     if pretrained:
         run = pretrained_run(research, pretrained)
@@ -217,7 +218,6 @@ def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arc
         weights, vit_arch = run.checkpoint, run.arch
         model, arch = "mri-core", SAM_ARCH_FOR_VIT.get(vit_arch, vit_arch)
     if model == "random":
-        import dataclasses
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             encoder = build_sam_encoder(dataclasses.replace(SAM_CONFIGS[arch or "sam_vit_b"], img_size=cfg.image_size))

@@ -41,7 +41,7 @@ from tasks.data.slices import SliceDataset
 from tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop, seeded_loader,
                                       setup_distributed, unwrap)
 
-__all__ = ["TrainResult", "main", "param_groups", "train"]
+__all__ = ["DinoObjective", "MaeObjective", "TrainResult", "main", "param_groups", "train"]
 
 
 def param_groups(net: DinoNet | nn.Module, cfg: PretrainConfig, depth: int) -> list[dict]:
@@ -109,9 +109,9 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
                             freeze_last_layer_epochs=cfg.freeze_last_layer_epochs)
     backbone = _backbone(cfg, init_weights)
     if cfg.objective == "dinov2":
-        net = _DinoObjective(cfg, backbone, paths, d)
+        net = DinoObjective(cfg, backbone, paths, d)
     elif cfg.objective == "mae":
-        net = _MaeObjective(cfg, backbone, paths, d)
+        net = MaeObjective(cfg, backbone, paths, d)
     else:
         raise ValueError(f"unknown objective {cfg.objective!r} (dinov2 | mae)")
     opt = torch.optim.AdamW(param_groups(net.student, cfg, backbone.cfg.depth), betas=(0.9, 0.999))
@@ -168,7 +168,7 @@ def _backbone(cfg: PretrainConfig, init_weights: Path | None):
     return backbone
 
 
-class _DinoObjective:
+class DinoObjective:
     """DINOv2: student and EMA teacher (both from the same start, as MRI-CORE), multi-crop data."""
 
     def __init__(self, cfg: PretrainConfig, backbone, paths: list[str], d: Dist):
@@ -207,7 +207,7 @@ class _DinoObjective:
         return unwrap(self.teacher).backbone, self.teacher.head
 
 
-class _MaeObjective:
+class MaeObjective:
     """MAE: one network, one random-resized crop per slice."""
 
     after_step = None
