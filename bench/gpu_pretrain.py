@@ -161,15 +161,22 @@ def render_markdown(res: dict) -> str:
         f"{v['achieved_tflops']:.2f} TFLOP/s achieved."])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_pretrain", description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="tiny ViT on CPU (seconds)")
+def gpu_bench_cli(argv: list[str] | None, module: str, doc: str, run_fn, render, *, tiny_help: str, steps: int,
+                  warmup: int) -> int:
+    """The command line of a GPU step benchmark: ``--tiny --batch --steps --warmup --json``."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help=tiny_help)
     ap.add_argument("--batch", type=int)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    return write_and_print(run(a.tiny, a.batch, a.steps, a.warmup), a.json, render_markdown)
+    return write_and_print(run_fn(a.tiny, a.batch, a.steps, a.warmup), a.json, render)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return gpu_bench_cli(argv, "bench.gpu_pretrain", __doc__, run, render_markdown, tiny_help="tiny ViT on CPU (seconds)", steps=20,
+                         warmup=5)
 
 
 def write_and_print(res: dict, json_path: Path | None, render) -> int:

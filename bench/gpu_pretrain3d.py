@@ -16,13 +16,12 @@ loading — the GPU-bound ceiling):
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from bench.gpu_pretrain import _timed, write_and_print
+from bench.gpu_pretrain import _timed, gpu_bench_cli
 
 RECIPES = ("triad", "triad-unet", "brainsegfounder", "prism")
 RECORDED = Path(__file__).resolve().parent / "results" / "gpu_pretrain3d.json"
@@ -122,14 +121,8 @@ def section(tiny: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_pretrain3d", description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="tiny recipes at 32³ on CPU (seconds)")
-    ap.add_argument("--batch", type=int)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args(argv)
-    return write_and_print(run(a.tiny, a.batch, a.steps, a.warmup), a.json, render_markdown)
+    return gpu_bench_cli(argv, "bench.gpu_pretrain3d", __doc__, run, render_markdown, tiny_help="tiny recipes at 32³ on CPU (seconds)",
+                         steps=10, warmup=3)
 
 
 if __name__ == "__main__":
