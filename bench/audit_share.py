@@ -27,7 +27,8 @@ def run(work: Path, cases: list[str] = CASES) -> dict:
     from mrifoundry.vendor_corpus import build
     from tasks.curation.pipeline import curate_exam
     from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.audit.phi_audit import audit_output, tokens
+    from tasks.curation.audit.identifiers import tokens
+    from tasks.curation.audit.phi_audit import audit_output
     from tasks.curation.selection.exams import select_exams
     from tasks.curation.workspace import Workspace
 

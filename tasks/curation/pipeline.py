@@ -18,7 +18,7 @@ from mrifoundry import code_version
 from mrifoundry.errors import CurationError, RejectedItem
 from mrifoundry.settings import CurateParams
 from tasks.curation.selection import exams as selection
-from tasks.curation.archive.base import open_archive
+from tasks.curation.archive import open_archive
 from tasks.curation.stages import StageOutcome, guarded, replace_dir
 from tasks.curation.workspace import Workspace
 

@@ -4,7 +4,8 @@ Two inputs, one output layout:
 
 * ``ingest_nifti_pairs``: nnU-Net / Medical Segmentation Decathlon folders,
   ``imagesTr/<case>_0000.nii.gz`` (or ``<case>.nii.gz``) + ``labelsTr/<case>.nii.gz``;
-* ``ingest_png_list``: MRI-CORE list files, one ``image,mask`` (or ``image mask``) pair a line.
+* ``ingest_png_list`` (:mod:`tasks.evaluation.labelled_png`): MRI-CORE list files, one
+  ``image,mask`` (or ``image mask``) pair a line.
 
 Output: ``research/labelled/<dataset_id>/{images,masks}/<slice_id>.png`` (image: per-slice
 min-max to uint8, the curation recipe; mask: uint8 label values), one ``datasets`` row and one
@@ -57,20 +58,20 @@ def labelled_dir(research: Path, dataset_id: str) -> Path:
     return Path(research) / "labelled" / dataset_id
 
 
-def _check_dataset_id(dataset_id: str) -> None:
+def check_dataset_id(dataset_id: str) -> None:
     # the id becomes a folder name and an SQL literal: keep it to a safe alphabet
     if not _ID_RE.match(dataset_id or ""):
         raise ValueError(f"dataset_id {dataset_id!r}: use letters, digits, '.', '_' or '-'")
 
 
-def _safe_id(raw: str) -> str:
+def safe_id(raw: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", raw).lstrip("._-")
     if not safe:
         raise CaseError(f"{raw!r}: no usable characters for a patient id")
     return safe
 
 
-def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
+def check_split(split: Sequence[float]) -> tuple[float, float, float]:
     if len(split) != 3 or any(f < 0 for f in split) or not np.isclose(sum(split), 1.0):
         raise ValueError(f"split {tuple(split)}: three non-negative fractions (train, val, test) summing to 1")
     return tuple(float(f) for f in split)
@@ -83,7 +84,7 @@ def assign_splits(patients: Iterable[str], split: Sequence[float] = (0.6, 0.2, 0
     largest remainders; a split with a non-zero fraction gets at least one patient when there
     are enough patients.
     """
-    fr = _check_split(split)
+    fr = check_split(split)
     ids = sorted(set(patients))
     n = len(ids)
     raw = np.array(fr) * n
@@ -122,7 +123,7 @@ def _names_from_dataset_json(root: Path) -> dict | None:
     return out or None
 
 
-def _as_label_u8(arr: np.ndarray, what: str) -> np.ndarray:
+def as_label_u8(arr: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.rint(arr)):
             raise CaseError(f"{what}: label values are not integers")
@@ -139,8 +140,9 @@ def _save_png(u8: np.ndarray, path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(u8)).save(path, format="PNG")
 
 
-def _slice_row(dataset_id: str, patient: str, index: int, img: np.ndarray, mask: np.ndarray, work: Path,
-               spacing: tuple[float | None, float | None, float | None]) -> dict:
+def slice_row(dataset_id: str, patient: str, index: int, img: np.ndarray, mask: np.ndarray, work: Path,
+              spacing: tuple[float | None, float | None, float | None]) -> dict:
+    """Write one slice's image and mask PNGs into ``work``; return its ``labelled_slices`` row."""
     slice_id = f"{patient}_z{index:04d}"
     _save_png(normalize_uint8(img), work / "images" / f"{slice_id}.png")
     _save_png(mask, work / "masks" / f"{slice_id}.png")
@@ -181,8 +183,13 @@ def _publish(research: Path, dataset_id: str, work: Path, rows: list[dict], ds_r
         build_research_db(research)
 
 
-def _finish(research: Path, dataset_id: str, source: str, root: str, work: Path, rows: list[dict],
-            label_values: set[int], label_names: dict | None, split, seed: int, skipped: list[dict]) -> dict:
+def finish_dataset(research: Path, dataset_id: str, source: str, root: str, work: Path, rows: list[dict],
+                   label_values: set[int], label_names: dict | None, split, seed: int, skipped: list[dict]) -> dict:
+    """Assign the splits, publish ``work`` and the catalog rows; return the ingest summary.
+
+    Raises:
+        ValueError: no slice to ingest (the skipped cases' reasons included).
+    """
     if not rows:
         why = "; ".join(f"{s['case']}: {s['reason']}" for s in skipped) or "no slices"
         raise ValueError(f"dataset {dataset_id}: nothing to ingest ({why})")
@@ -201,7 +208,8 @@ def _finish(research: Path, dataset_id: str, source: str, root: str, work: Path,
             "label_names": json.loads(ds_row["label_names"])}
 
 
-def _workdir(research: Path, dataset_id: str) -> Path:
+def new_workdir(research: Path, dataset_id: str) -> Path:
+    """An empty ``images/`` + ``masks/`` scratch folder beside the dataset's final folder."""
     work = Path(research) / "labelled" / f".{dataset_id}.tmp{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "images").mkdir(parents=True)
@@ -268,7 +276,7 @@ def _load_pair(case: str, image_path: Path, label_path: Path) -> tuple[np.ndarra
     data = np.asarray(img.dataobj, dtype=np.float64).reshape(ishape)
     if not np.all(np.isfinite(data)):
         raise CaseError(f"case {case}: image has NaN or infinite values")
-    labels = _as_label_u8(np.asanyarray(lab.dataobj).reshape(lshape), f"case {case}")
+    labels = as_label_u8(np.asanyarray(lab.dataobj).reshape(lshape), f"case {case}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, labels, zooms
 
@@ -294,22 +302,22 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
         FileNotFoundError: no ``imagesTr``/``labelsTr``.
         ValueError: bad arguments, or no case could be ingested (reasons included).
     """
-    _check_dataset_id(dataset_id)
-    _check_split(split)
+    check_dataset_id(dataset_id)
+    check_split(split)
     if axis not in (0, 1, 2):
         raise ValueError(f"axis {axis}: 0, 1 or 2")
     research, root = Path(research), Path(root)
     pairs, skipped = find_nifti_pairs(root)
     names = label_names if label_names is not None else _names_from_dataset_json(root)
     plane = [a for a in range(3) if a != axis]
-    work = _workdir(research, dataset_id)
+    work = new_workdir(research, dataset_id)
     try:
         rows: list[dict] = []
         values: set[int] = set()
         seen: dict[str, str] = {}
         for case, (ip, lp) in pairs.items():
             try:
-                patient = _safe_id(case)
+                patient = safe_id(case)
                 if seen.setdefault(patient, case) != case:
                     raise CaseError(f"case {case}: id {patient!r} already used by case {seen[patient]}")
                 data, labels, zooms = _load_pair(case, ip, lp)
@@ -325,113 +333,10 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
                 mask = np.rot90(np.take(labels, k, axis=axis))
                 if not keep_empty and not mask.any():
                     continue
-                rows.append(_slice_row(dataset_id, patient, k, np.rot90(np.take(data, k, axis=axis)), mask, work,
-                                       spacing))
-        return _finish(research, dataset_id, source, str(root.resolve()), work, rows, values, names, split, seed,
-                       skipped)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- PNG lists
-
-
-def mri_core_patient_id(path: str | Path) -> str:
-    """MRI-CORE's patient rule: ``fname.split('-')[0] + fname.split('-')[1]`` on the file name
-    without extension (the first two '-' fields, concatenated); a name without '-' is its own id."""
-    parts = Path(path).name.split(".")[0].split("-")
-    return parts[0] + parts[1] if len(parts) > 1 else parts[0]
-
-
-def read_png_list(list_file: Path, base_dir: Path | None = None) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of an MRI-CORE list file; relative paths are resolved against
-    ``base_dir`` (default: the list file's folder). Blank lines and '#' comments are ignored."""
-    list_file = Path(list_file)
-    base = Path(base_dir) if base_dir is not None else list_file.parent
-    pairs = []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = [f.strip() for f in (line.split(",") if "," in line else line.split())]
-        if len(fields) != 2 or not all(fields):
-            raise ValueError(f"{list_file.name} line {n}: expected 'image,mask' or 'image mask'")
-        pairs.append(tuple(base / f for f in fields))
-    return pairs
-
-
-def _read_png(path: Path, what: str) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            im = im.convert("L")
-        arr = np.asarray(im)
-    if arr.ndim != 2:
-        raise CaseError(f"{what} {path.name}: expected a 2D grayscale image, got shape {arr.shape}")
-    return arr
-
-
-def ingest_png_list(research: Path, list_file: Path, dataset_id: str, *, base_dir: Path | None = None,
-                    patient_regex: str | None = None, split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
-                    keep_empty: bool = True, label_names: dict | None = None, source: str = "png-list") -> dict:
-    """Ingest an MRI-CORE list file of 2D image/mask PNG pairs into the labelled layout.
-
-    Patient ids come from :func:`mri_core_patient_id` on the image file name, or from
-    ``patient_regex`` (``re.search`` on the file name; group 1 if it has groups, else the match).
-    Images are re-normalised per slice (min-max to uint8); masks keep their values, except that
-    masks holding only {0, 255} become {0, 1}. ``slice_index`` is the pair's order among its
-    patient's lines; spacing is unknown (null). A pair that cannot be read, whose shapes differ
-    or whose name does not match the regex is skipped with its reason.
-
-    Raises:
-        ValueError: malformed list file, bad arguments, or nothing could be ingested.
-    """
-    _check_dataset_id(dataset_id)
-    _check_split(split)
-    research, list_file = Path(research), Path(list_file)
-    rx = re.compile(patient_regex) if patient_regex else None
-    pairs = read_png_list(list_file, base_dir)
-    work = _workdir(research, dataset_id)
-    try:
-        rows: list[dict] = []
-        values: set[int] = set()
-        skipped: list[dict] = []
-        seen: dict[str, str] = {}
-        per_patient: dict[str, int] = {}
-        for ip, mp in pairs:
-            try:
-                if rx:
-                    m = rx.search(ip.name)
-                    if not m:
-                        raise CaseError(f"{ip.name}: patient regex does not match")
-                    raw = m.group(1) if rx.groups else m.group(0)
-                else:
-                    raw = mri_core_patient_id(ip)
-                patient = _safe_id(raw)
-                if seen.setdefault(patient, raw) != raw:
-                    raise CaseError(f"{ip.name}: patient id {patient!r} already used by {seen[patient]!r}")
-                img = _read_png(ip, "image").astype(np.float64)
-                mask = _read_png(mp, "mask")
-                if img.shape != mask.shape:
-                    raise CaseError(f"{ip.name}: image shape {img.shape} != mask shape {mask.shape}")
-                mask = _as_label_u8(mask, mp.name)
-            except CaseError as e:
-                skipped.append({"case": ip.name, "reason": str(e)})
-                continue
-            except OSError as e:  # missing/corrupt file: skip the pair, go on
-                skipped.append({"case": ip.name, "reason": f"{ip.name}: cannot read ({type(e).__name__})"})
-                continue
-            uniq = np.unique(mask)
-            if uniq.size and set(uniq.tolist()) <= {0, 255} and 255 in uniq:
-                mask = (mask > 0).astype(np.uint8)  # binary masks saved as 0/255 for viewing
-                uniq = np.unique(mask)
-            index = per_patient.get(patient, 0)
-            per_patient[patient] = index + 1
-            if not keep_empty and not mask.any():
-                continue
-            values.update(int(v) for v in uniq)
-            rows.append(_slice_row(dataset_id, patient, index, img, mask, work, (None, None, None)))
-        return _finish(research, dataset_id, source, str(list_file.resolve()), work, rows, values, label_names,
-                       split, seed, skipped)
+                rows.append(slice_row(dataset_id, patient, k, np.rot90(np.take(data, k, axis=axis)), mask, work,
+                                      spacing))
+        return finish_dataset(research, dataset_id, source, str(root.resolve()), work, rows, values, names, split,
+                              seed, skipped)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -465,5 +370,6 @@ def load_labelled(research: Path, dataset_id: str, split: str | None = None) -> 
         con.close()
 
 
-__all__ = ["SPLITS", "CaseError", "assign_splits", "find_nifti_pairs", "ingest_nifti_pairs", "ingest_png_list",
-           "labelled_dir", "load_labelled", "mri_core_patient_id", "read_png_list"]
+__all__ = ["SPLITS", "CaseError", "as_label_u8", "assign_splits", "check_dataset_id", "check_split",
+           "find_nifti_pairs", "finish_dataset", "ingest_nifti_pairs", "labelled_dir", "load_labelled",
+           "new_workdir", "safe_id", "slice_row"]

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tasks.curation.audit.phi_audit import Hit, Identifiers, PhiLeakError, audit, collect_identifiers, tokens
+from tasks.curation.audit.identifiers import Identifiers, collect_identifiers, tokens
+from tasks.curation.audit.phi_audit import Hit, PhiLeakError, audit
 from tests.flows.helpers import copy_exams
 
 
@@ -280,7 +281,7 @@ def _remove_planted_run(run_id: str) -> None:
 
 def test_placeholder_values_are_not_identifiers():
     """An accession number 'NONE' must not flag every ImageType ...\\NONE in the research zone."""
-    from tasks.curation.audit.phi_audit import Identifiers
+    from tasks.curation.audit.identifiers import Identifiers
     ids = Identifiers()
     ids.add("NONE", "accession")
     ids.add("UNKNOWN", "name")
@@ -295,7 +296,7 @@ def test_no_phrase_across_two_rows_of_a_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.curation.audit.phi_audit import Identifiers
+    from tasks.curation.audit.identifiers import Identifiers
     from tasks.curation.audit.scanners import scanner
     ids = Identifiers()
     ids.add("19000101", "birth date")

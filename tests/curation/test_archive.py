@@ -8,7 +8,7 @@ import pytest
 from pydicom.fileset import FileSet
 
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive.base import FolderArchive, open_archive
+from tasks.curation.archive import FolderArchive, open_archive
 from tests.dicom_factory import write_series
 
 

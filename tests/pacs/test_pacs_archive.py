@@ -12,8 +12,9 @@ import pydicom
 import pytest
 
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive.base import open_archive
-from tasks.curation.archive.pacs import MANIFEST, PacsArchive, _Receiver, parse_pacs_url
+from tasks.curation.archive import PacsArchive, open_archive
+from tasks.curation.archive.pacs_config import parse_pacs_url
+from tasks.curation.archive.pacs_receiver import MANIFEST, Receiver
 from tests.pacs.conftest import exam_files, free_port
 
 
@@ -172,7 +173,7 @@ def test_pacs_killed_mid_fetch_is_transfer_incomplete_then_resumes(orthanc, pacs
     arch = PacsArchive(orthanc.url(retries=1, backoff=0.05, timeout=5))
     ref = arch.find(pacs_exams[3]["accession_number"])[0]
     dest = tmp_path / "exam"
-    real = _Receiver.handle_store
+    real = Receiver.handle_store
     killed = threading.Event()
 
     def slow_store(self, event):  # slow the transfer down so the kill lands mid-way
@@ -182,7 +183,7 @@ def test_pacs_killed_mid_fetch_is_transfer_incomplete_then_resumes(orthanc, pacs
             threading.Thread(target=orthanc.kill).start()
         time.sleep(0.02)
         return status
-    monkeypatch.setattr(_Receiver, "handle_store", slow_store)
+    monkeypatch.setattr(Receiver, "handle_store", slow_store)
     try:
         with pytest.raises(RetrievalError) as ei:
             arch.fetch(ref, dest)
@@ -195,7 +196,7 @@ def test_pacs_killed_mid_fetch_is_transfer_incomplete_then_resumes(orthanc, pacs
         assert ei.value.reason == "pacs_unreachable"
     finally:
         orthanc.start()  # same storage: the PACS comes back with its studies
-    monkeypatch.setattr(_Receiver, "handle_store", real)
+    monkeypatch.setattr(Receiver, "handle_store", real)
     files = arch.fetch(ref, dest)
     assert arch.last_receiver.written == ref.n_files - got
     assert len(files) == len(_by_sop(files)) == ref.n_files

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mrifoundry import vendor_check
-from tasks.curation.audit.phi_audit import Identifiers, collect_identifiers
+from tasks.curation.audit.identifiers import Identifiers, collect_identifiers
 from tests.dicom_factory import write_series
 
 

@@ -1,0 +1,30 @@
+"""Image archives behind one interface: look a study up by accession, fetch its files.
+
+:func:`open_archive` picks the implementation: :class:`FolderArchive` (:mod:`.folder`, a folder
+of DICOM through a header index in the restricted zone) or :class:`PacsArchive` (:mod:`.pacs`,
+C-FIND/C-GET with pynetdicom). Both follow the :class:`Archive` protocol (:mod:`.base`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.curation.archive.base import Archive, StudyRef
+from tasks.curation.archive.folder import FolderArchive
+from tasks.curation.archive.pacs import PacsArchive
+
+__all__ = ["Archive", "FolderArchive", "PacsArchive", "StudyRef", "open_archive"]
+
+
+def open_archive(spec: str, restricted: Path, workers: int = 2) -> Archive:
+    """An archive from its location: a folder path (or ``file://``), or a PACS URL
+    ``dicom://CALLED_AET@host:port?calling=OUR_AET&…`` (:mod:`tasks.curation.archive.pacs`, docs/pacs.md).
+
+    Raises:
+        ValueError: unsupported scheme, or a malformed ``dicom://`` URL.
+    """
+    if spec.startswith("dicom://"):
+        return PacsArchive(spec)
+    if "://" in spec and not spec.startswith("file://"):
+        raise ValueError(f"archive scheme of {spec.split('://')[0]!r} is not supported; use a folder or dicom://")
+    root = Path(spec.removeprefix("file://"))
+    return FolderArchive(root, restricted / "archive_index.parquet", workers=workers)

@@ -1,20 +1,14 @@
-"""Image archives behind one interface: look a study up by accession, fetch its files.
+"""What every image archive offers: :class:`StudyRef` and the :class:`Archive` protocol.
 
-:class:`FolderArchive` serves any folder of DICOM (nested or flat, with or without a
-DICOMDIR) through a header index kept in the restricted zone (tasks/curation/archive/folder_index.py). A
-PACS client (C-FIND/C-GET with pynetdicom, tasks/curation/archive/pacs.py) implements the same
-:class:`Archive` protocol.
+Implementations: :class:`tasks.curation.archive.folder.FolderArchive` (a folder of DICOM) and
+:class:`tasks.curation.archive.pacs.PacsArchive` (a PACS over DICOM networking).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-
-from tasks.curation.archive.folder_index import build_index
-from mrifoundry.duck import quiet_connect
 
 @dataclass(frozen=True)
 class StudyRef:
@@ -39,90 +33,3 @@ class Archive(Protocol):
         Raises:
             mrifoundry.errors.RetrievalError: the archive is unreachable or the transfer broke.
         """
-
-
-class FolderArchive:
-    """A folder of DICOM files, indexed once per process (incrementally: unchanged files are
-    not parsed again). Lookups are SQL over the index file, so no process holds the archive's
-    file list in memory. Files that cannot be parsed are attributed to the study whose files
-    share their folder (when exactly one does), so de-identification rejects them with a reason.
-    """
-
-    def __init__(self, root: Path, index_path: Path, workers: int = 2):
-        self.root = Path(root)
-        self.index_path = Path(index_path)
-        self.workers = workers
-        self._indexed = False
-        self._lock = threading.Lock()
-
-    def ensure_index(self) -> None:
-        """Build or refresh the index once for this object.
-
-        Raises:
-            RetrievalError: the folder does not exist (archive_unreachable).
-        """
-        from mrifoundry.errors import RetrievalError
-        with self._lock:
-            if self._indexed:
-                return
-            if not self.root.is_dir():
-                raise RetrievalError("archive", "archive_unreachable", "archive folder does not exist")
-            build_index(self.root, self.index_path, workers=self.workers)
-            self._indexed = True
-
-    def use_existing_index(self) -> None:
-        """Trust the index on disk (built by the selection step of this run)."""
-        if self.index_path.exists():
-            self._indexed = True
-        else:
-            self.ensure_index()
-
-    def _sql(self, query: str, params: list) -> list[tuple]:
-        if not self._indexed:
-            self.ensure_index()
-        # one short-lived connection per call: safe across threads
-        con = quiet_connect()
-        try:
-            return con.execute(query.replace("IDX", f"read_parquet('{self.index_path}')"), params).fetchall()
-        finally:
-            con.close()
-
-    _STUDY = ("SELECT study_key, any_value(accession_number) FILTER (WHERE parsed), "
-              "any_value(study_uid) FILTER (WHERE parsed), any_value(patient_mrn) FILTER (WHERE parsed), "
-              "COUNT(*) FROM IDX WHERE study_key IS NOT NULL {where} GROUP BY 1 HAVING bool_or(parsed) ORDER BY 1")
-
-    def _refs(self, rows) -> list[StudyRef]:
-        return [StudyRef(key=k, accession_number=a or "", study_uid=u, patient_mrn=m or "", n_files=n)
-                for k, a, u, m, n in rows]
-
-    def studies(self) -> list[StudyRef]:
-        return self._refs(self._sql(self._STUDY.format(where=""), []))
-
-    def find(self, accession_number: str) -> list[StudyRef]:
-        """Also accepts the ``uid:<StudyInstanceUID>`` keys of studies without an accession number."""
-        return self._refs(self._sql(self._STUDY.format(where="AND study_key = ?"), [accession_number.strip()]))
-
-    def fetch(self, study: StudyRef, dest: Path) -> list[Path]:
-        # folder archive: read in place, nothing is copied
-        from mrifoundry.errors import RetrievalError
-        files = [Path(r[0]) for r in self._sql("SELECT path FROM IDX WHERE study_key = ? ORDER BY path", [study.key])]
-        missing = [f for f in files if not f.exists()]
-        if missing:
-            raise RetrievalError("archive", "archive_unreachable", f"{len(missing)} indexed files vanished")
-        return files
-
-
-def open_archive(spec: str, restricted: Path, workers: int = 2) -> Archive:
-    """An archive from its location: a folder path (or ``file://``), or a PACS URL
-    ``dicom://CALLED_AET@host:port?calling=OUR_AET&…`` (:mod:`tasks.curation.archive.pacs`, docs/pacs.md).
-
-    Raises:
-        ValueError: unsupported scheme, or a malformed ``dicom://`` URL.
-    """
-    if spec.startswith("dicom://"):
-        from tasks.curation.archive.pacs import PacsArchive
-        return PacsArchive(spec)
-    if "://" in spec and not spec.startswith("file://"):
-        raise ValueError(f"archive scheme of {spec.split('://')[0]!r} is not supported; use a folder or dicom://")
-    root = Path(spec.removeprefix("file://"))
-    return FolderArchive(root, restricted / "archive_index.parquet", workers=workers)

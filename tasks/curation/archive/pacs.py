@@ -7,7 +7,8 @@ Configured by a URL (docs/pacs.md)::
 ``find`` and ``studies`` are Study Root C-FINDs at STUDY level. ``fetch`` asks the series of
 the study (series-level C-FIND with NumberOfSeriesRelatedInstances) and C-GETs each series on
 the same association, storing every instance received as ``dest/NNNNNN.dcm`` (opaque names,
-temp file + rename) and appending its SOPInstanceUID to ``dest/pacs_received.jsonl``. A
+temp file + rename) and appending its SOPInstanceUID to ``dest/pacs_received.jsonl``
+(:mod:`tasks.curation.archive.pacs_receiver`). A
 re-fetch skips complete series and C-GETs only the missing instances (IMAGE level) of the
 others, so an interrupted transfer resumes without duplicates.
 
@@ -15,18 +16,12 @@ Messages and logs carry counts and reason codes only: never UIDs, accession numb
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
@@ -34,8 +29,9 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
 
 from mrifoundry.errors import RetrievalError
 from tasks.curation.archive.base import StudyRef
+from tasks.curation.archive.pacs_config import PacsConfig, parse_pacs_url
+from tasks.curation.archive.pacs_receiver import Receiver
 
-MANIFEST = "pacs_received.jsonl"
 _UNCOMPRESSED = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
 # every transfer syntax an image may be stored in: each gets its own presentation context so
 # the PACS can send the stored bytes as they are instead of transcoding them
@@ -67,52 +63,6 @@ _OTHER_SOP = [
 _PENDING = (0xFF00, 0xFF01)
 
 
-@dataclass(frozen=True)
-class PacsConfig:
-    """Where the PACS is and how we talk to it (parsed from a ``dicom://`` URL)."""
-    called_aet: str
-    host: str
-    port: int
-    calling_aet: str = "MRIFOUNDRY"
-    max_assoc: int = 2          # concurrent associations of this process to this PACS
-    timeout: float = 30.0       # seconds: TCP connect, ACSE, DIMSE and network idle
-    retries: int = 3            # further attempts after the first, with exponential backoff
-    backoff: float = 1.0        # seconds before the first retry; doubled each time
-
-
-def parse_pacs_url(url: str) -> PacsConfig:
-    """``dicom://CALLED_AET@host:port?calling=OUR_AET&max_assoc=2&timeout=30&retries=3&backoff=1``.
-
-    Raises:
-        ValueError: not a dicom:// URL, missing AE title/host/port, an AE title longer than
-            16 characters, an unknown or out-of-range query parameter.
-    """
-    u = urlsplit(url)
-    if u.scheme != "dicom":
-        raise ValueError("a PACS URL starts with dicom://")
-    called = unquote(u.username or "")
-    try:
-        port = u.port
-    except ValueError as e:
-        raise ValueError("PACS URL: invalid port") from e
-    if not called or not u.hostname or not port:
-        raise ValueError("PACS URL needs dicom://CALLED_AET@host:port")
-    q = {k: v[-1] for k, v in parse_qs(u.query, keep_blank_values=True).items()}
-    unknown = set(q) - {"calling", "max_assoc", "timeout", "retries", "backoff"}
-    if unknown:
-        raise ValueError(f"PACS URL: unknown parameter(s) {sorted(unknown)}")
-    cfg = PacsConfig(called_aet=called, host=u.hostname, port=port,
-                     calling_aet=q.get("calling") or "MRIFOUNDRY", max_assoc=int(q.get("max_assoc", 2)),
-                     timeout=float(q.get("timeout", 30)), retries=int(q.get("retries", 3)),
-                     backoff=float(q.get("backoff", 1.0)))
-    for aet in (cfg.called_aet, cfg.calling_aet):
-        if len(aet) > 16:
-            raise ValueError("PACS URL: AE titles have at most 16 characters")
-    if cfg.max_assoc < 1 or cfg.timeout <= 0 or cfg.retries < 0 or cfg.backoff < 0:
-        raise ValueError("PACS URL: max_assoc >= 1, timeout > 0, retries >= 0, backoff >= 0")
-    return cfg
-
-
 # one semaphore per PACS (and cap) for the whole process: every PacsArchive of the same URL
 # shares it, whichever thread or flow task made it
 _SEMAPHORES: dict[tuple[str, int, str, int], threading.BoundedSemaphore] = {}
@@ -135,88 +85,6 @@ class _Transient(Exception):
         self.reason = reason
 
 
-class _Receiver:
-    """The C-STORE side of C-GET: writes instances into ``dest`` and keeps the manifest.
-
-    The manifest is reconciled with the folder on load: files missing on disk are forgotten
-    (fetched again), files on disk but not yet listed (killed between rename and append) are
-    read back, so no instance is ever stored twice.
-    """
-
-    def __init__(self, dest: Path):
-        self.dest = Path(dest)
-        self.dest.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        self.by_sop: dict[str, dict] = {}
-        self.series = ""           # the series being fetched (the C-STORE request does not say)
-        self.written = 0           # instances written by this receiver (resume tests count these)
-        self._load()
-        self._next = 1 + max((int(r["file"].split(".")[0]) for r in self.by_sop.values()), default=0)
-
-    def _load(self) -> None:
-        for p in self.dest.glob(".tmp-*"):
-            p.unlink(missing_ok=True)
-        path = self.dest / MANIFEST
-        rows = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: its file is picked up below
-        for r in rows:
-            if (self.dest / r["file"]).exists():
-                self.by_sop[r["sop"]] = r
-        listed = {r["file"] for r in self.by_sop.values()}
-        for p in sorted(self.dest.glob("*.dcm")):
-            if p.name in listed:
-                continue
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
-                sop, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
-            except (InvalidDicomError, OSError, AttributeError, ValueError, EOFError):
-                p.unlink(missing_ok=True)
-                continue
-            if sop in self.by_sop:
-                p.unlink()  # a duplicate from before the manifest existed
-            else:
-                self.by_sop[sop] = {"file": p.name, "sop": sop, "series": series}
-        tmp = path.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.by_sop.values()))
-        os.replace(tmp, path)
-
-    def count(self, series_uid: str) -> int:
-        with self.lock:
-            return sum(1 for r in self.by_sop.values() if r["series"] == series_uid)
-
-    def handle_store(self, event) -> int:
-        """EVT_C_STORE handler: store the instance as received (no decoding); 0x0000 = success."""
-        sop = str(event.request.AffectedSOPInstanceUID)
-        with self.lock:
-            if sop in self.by_sop:
-                return 0x0000  # already here: never a second copy
-            n, self._next = self._next, self._next + 1
-        name = f"{n:06d}.dcm"
-        tmp = self.dest / f".tmp-{name}"
-        try:
-            tmp.write_bytes(event.encoded_dataset(include_meta=True))
-            os.replace(tmp, self.dest / name)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            return 0xA700  # out of resources: the PACS counts a failed sub-operation
-        row = {"file": name, "sop": sop, "series": self.series}
-        with self.lock:
-            self.by_sop[sop] = row
-            self.written += 1
-            with open(self.dest / MANIFEST, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        return 0x0000
-
-    def files(self) -> list[Path]:
-        with self.lock:
-            return sorted(self.dest / r["file"] for r in self.by_sop.values())
-
-
 class PacsArchive:
     """A PACS reached over DICOM networking (Study Root C-FIND and C-GET).
 
@@ -227,7 +95,7 @@ class PacsArchive:
         self.cfg = parse_pacs_url(url) if isinstance(url, str) else url
         self._study_cache_s = study_cache_s
         self._studies: tuple[float, list[StudyRef]] | None = None
-        self.last_receiver: _Receiver | None = None   # the last fetch's receiver (tests, stats)
+        self.last_receiver: Receiver | None = None   # the last fetch's receiver (tests, stats)
 
     # -- associations ---------------------------------------------------------------------
     def _ae(self) -> AE:
@@ -245,7 +113,7 @@ class PacsArchive:
         return ae
 
     @contextmanager
-    def _association(self, receiver: _Receiver | None = None):
+    def _association(self, receiver: Receiver | None = None):
         """An established association, under the per-PACS cap.
 
         Raises:
@@ -364,7 +232,7 @@ class PacsArchive:
             RetrievalError: pacs_unreachable, association_rejected, or transfer_incomplete when
                 fewer instances than the PACS counted arrived after all retries.
         """
-        rx = _Receiver(Path(dest))
+        rx = Receiver(Path(dest))
         self.last_receiver = rx
         state = {"connected": False}
 
@@ -385,7 +253,7 @@ class PacsArchive:
         self._retrying(attempt)
         return rx.files()
 
-    def _fetch_series(self, assoc, study: StudyRef, rx: _Receiver) -> int:
+    def _fetch_series(self, assoc, study: StudyRef, rx: Receiver) -> int:
         """C-GET each series not yet complete; return the instance count the PACS reports."""
         q = Dataset()
         q.QueryRetrieveLevel = "SERIES"
@@ -407,7 +275,7 @@ class PacsArchive:
                     self._get(assoc, "IMAGE", study.study_uid, uid, missing[i:i + 100])
         return sum(n for _, n in series)
 
-    def _missing_instances(self, assoc, study_uid: str, series_uid: str, rx: _Receiver) -> list[str]:
+    def _missing_instances(self, assoc, study_uid: str, series_uid: str, rx: Receiver) -> list[str]:
         q = Dataset()
         q.QueryRetrieveLevel = "IMAGE"
         q.StudyInstanceUID = study_uid

@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 Chunks = Iterator[tuple[str, bytes | str]]
-ROW_SEP = "\x1e"   # joins the values of a column: a token of its own (tasks.curation.audit.phi_audit.ROW_SEP)
+ROW_SEP = "\x1e"   # joins the values of a column: a token of its own (the tokeniser in tasks/curation/audit/identifiers.py)
 
 
 class Finder(Protocol):

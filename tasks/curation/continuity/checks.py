@@ -1,7 +1,7 @@
 """Continuity checks: does a de-identified series form one (or, 4D, several) clean volume(s)?
 
 ``check_series`` reads headers only for the geometric checks, then decodes the pixels
-of the kept images. Each planted defect maps to exactly one reason code of
+of the kept images (:mod:`tasks.curation.continuity.pixels`). Each planted defect maps to exactly one reason code of
 :mod:`catalog.reasons`; the order of the checks (documented in ``docs/conversion.md``)
 is what makes that so. Messages name tags and counts, never header values.
 """
@@ -18,18 +18,13 @@ from pydicom.dataset import Dataset
 from mrifoundry.errors import CurationError
 from tasks.curation.continuity import series_meta
 from tasks.curation.deid.frames import image_type
-from tasks.curation.continuity.screens import FLOAT_PIXELS, check_format
-from tasks.curation.continuity.screens import Reject as _Reject
-from tasks.curation.continuity.screens import ipp as _ipp
-from tasks.curation.continuity.screens import spacing as _spacing
-from tasks.curation.continuity.screens import valid_position as _valid_position
+from tasks.curation.continuity.pixels import check_pixels, remove_duplicate_copies
+from tasks.curation.continuity.screens import Reject, check_format, ipp, spacing, valid_position
 
 LOCALIZER_MAX_IMAGES = 3  # as dicom2nifti: an orientation group of < 4 images may be a localizer
 ORTHOGONAL_COS = math.cos(math.radians(45.0))  # minority normal this far off the majority's = localizer-like
 _LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "SURVEY", "3-PLANE", "3 PLANE", "TRI-PLANE", "AAHSCOUT")
 _DIFFUSION_MAP_TOKENS = frozenset({"ADC", "EADC", "TRACEW", "TRACE", "DIFFUSION"})
-_JPEG_FAMILY = frozenset(pydicom.uid.JPEGTransferSyntaxes + pydicom.uid.JPEGLSTransferSyntaxes
-                         + pydicom.uid.JPEG2000TransferSyntaxes)
 _REFORMAT_TOKENS = frozenset({"MPR", "MIP", "MNIP", "CPR", "REFORMATTED", "PROJECTION IMAGE", "SUBTRACT", "SUB"})
 TILT_TOLERANCE = 0.03   # stack direction vs slice normal (unit vectors); dicom2nifti rejects above ~0.05
 
@@ -85,7 +80,7 @@ def check_series(series_id: str, files: list[Path], cfg: ContinuityConfig = Cont
     result = SeriesCheck(series_id, "ok", None, "", [], [], {})
     try:
         _check(list(files), cfg, result)
-    except _Reject as rej:
+    except Reject as rej:
         result.status, result.reason, result.message, result.volumes = "rejected", rej.reason, rej.message, []
     except Exception as e:  # noqa: BLE001 - anything else is a bug or bad input: ledger 'failed'
         raise CurationError(series_id, "continuity_error", f"{type(e).__name__} while checking the series") from e
@@ -94,29 +89,29 @@ def check_series(series_id: str, files: list[Path], cfg: ContinuityConfig = Cont
 
 def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> None:
     if not files:
-        raise _Reject("too_few_slices", "the series has no images")
+        raise Reject("too_few_slices", "the series has no images")
     imgs = [_Img(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in files]
     result.meta = series_meta.derive_meta(imgs[0].ds)
     if any(str(i.ds.get("Modality", "")).upper() != "MR" for i in imgs):
-        raise _Reject("non_mr_modality", "Modality is not MR")
-    imgs = _remove_duplicate_copies(imgs, result.removed)
+        raise Reject("non_mr_modality", "Modality is not MR")
+    imgs = remove_duplicate_copies(imgs, result.removed)
     check_format([i.ds for i in imgs])
     imgs = _remove_flagged(imgs, cfg, result.removed)
     imgs = _remove_orientation_localizers(imgs, cfg, result.removed)
     _check_geometry(imgs)
     normal = _normal(imgs[0].ds)
     for img in imgs:
-        img.proj = float(np.dot(normal, _ipp(img.ds)))
+        img.proj = float(np.dot(normal, ipp(img.ds)))
     groups = _split_temporal(imgs, cfg)
     if len({len(g) for g in groups}) > 1:
-        raise _Reject("incomplete_4d", f"{len(groups)} time points with different slice counts")
+        raise Reject("incomplete_4d", f"{len(groups)} time points with different slice counts")
     volumes, steps = [], []
     for t, group in enumerate(groups):
         group.sort(key=lambda i: i.proj)
         steps.append(_check_positions([i.proj for i in group], cfg))
         _check_tilt(group, normal)
         volumes.append(Volume(t, [i.path for i in group], [i.proj for i in group]))
-    _check_pixels([p for v in volumes for p in v.files])
+    check_pixels([p for v in volumes for p in v.files])
     ref = groups[len(groups) // 2][len(groups[0]) // 2].ds
     result.meta = series_meta.derive_meta(ref, n_slices=len(groups[0]), n_timepoints=len(groups),
                                           slice_spacing=round(float(np.median(steps)), 4))
@@ -143,7 +138,7 @@ def _is_diffusion_map(ds: Dataset) -> bool:
 def _remove_flagged(imgs: list[_Img], cfg: ContinuityConfig, removed: list) -> list[_Img]:
     """Whole-series and instance-level localizers and derived images, by ImageType."""
     if all(_is_localizer(i.ds) for i in imgs):
-        raise _Reject("localizer_series", "every image is a localizer (ImageType)")
+        raise Reject("localizer_series", "every image is a localizer (ImageType)")
     kept = []
     for img in imgs:
         if _is_localizer(img.ds):
@@ -153,7 +148,7 @@ def _remove_flagged(imgs: list[_Img], cfg: ContinuityConfig, removed: list) -> l
     if all(_is_derived(i.ds) for i in kept):
         if cfg.keep_diffusion_maps and all(_is_diffusion_map(i.ds) for i in kept):
             return kept
-        raise _Reject("derived_series", "every image is DERIVED/SECONDARY (ImageType)")
+        raise Reject("derived_series", "every image is DERIVED/SECONDARY (ImageType)")
     out = []
     for img in kept:
         if _is_derived(img.ds):
@@ -173,9 +168,9 @@ def _orientation_groups(imgs: list[_Img], tol: float) -> list[list[_Img]]:
     groups: list[tuple[np.ndarray, list[_Img]]] = []
     for img in imgs:
         if "ImageOrientationPatient" not in img.ds or "ImagePositionPatient" not in img.ds:
-            raise _Reject("missing_geometry", "an image lacks ImageOrientationPatient/ImagePositionPatient")
-        if not _valid_position(img.ds):
-            raise _Reject("missing_geometry", "ImagePositionPatient/ImageOrientationPatient non-finite or degenerate")
+            raise Reject("missing_geometry", "an image lacks ImageOrientationPatient/ImagePositionPatient")
+        if not valid_position(img.ds):
+            raise Reject("missing_geometry", "ImagePositionPatient/ImageOrientationPatient non-finite or degenerate")
         iop = np.array([float(v) for v in img.ds.ImageOrientationPatient])
         for ref, members in groups:
             if np.max(np.abs(ref - iop)) <= tol:
@@ -195,33 +190,33 @@ def _remove_orientation_localizers(imgs: list[_Img], cfg: ContinuityConfig, remo
     pairwise_orthogonal = all(abs(float(np.dot(normals[a], normals[b]))) < ORTHOGONAL_COS
                               for a in range(len(groups)) for b in range(a + 1, len(groups)))
     if all(len(g) <= LOCALIZER_MAX_IMAGES for g in groups) and pairwise_orthogonal:
-        raise _Reject("localizer_series", "only small orthogonal image groups (a multi-plane localizer)")
+        raise Reject("localizer_series", "only small orthogonal image groups (a multi-plane localizer)")
     majority = groups[0]
     if len(majority) < cfg.min_slices:
-        raise _Reject("mixed_orientation", f"{len(groups)} orientations, none with enough slices")
+        raise Reject("mixed_orientation", f"{len(groups)} orientations, none with enough slices")
     for group, normal in zip(groups[1:], normals[1:]):
         if len(group) > LOCALIZER_MAX_IMAGES or abs(float(np.dot(normal, normals[0]))) >= ORTHOGONAL_COS:
-            raise _Reject("mixed_orientation", f"{len(groups)} orientations in one series")
+            raise Reject("mixed_orientation", f"{len(groups)} orientations in one series")
     for group in groups[1:]:
         removed.extend((i.path, "localizer_removed") for i in group)
     return majority
 
 
 def _check_geometry(imgs: list[_Img]) -> None:
-    spacings = [_spacing(i.ds) for i in imgs]
+    spacings = [spacing(i.ds) for i in imgs]
     if None in spacings:
-        raise _Reject("missing_geometry", "PixelSpacing missing, non-finite or not positive")
+        raise Reject("missing_geometry", "PixelSpacing missing, non-finite or not positive")
     keys = {(i.ds.get("Rows"), i.ds.get("Columns"), tuple(round(v, 4) for v in sp)) for i, sp in zip(imgs, spacings)}
     if len(keys) > 1 or None in next(iter(keys)):
-        raise _Reject("inconsistent_geometry", "Rows, Columns or PixelSpacing differ or are missing")
+        raise Reject("inconsistent_geometry", "Rows, Columns or PixelSpacing differ or are missing")
 
 
 def _check_tilt(group: list[_Img], normal: np.ndarray) -> None:
     """The stack must advance along the slice normal; a sheared stack (gantry tilt) does not."""
-    d = _ipp(group[-1].ds) - _ipp(group[0].ds)
+    d = ipp(group[-1].ds) - ipp(group[0].ds)
     length = float(np.linalg.norm(d))
     if length > 0 and min(np.abs(d / length - normal).max(), np.abs(d / length + normal).max()) > TILT_TOLERANCE:
-        raise _Reject("gantry_tilt", "slice positions are not along the slice normal (gantry tilt)")
+        raise Reject("gantry_tilt", "slice positions are not along the slice normal (gantry tilt)")
 
 
 def _same(a: float, b: float, cfg: ContinuityConfig) -> bool:
@@ -294,21 +289,21 @@ def _split_by_occurrence(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_
             groups.append([])
         groups[t].append(img)
     if len(centers) == 1:
-        raise _Reject("duplicate_position", "every image is at one slice position (zero slice spacing)")
+        raise Reject("duplicate_position", "every image is at one slice position (zero slice spacing)")
     repeated = sum(1 for c in counts if c > 1)
     if 2 * repeated < len(counts):
         # most positions occur once: a 3D series with duplicated slices, not 4D
-        raise _Reject("duplicate_position", f"{repeated} slice position(s) occur more than once")
+        raise Reject("duplicate_position", f"{repeated} slice position(s) occur more than once")
     return groups
 
 
 def _check_positions(projs: list[float], cfg: ContinuityConfig) -> float:
     """Slice count, duplicates and spacing of one sorted time point; returns the step (mm)."""
     if len(projs) < cfg.min_slices:
-        raise _Reject("too_few_slices", f"{len(projs)} slices < min_slices {cfg.min_slices}")
+        raise Reject("too_few_slices", f"{len(projs)} slices < min_slices {cfg.min_slices}")
     diffs = np.diff(np.asarray(projs))
     if np.any(diffs <= cfg.position_tolerance_mm):
-        raise _Reject("duplicate_position", f"{int(np.sum(diffs <= cfg.position_tolerance_mm))} repeated slice position(s)")
+        raise Reject("duplicate_position", f"{int(np.sum(diffs <= cfg.position_tolerance_mm))} repeated slice position(s)")
     step = float(np.median(diffs))
     tol = cfg.position_tolerance_mm + 0.05 * step
     irregular = diffs[np.abs(diffs - step) > tol]
@@ -316,96 +311,5 @@ def _check_positions(projs: list[float], cfg: ContinuityConfig) -> float:
         return step
     multiples = np.rint(irregular / step)
     if np.all(multiples >= 2) and np.all(np.abs(irregular - multiples * step) <= tol * multiples):
-        raise _Reject("missing_slice", f"{int(np.sum(multiples - 1))} slice(s) missing in {irregular.size} gap(s)")
-    raise _Reject("non_uniform_spacing", f"{irregular.size} of {diffs.size} slice steps deviate from the median step")
-
-
-def _expected_bytes(ds: Dataset) -> int:
-    frames = int(ds.get("NumberOfFrames") or 1)
-    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8 * frames
-
-
-def _stream_truncated(ds: Dataset) -> bool:
-    """Heuristic for an encapsulated stream cut short: a missing end marker or RLE segment."""
-    from pydicom.encaps import generate_frames
-
-    try:
-        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
-    except Exception:  # noqa: BLE001 - the encapsulation itself is broken off
-        return True
-    if not frames:
-        return True
-    last, syntax = frames[-1], ds.file_meta.TransferSyntaxUID
-    if syntax == pydicom.uid.RLELossless:
-        if len(last) < 64:
-            return True
-        header = np.frombuffer(last[:64], dtype="<u4")
-        return bool(header[0] and int(header[1:1 + int(header[0])].max()) >= len(last))
-    if syntax in _JPEG_FAMILY:
-        return not last.rstrip(b"\x00").endswith(b"\xff\xd9")  # JPEG/JPEG-LS EOI, JPEG 2000 EOC
-    return False  # other codecs: no cheap end marker to test
-
-
-def _remove_duplicate_copies(imgs: list[_Img], removed: list) -> list[_Img]:
-    """Archives hold copies of one instance (a re-send, a partial transfer, another encoding).
-    Copies whose pixels are equal collapse to one; a broken copy is removed with its own
-    reason when a good copy remains. Good copies with different pixels stay, and the series is
-    rejected (``duplicate_instance``): which one is right cannot be told."""
-    by_uid: dict[str, list[_Img]] = {}
-    for img in imgs:
-        by_uid.setdefault(str(img.ds.get("SOPInstanceUID", "")), []).append(img)
-    if all(len(copies) == 1 for uid, copies in by_uid.items() if uid):
-        return imgs
-    drop: set[Path] = set()
-    for uid, copies in by_uid.items():
-        if len(copies) < 2 or not uid:
-            continue
-        good, bad = [], []
-        for img in copies:
-            try:
-                check_format([img.ds])
-                good.append((img, _read_pixels(img.path)))
-            except _Reject as rej:
-                bad.append((img, rej.reason))
-        if not good:
-            continue
-        if any(arr.shape != good[0][1].shape or not np.array_equal(arr, good[0][1]) for _, arr in good[1:]):
-            continue
-        drop.update(img.path for img, _ in good[1:])
-        removed.extend((img.path, "duplicate_removed") for img, _ in good[1:])
-        drop.update(img.path for img, _ in bad)
-        removed.extend((img.path, reason) for img, reason in bad)
-    return [img for img in imgs if img.path not in drop]
-
-
-def _read_pixels(path: Path) -> np.ndarray:
-    """The decoded pixels of one file; truncated or undecodable data is a rejection."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
-        raise _Reject("truncated_file", "a file ends inside its pixel data") from e
-    if any(k in ds for k in FLOAT_PIXELS):
-        raise _Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
-    if "PixelData" not in ds:
-        # deid writes a file cut inside its pixel data header-only: the two look alike here
-        raise _Reject("truncated_file", "an image has no PixelData")
-    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
-    if not compressed and len(ds.PixelData) < _expected_bytes(ds):
-        raise _Reject("truncated_file", "PixelData shorter than Rows x Columns x BitsAllocated requires")
-    # before decoding: some decoders (JPEG-LS) return a partial image from a cut stream
-    if compressed and _stream_truncated(ds):
-        raise _Reject("truncated_file", "the compressed pixel stream is cut short")
-    try:
-        return ds.pixel_array
-    except Exception as e:  # noqa: BLE001 - decoders raise many types
-        raise _Reject("undecodable_pixels", f"pixel data could not be decoded ({type(e).__name__})") from e
-
-
-def _check_pixels(paths: list[Path]) -> None:
-    """Truncated/undecodable pixel data, then a blank (constant) series."""
-    lo, hi = math.inf, -math.inf
-    for path in paths:
-        arr = _read_pixels(path)
-        lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
-    if lo == hi:
-        raise _Reject("blank_series", "every pixel of every image has the same value")
+        raise Reject("missing_slice", f"{int(np.sum(multiples - 1))} slice(s) missing in {irregular.size} gap(s)")
+    raise Reject("non_uniform_spacing", f"{irregular.size} of {diffs.size} slice steps deviate from the median step")

@@ -15,7 +15,7 @@ from catalog.schema import REPORTS, to_arrow
 from catalog.store import write_parquet_atomic
 from mrifoundry import ids
 from mrifoundry.settings import CurateParams
-from tasks.curation.archive.base import open_archive
+from tasks.curation.archive import open_archive
 from tasks.curation.archive.folder_index import unattributed_files
 from tasks.curation.selection.reports import ReportRules, filter_reports
 from tasks.curation.selection.sampling import sample_exams

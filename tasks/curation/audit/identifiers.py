@@ -1,0 +1,310 @@
+"""What the PHI audit looks for: every identifying value of the restricted zone.
+
+:func:`collect_identifiers` reads the raw source DICOM headers listed in
+``restricted/staging/*/retrieve.json``, the restricted Parquet tables and (optionally) the report
+export into :class:`Identifiers`: each value with its normalised variants (name orders, date
+formats …) as a tuple of :func:`tokens`, minus values that are technical vocabulary.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pydicom
+from pydicom.dataset import Dataset
+
+__all__ = ["Identifiers", "collect_identifiers", "tokens"]
+
+# Dotted numbers (UIDs, dotted dates) are one token; otherwise runs of ASCII letters/digits.
+# \x1e (ASCII record separator, scanners.ROW_SEP) is a token of its own: the values of a table column
+# are joined with it, so no phrase matches across two rows ("…-01-01" + "1900-…" is no birth date).
+_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+)+|[a-z0-9]+|\x1e")
+_STANDARD_UID_ROOT = "1.2.840.10008."
+_NAME_KEYWORDS = {"PatientName", "PatientBirthName", "PatientMotherBirthName", "OtherPatientNames",
+                  "ResponsiblePerson", "PersonName"}
+_KIND_BY_KEYWORD = {
+    "PatientID": "mrn", "OtherPatientIDs": "mrn", "MedicalRecordLocator": "mrn",
+    "PatientBirthDate": "birth date", "PatientAddress": "address", "PatientTelephoneNumbers": "phone",
+    "AccessionNumber": "accession", "RequestedProcedureID": "accession", "StudyID": "accession",
+    "ScheduledProcedureStepID": "accession", "PerformedProcedureStepID": "accession",
+    "InstitutionName": "institution", "InstitutionAddress": "institution",
+    "StationName": "device", "DeviceSerialNumber": "device",
+}
+_NOT_IDENTIFYING_UIDS = {"TransferSyntaxUID", "ImplementationClassUID", "CodingSchemeUID"}
+_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS", "AE", "UN", "OB"}
+_REPORT_NAME = re.compile(r"\b[A-Z][A-Za-z'\-]+, [A-Z][A-Za-z'\-]+(?: [A-Z]\.?)?")
+_FLOAT = re.compile(r"[+-]?\d*\.?\d+(?:[eE][+-]?\d+)?")
+
+
+def tokens(data: bytes | str) -> list[bytes]:
+    """Lower-case tokens of ``data`` (UTF-8 for text; non-ASCII bytes separate tokens)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    return _TOKEN.findall(data.lower())
+
+
+@dataclass
+class Identifiers:
+    """Identifying values as token tuples with their kind; :meth:`find` looks them up."""
+
+    phrases: dict[tuple[bytes, ...], str] = field(default_factory=dict)
+    vocabulary: set[bytes] = field(default_factory=set)   # tokens of technical header values
+    unreadable_sources: int = 0                            # source files that could not be parsed
+    _index: dict[bytes, list[tuple[tuple[bytes, ...], str]]] | None = field(default=None, repr=False)
+
+    def add(self, value: object, kind: str) -> None:
+        """Add ``value`` and its normalised variants (first kind added for a phrase wins)."""
+        s = str(value or "").strip().strip("\0")
+        if not s:
+            return
+        for variant in _variants(s, kind):
+            toks = tuple(tokens(variant))
+            if _distinctive(toks):
+                self.phrases.setdefault(toks, kind)
+                self._index = None
+
+    def add_vocabulary(self, value: object) -> None:
+        """Tokens of a technical, non-identifying header value (Manufacturer, ImageType …)."""
+        self.vocabulary.update(tokens(str(value or "")))
+
+    def prune(self) -> int:
+        """Drop phrases of the kinds that vendors fill with vocabulary (private text, institution,
+        device, and alphabetic ids) whose every token is technical vocabulary: an InstitutionName
+        equal to the Manufacturer, a StationName equal to the model, a private copy of
+        ImageType. Names, dates, addresses, UIDs and numeric ids are never pruned.
+        Returns the number dropped."""
+        drop = [p for p, kind in self.phrases.items()
+                if kind in _PRUNABLE_KINDS and all(t in self.vocabulary for t in p)
+                and (kind not in ("mrn", "accession") or not any(t.isdigit() for t in p))]
+        for p in drop:
+            del self.phrases[p]
+        self._index = None
+        return len(drop)
+
+    def kinds(self) -> Counter:
+        return Counter(self.phrases.values())
+
+    def __len__(self) -> int:
+        return len(self.phrases)
+
+    def find(self, data: bytes | str | list[bytes]) -> set[str]:
+        """Kinds of the identifiers occurring in ``data`` as whole-token sequences."""
+        toks = data if isinstance(data, list) else tokens(data)
+        if self._index is None:
+            self._index = {}
+            for phrase, kind in self.phrases.items():
+                self._index.setdefault(phrase[0], []).append((phrase[1:], kind))
+        present = self._index.keys() & set(toks)   # fast path: one C-level set intersection
+        if not present:
+            return set()
+        found = set()
+        for i, t in enumerate(toks):
+            if t in present:
+                for rest, kind in self._index[t]:
+                    if not rest or tuple(toks[i + 1:i + 1 + len(rest)]) == rest:
+                        found.add(kind)
+        return found
+
+
+# placeholder values archives put in identifying fields: not identifiers, and they occur in
+# ordinary headers (ImageType ...\NONE) and in Prefect's own tables
+_PLACEHOLDERS = {b"none", b"null", b"unknown", b"anonymous", b"anon", b"test", b"default", b"patient",
+                 b"other", b"empty", b"missing", b"undefined", b"unnamed", b"nobody"}
+# words of the output layout and file formats: a PatientID "DICOM" or "RESEARCH" names no one,
+# and every research path holds these words
+_LAYOUT_WORDS = {b"research", b"restricted", b"dicom", b"nifti", b"catalog", b"state", b"work", b"staging",
+                 b"exams", b"series", b"slices", b"models", b"features", b"labelled", b"evaluations", b"cache",
+                 b"volumes", b"prefect", b"mrifoundry", b"phantom", b"sample", b"demo", b"image", b"images"}
+_PRUNABLE_KINDS = {"private", "institution", "device", "mrn", "accession"}
+# technical attributes whose values are vocabulary, not identity (kept by the de-id profile)
+_VOCABULARY_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "ImageType", "FrameType", "SequenceName",
+                        "PulseSequenceName", "ScanningSequence", "SequenceVariant", "ScanOptions",
+                        "MRAcquisitionType", "BodyPartExamined", "Modality", "SoftwareVersions",
+                        "ReceiveCoilName", "TransmitCoilName", "PatientPosition", "PhotometricInterpretation"}
+
+
+def _distinctive(toks: tuple[bytes, ...]) -> bool:
+    """Long enough not to occur by chance: digits-only ≥ 6, other single tokens ≥ 4 characters,
+    and not a placeholder word."""
+    if not toks:
+        return False
+    if len(toks) == 1:
+        t = toks[0]
+        if t in _PLACEHOLDERS or t in _LAYOUT_WORDS:
+            return False
+        return len(t) >= 6 if t.replace(b".", b"").isdigit() and b"." not in t else len(t) >= 4
+    return sum(len(t) for t in toks) >= 4
+
+
+def _name_parts(s: str) -> list[str]:
+    if "^" in s:
+        return [p.strip() for p in s.split("=")[0].split("^")[:3]]
+    if "," in s:
+        family, rest = s.split(",", 1)
+        return [family.strip(), *rest.split()[:2]]
+    words = s.split()
+    return [words[-1], *words[:-1][:2]] if words else []
+
+
+def _variants(s: str, kind: str) -> list[str]:
+    out = [s]
+    if kind in ("name", "physician"):
+        parts = [p for p in _name_parts(s) if p]
+        if len(parts) >= 2:   # DOE^JOHN^Q, "DOE, JOHN Q", "JOHN Q DOE", "JOHN DOE", "DOE JOHN"
+            family, given, middle = parts[0], parts[1], parts[2] if len(parts) > 2 else ""
+            out += [f"{family} {given} {middle}", f"{given} {middle} {family}", f"{given} {family}",
+                    f"{family} {given}"]
+        else:
+            out = []   # a one-word name ("WHITE") occurs in ordinary text: too many false hits
+    elif kind == "birth date":
+        m = re.fullmatch(r"(\d{4})-?(\d{2})-?(\d{2})|(\d{1,2})/(\d{1,2})/(\d{4})", s)
+        if m:
+            y, mo, d = m.group(1, 2, 3) if m.group(1) else (m.group(6), m.group(4).zfill(2), m.group(5).zfill(2))
+            out = [f"{y}{mo}{d}", f"{y}-{mo}-{d}", f"{mo}/{d}/{y}", f"{int(mo)}/{int(d)}/{y}", f"{d}/{mo}/{y}",
+                   f"{y}.{mo}.{d}", f"{d}.{mo}.{y}"]
+    elif kind == "phone":
+        out.append(re.sub(r"\D", "", s))
+    elif kind in ("address", "institution"):
+        out += [p for p in s.split("^") if len(p.split()) >= 2]   # the street line alone
+    return out
+
+
+def _private_text(elem) -> str | None:
+    """Text value of a private data element (not a private creator), or None."""
+    if elem.tag.element < 0x1000 or elem.VR not in _TEXT_VRS:
+        return None
+    v = elem.value
+    if isinstance(v, bytes):
+        v = v.decode("latin-1")
+        if not v.strip("\0 ").isprintable():
+            return None
+    s = str(v).strip("\0 ")
+    return None if len(s) < 4 or _FLOAT.fullmatch(s) else s
+
+
+def _private_identifier(text: str) -> tuple[str, str] | None:
+    """(value, kind) when a private text has the shape of an identifier, else None.
+
+    Vendors fill private tags with vocabulary (``RESEARCH``, ``SENSE``, ``FMRI``, sequence
+    names, coil names): a private word is no identifier. What is: a person name (``^``
+    components), an id-like token (≥ 6 characters with a digit, e.g. a copied MRN or
+    accession), or a sentence (≥ 5 words: free text that may quote anything). A copy of a
+    standard identifier (PatientID in a private tag) is collected from the standard tag anyway.
+    """
+    if "^" in text and sum(1 for p in text.split("^") if p.strip().isalpha()) >= 2:
+        return text, "name"
+    toks = tokens(text)
+    if len(toks) == 1 and len(toks[0]) >= 6 and any(c in b"0123456789" for c in toks[0]):
+        return text, "private"
+    if len(toks) >= 5:
+        return text, "private"
+    return None
+
+
+def _collect_dataset(ds: Dataset, ids: Identifiers) -> None:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                _collect_dataset(item, ids)
+            continue
+        if elem.tag.is_private:
+            text = _private_text(elem)
+            found = _private_identifier(text) if text else None
+            if found:
+                ids.add(*found)
+            continue
+        kw = elem.keyword
+        if kw in _VOCABULARY_KEYWORDS or elem.VR == "CS":
+            for v in (elem.value if elem.VM > 1 else [elem.value]):
+                ids.add_vocabulary(v)
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if elem.VR == "PN":
+            kind = "name" if kw in _NAME_KEYWORDS else "physician"
+        elif elem.VR == "UI":
+            kind = "uid" if not (kw.endswith("ClassUID") or kw in _NOT_IDENTIFYING_UIDS) else None
+            values = [v for v in values if not str(v).startswith(_STANDARD_UID_ROOT)]
+        else:
+            kind = _KIND_BY_KEYWORD.get(kw)
+        if kind:
+            for v in values:
+                ids.add(v, kind)
+
+
+def _collect_reports(path: Path, ids: Identifiers) -> None:
+    """The report export (CSV or Parquet): ids, names, birth dates and report text fragments."""
+    if path.suffix == ".parquet":
+        rows: Iterable[dict] = pq.read_table(path).to_pylist()
+    else:
+        fh = path.open(newline="", encoding="utf-8", errors="replace")
+        rows = csv.DictReader(fh)
+    for row in rows:
+        for col, v in row.items():
+            c = (col or "").lower()
+            if v in (None, ""):
+                continue
+            if "accession" in c:
+                ids.add(v, "accession")
+            elif "mrn" in c or c == "patient_id":
+                ids.add(v, "mrn")
+            elif "birth" in c or c == "dob":
+                ids.add(v, "birth date")
+            elif "name" in c:
+                ids.add(v, "name")
+            elif "text" in c or "report" == c:
+                text = str(v)
+                for name in _REPORT_NAME.findall(text):
+                    ids.add(name, "physician")
+                for line in text.splitlines():   # whole sentences: only leaked report text has them
+                    if len(tokens(line)) >= 5:
+                        ids.add(line, "report text")
+
+
+def collect_identifiers(out: Path, reports_export: Path | None = None) -> Identifiers:
+    """Every identifying value held in ``out/restricted`` (and the report export, if given).
+
+    Raises:
+        FileNotFoundError: ``out/restricted`` does not exist (nothing to audit against).
+    """
+    restricted = Path(out) / "restricted"
+    if not restricted.is_dir():
+        raise FileNotFoundError(f"{restricted} not found: run the curate flow first")
+    ids = Identifiers()
+    for table, cols in (("reports/reports.parquet", {"accession_number": "accession", "patient_mrn": "mrn"}),
+                        ("archive_index.parquet", {"accession_number": "accession", "patient_mrn": "mrn",
+                                                   "study_uid": "uid", "series_uid": "uid"}),
+                        ("selection.parquet", {"study_key": "accession"})):
+        if (restricted / table).exists():
+            t = pq.read_table(restricted / table)
+            for col, kind in cols.items():
+                if col in t.column_names:
+                    for v in set(t.column(col).to_pylist()):
+                        ids.add(str(v).removeprefix("uid:"), "uid" if str(v).startswith("uid:") else kind)
+    for retrieve in sorted(restricted.glob("staging/*/retrieve.json")):
+        got = json.loads(retrieve.read_text())
+        ids.add(got.get("patient_key"), "mrn")
+        for f in got.get("files", []):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds and "StudyInstanceUID" not in ds:
+                    raise ValueError("not DICOM")
+                # force-read junk parses lazily: iterating it raises (unknown VR), so collect
+                # into a scratch set first and keep it only when the whole file parsed
+                scratch = Identifiers(vocabulary=ids.vocabulary)
+                _collect_dataset(ds, scratch)
+                if getattr(ds, "file_meta", None) is not None:
+                    _collect_dataset(ds.file_meta, scratch)
+            except Exception:  # noqa: BLE001 - unreadable source files carry nothing we can collect
+                ids.unreadable_sources += 1
+                continue
+            for phrase, kind in scratch.phrases.items():
+                ids.phrases.setdefault(phrase, kind)
+    if reports_export is not None:
+        _collect_reports(Path(reports_export), ids)
+    ids.prune()
+    return ids

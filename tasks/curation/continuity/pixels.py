@@ -1,0 +1,118 @@
+"""Pixel-level continuity checks: decode every kept image (truncated or undecodable pixel
+data, a blank series) and collapse duplicate copies of one instance.
+
+Used by :func:`tasks.curation.continuity.checks.check_series` after the header checks.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+
+from tasks.curation.continuity.screens import FLOAT_PIXELS, Reject, check_format
+
+_JPEG_FAMILY = frozenset(pydicom.uid.JPEGTransferSyntaxes + pydicom.uid.JPEGLSTransferSyntaxes
+                         + pydicom.uid.JPEG2000TransferSyntaxes)
+
+
+class Instance(Protocol):
+    """One image of a series: its file and its header."""
+    path: Path
+    ds: Dataset
+
+
+T = TypeVar("T", bound=Instance)
+
+
+def _expected_bytes(ds: Dataset) -> int:
+    frames = int(ds.get("NumberOfFrames") or 1)
+    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8 * frames
+
+
+def _stream_truncated(ds: Dataset) -> bool:
+    """Heuristic for an encapsulated stream cut short: a missing end marker or RLE segment."""
+    try:
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+    except Exception:  # noqa: BLE001 - the encapsulation itself is broken off
+        return True
+    if not frames:
+        return True
+    last, syntax = frames[-1], ds.file_meta.TransferSyntaxUID
+    if syntax == pydicom.uid.RLELossless:
+        if len(last) < 64:
+            return True
+        header = np.frombuffer(last[:64], dtype="<u4")
+        return bool(header[0] and int(header[1:1 + int(header[0])].max()) >= len(last))
+    if syntax in _JPEG_FAMILY:
+        return not last.rstrip(b"\x00").endswith(b"\xff\xd9")  # JPEG/JPEG-LS EOI, JPEG 2000 EOC
+    return False  # other codecs: no cheap end marker to test
+
+
+def remove_duplicate_copies(imgs: list[T], removed: list) -> list[T]:
+    """Archives hold copies of one instance (a re-send, a partial transfer, another encoding).
+    Copies whose pixels are equal collapse to one; a broken copy is removed with its own
+    reason when a good copy remains. Good copies with different pixels stay, and the series is
+    rejected (``duplicate_instance``): which one is right cannot be told."""
+    by_uid: dict[str, list[T]] = {}
+    for img in imgs:
+        by_uid.setdefault(str(img.ds.get("SOPInstanceUID", "")), []).append(img)
+    if all(len(copies) == 1 for uid, copies in by_uid.items() if uid):
+        return imgs
+    drop: set[Path] = set()
+    for uid, copies in by_uid.items():
+        if len(copies) < 2 or not uid:
+            continue
+        good, bad = [], []
+        for img in copies:
+            try:
+                check_format([img.ds])
+                good.append((img, read_pixels(img.path)))
+            except Reject as rej:
+                bad.append((img, rej.reason))
+        if not good:
+            continue
+        if any(arr.shape != good[0][1].shape or not np.array_equal(arr, good[0][1]) for _, arr in good[1:]):
+            continue
+        drop.update(img.path for img, _ in good[1:])
+        removed.extend((img.path, "duplicate_removed") for img, _ in good[1:])
+        drop.update(img.path for img, _ in bad)
+        removed.extend((img.path, reason) for img, reason in bad)
+    return [img for img in imgs if img.path not in drop]
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """The decoded pixels of one file; truncated or undecodable data is a rejection."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
+        raise Reject("truncated_file", "a file ends inside its pixel data") from e
+    if any(k in ds for k in FLOAT_PIXELS):
+        raise Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
+    if "PixelData" not in ds:
+        # deid writes a file cut inside its pixel data header-only: the two look alike here
+        raise Reject("truncated_file", "an image has no PixelData")
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    if not compressed and len(ds.PixelData) < _expected_bytes(ds):
+        raise Reject("truncated_file", "PixelData shorter than Rows x Columns x BitsAllocated requires")
+    # before decoding: some decoders (JPEG-LS) return a partial image from a cut stream
+    if compressed and _stream_truncated(ds):
+        raise Reject("truncated_file", "the compressed pixel stream is cut short")
+    try:
+        return ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - decoders raise many types
+        raise Reject("undecodable_pixels", f"pixel data could not be decoded ({type(e).__name__})") from e
+
+
+def check_pixels(paths: list[Path]) -> None:
+    """Truncated/undecodable pixel data, then a blank (constant) series."""
+    lo, hi = math.inf, -math.inf
+    for path in paths:
+        arr = read_pixels(path)
+        lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
+    if lo == hi:
+        raise Reject("blank_series", "every pixel of every image has the same value")
