@@ -17,9 +17,13 @@ from catalog.store import write_exam_parts
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, RejectedItem
 from mrifoundry.settings import CurateParams
-from tasks.curation.selection import exams as selection
 from tasks.curation.archive import open_archive
-from tasks.curation.stages import StageOutcome, guarded, replace_dir
+from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
+from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+from tasks.curation.convert.png import volume_to_png
+from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
+from tasks.curation.selection import exams as selection
+from tasks.curation.stages import StageOutcome, guarded, log_restricted, replace_dir
 from tasks.curation.workspace import Workspace
 
 _ARCHIVES: dict[tuple[str, str], object] = {}
@@ -59,7 +63,6 @@ def run_retrieve(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutc
 @guarded("deid")
 def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     """De-identify the exam into research/dicom/<exam_id>/<series_id>/."""
-    from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
     got = ws.read_artifact(exam_id, "retrieve", zone="restricted", made_by="retrieve")
     store = PseudonymStore(ws.restricted / "pseudonyms.sqlite", ws.salt)
     cfg = DeidConfig(salt=ws.salt)
@@ -99,7 +102,6 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
 @guarded("continuity")
 def run_continuity(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     """Check each de-identified series forms one continuous volume (or a clean 4D stack)."""
-    from tasks.curation.continuity.checks import ContinuityConfig, check_series
     deid = ws.read_artifact(exam_id, "deid", made_by="deid")
     cfg = ContinuityConfig(min_slices=params.min_slices)
     ws.ledger.forget_exam_stage(exam_id, "continuity")
@@ -126,9 +128,6 @@ def run_continuity(ws: Workspace, params: CurateParams, exam_id: str) -> StageOu
 @guarded("convert")
 def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     """PNG slices (per-slice min-max) and a RAS, resampled NIfTI per continuous series."""
-    from tasks.curation.continuity.checks import Volume
-    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-    from tasks.curation.convert.png import volume_to_png
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
     ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape)
     ws.ledger.forget_exam_stage(exam_id, "convert")
@@ -166,8 +165,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                              reason=e.reason, message=e.message)
             continue
         except Exception as e:  # noqa: BLE001 — one series must not sink the exam
-            from tasks.curation.stages import _log_restricted
-            _log_restricted(ws, exam_id, "convert")
+            log_restricted(ws, exam_id, "convert")
             failed += 1
             reason = e.reason if isinstance(e, CurationError) else (
                 "disk_full" if getattr(e, "errno", None) == errno.ENOSPC else "convert_error")

@@ -33,7 +33,7 @@ class StageOutcome:
     counts: dict = field(default_factory=dict)
 
 
-def _log_restricted(ws: Workspace, exam_id: str, stage: str) -> None:
+def log_restricted(ws: Workspace, exam_id: str, stage: str) -> None:
     log = ws.restricted / "logs" / "errors.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
@@ -70,13 +70,13 @@ def guarded(stage: str):
                                  started=started)
                 return StageOutcome(exam_id, stage, e.status, e.reason)
             except OSError as e:
-                _log_restricted(ws, exam_id, stage)
+                log_restricted(ws, exam_id, stage)
                 reason = "disk_full" if e.errno == errno.ENOSPC else f"{stage}_error"
                 ws.ledger.record(exam_id, stage, "failed", exam_id=exam_id, reason=reason,
                                  message=f"{type(e).__name__} errno {e.errno}", started=started)
                 return StageOutcome(exam_id, stage, "failed", reason)
             except Exception as e:  # noqa: BLE001 — any bug must not stop the other exams
-                _log_restricted(ws, exam_id, stage)
+                log_restricted(ws, exam_id, stage)
                 reason = f"{stage}_error"
                 ws.ledger.record(exam_id, stage, "failed", exam_id=exam_id, reason=reason,
                                  message=f"{type(e).__name__} (traceback in the restricted error log)",
