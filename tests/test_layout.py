@@ -1,0 +1,113 @@
+"""The code's layout (docs/architecture.md): small modules, no import cycles, domains in order.
+
+Read from the source with ``ast`` — every import counts, the ones inside functions too (a
+late import that closes a cycle is still a cycle); only ``if TYPE_CHECKING:`` blocks are
+left out, they never run.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("mrifoundry", "catalog", "flows", "models", "tasks", "bench")
+MAX_LINES = 400
+#: tasks/ domains in dependency order: each may import only those before it
+DOMAINS = ("tasks.curation", "tasks.data", "tasks.pretraining", "tasks.evaluation")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            out[".".join(parts)] = path
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or \
+        (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports (``from a.b import c`` counts a.b.c when c is a module)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    pkg = name.split(".")[: len(name.split(".")) - child.level + (path.name == "__init__.py")]
+                    base = ".".join(pkg + ([base] if base else []))
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in modules and m != name}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def test_no_module_is_over_the_size_limit():
+    big = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_no_import_cycles(graph):
+    """Depth-first search for a back edge; the message names the cycle."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            # importing a package's submodule runs the package's __init__ first: not a cycle through it
+            if m.startswith(n + "."):
+                continue
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state and (cycle := dfs(n)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := dfs(m)):
+            pytest.fail("import cycle: " + " → ".join(cycle))
+
+
+def test_domains_import_only_earlier_domains(graph):
+    def domain(m: str) -> int | None:
+        return next((i for i, d in enumerate(DOMAINS) if m == d or m.startswith(d + ".")), None)
+
+    wrong = sorted((m, n) for m, deps in graph.items() for n in deps
+                   if domain(m) is not None and domain(n) is not None and domain(n) > domain(m))
+    assert not wrong, f"a domain imports a later one: {wrong}"
+
+
+def test_the_checker_sees_a_cycle_and_a_late_import(tmp_path):
+    """The graph reader on a made-up pair: a late import inside a function still counts."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import b\n")
+    b.write_text("def f():\n    from a import x\n")
+    modules = {"a": a, "b": b, "a.x": a}
+    assert _imports(a, "a", modules) == {"b"} and _imports(b, "b", modules) == {"a", "a.x"}
