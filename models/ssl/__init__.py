@@ -1,5 +1,5 @@
-"""Self-supervised objectives and their plumbing: DINO/iBOT/KoLeo losses, block masking,
-multi-crop augmentation, cosine schedules, the EMA teacher update and MAE.
+"""Self-supervised objectives and their plumbing: the DINO net (``dino``), DINO/iBOT/KoLeo
+losses, block masking, multi-crop augmentation, cosine schedules, the EMA teacher update and MAE.
 
 One module per concern, so a meta-architecture composes the objectives by weight.
 """
