@@ -47,9 +47,15 @@ def _tiny(**kw):
     return recipe("mri-core-tiny", **kw)
 
 
-def test_query_must_return_png_file(small_catalog):
-    with pytest.raises(ValueError, match="png_file"):
-        query_slices(small_catalog, "SELECT slice_id FROM slices")
+def test_training_query_names_slices_by_slice_id_or_png_file(small_catalog):
+    by_file = query_slices(small_catalog, "SELECT png_file FROM training_slices")
+    by_id = query_slices(small_catalog, "SELECT slice_id FROM training_slices")
+    assert by_file == by_id and len(by_id) > 0
+    assert [r["png_file"] for r in by_id] == sorted(r["png_file"] for r in by_id)   # order: by file, not catalog
+    extra = query_slices(small_catalog, "SELECT slice_id, orientation AS label FROM training_slices")
+    assert all(r["label"] for r in extra) and [r["slice_id"] for r in extra] == [r["slice_id"] for r in by_id]
+    with pytest.raises(ValueError, match="slice_id or png_file"):
+        query_slices(small_catalog, "SELECT series_id FROM slices")
 
 
 @pytest.mark.parametrize("inputs", ["slice_paths", "stack_paths"])
