@@ -139,23 +139,18 @@ def _remove_flagged(imgs: list[_Img], cfg: ContinuityConfig, removed: list) -> l
     """Whole-series and instance-level localizers and derived images, by ImageType."""
     if all(_is_localizer(i.ds) for i in imgs):
         raise Reject("localizer_series", "every image is a localizer (ImageType)")
-    kept = []
-    for img in imgs:
-        if _is_localizer(img.ds):
-            removed.append((img.path, "localizer_removed"))
-        else:
-            kept.append(img)
+    kept = _split_off(imgs, _is_localizer, "localizer_removed", removed)
     if all(_is_derived(i.ds) for i in kept):
         if cfg.keep_diffusion_maps and all(_is_diffusion_map(i.ds) for i in kept):
             return kept
         raise Reject("derived_series", "every image is DERIVED/SECONDARY (ImageType)")
-    out = []
-    for img in kept:
-        if _is_derived(img.ds):
-            removed.append((img.path, "derived_removed"))
-        else:
-            out.append(img)
-    return out
+    return _split_off(kept, _is_derived, "derived_removed", removed)
+
+
+def _split_off(imgs: list[_Img], flagged, reason: str, removed: list) -> list[_Img]:
+    """The images not ``flagged``; the flagged ones go to ``removed`` with ``reason``."""
+    removed.extend((i.path, reason) for i in imgs if flagged(i.ds))
+    return [i for i in imgs if not flagged(i.ds)]
 
 
 def _normal(ds: Dataset) -> np.ndarray:
