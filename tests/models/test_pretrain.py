@@ -4,9 +4,6 @@ learns, checkpoints load back through the zoo, resume equals an uninterrupted ru
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
 from models.ssl.dino import DinoNet, build_backbone
 from tasks.data.slices import SliceDataset, query_slices
 from tasks.pretraining.engine import Dist
+from tasks.pretraining import launch
 from tasks.pretraining.slices import _dino_step, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,22 +174,18 @@ def test_mae_objective_trains_on_the_same_data_path(slice_paths, tmp_path):
 
 
 def test_ddp_two_processes_gloo(slice_paths, tmp_path):
-    """torchrun, 2 CPU processes (gloo): every slice once per epoch across ranks, equal steps,
-    a checkpoint that loads. The per-rank batches come from the trainer's record_indices log."""
+    """torchrun through the flow's launcher, 2 CPU processes (gloo): every slice once per epoch
+    across ranks, equal steps, rank 0's records streamed back, a checkpoint that loads. The
+    per-rank batches come from the trainer's record_indices log."""
     run = tmp_path / "ddp"
     run.mkdir()
     paths = slice_paths[:21]  # odd: ranks get 11 and 10 items in 2-3 steps
     (run / "slices.txt").write_text("\n".join(paths) + "\n")
     cfg = _tiny(batch_size=4, epochs=1, record_indices=True)
-    job = run / "job.json"
-    job.write_text(json.dumps({"config": cfg.to_dict(), "paths_file": str(run / "slices.txt"),
-                               "run_dir": str(run), "init_weights": None, "resume": True}))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "tasks.pretraining.slices", str(job)], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=240)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    res = json.loads((run / "result.json").read_text())
+    records: list[dict] = []
+    res = launch.train_slices(run, cfg.to_dict(), None, True, 2, records.append)
+    assert json.loads((run / "result.json").read_text()) == res
+    assert records and records[-1]["iteration"] == res["iterations"] and np.isfinite(records[-1]["loss"])
     assert res["epochs_done"] == 1 and res["iterations"] == res["total_iterations"]
     seen = {rank: json.loads((run / f"indices.rank{rank}.json").read_text()) for rank in (0, 1)}
     assert len(seen[0]) == len(seen[1]) == res["iterations"]  # equal steps per rank

@@ -9,6 +9,7 @@ import torch
 
 from models import zoo
 from models.recipes import recipe
+from tasks.pretraining import launch
 from tasks.pretraining.volumes import train_volumes
 from tasks.data.volumes import DEFAULT_QUERY, PAIRED_QUERY, query_volumes
 
@@ -86,27 +87,18 @@ def test_triad_needs_texts_and_prism_needs_pairs(volumes, tmp_path):
 
 
 def test_ddp_two_processes_gloo(volumes, tmp_path):
-    """torchrun, 2 CPU processes (gloo), the job file the flow writes for nproc > 1."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    """torchrun through the flow's launcher, 2 CPU processes (gloo): the job file it writes for
+    nproc > 1, rank 0's records streamed back, its result.json."""
     import numpy as np
     rows, texts = volumes
     run = tmp_path / "ddp"
     run.mkdir()
     (run / "volumes.json").write_text(json.dumps(rows))
     np.save(run / "texts.npy", texts)
-    job = run / "job.json"
-    job.write_text(json.dumps({"config": recipe("triad-tiny", max_iterations=2, batch_size=2).to_dict(),
-                               "rows_file": str(run / "volumes.json"), "texts_file": str(run / "texts.npy"),
-                               "run_dir": str(run), "init_state": None, "resume": True}))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "tasks.pretraining.volumes", str(job)], cwd=Path(__file__).resolve().parents[2],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    res = json.loads((run / "result.json").read_text())
+    records: list[dict] = []
+    res = launch.train_volumes_run(run, recipe("triad-tiny", max_iterations=2, batch_size=2).to_dict(), True, 2,
+                                   records.append)
+    assert json.loads((run / "result.json").read_text()) == res and records[-1]["iteration"] == 2
     assert res["iterations"] == 2 and math.isfinite(res["final_loss"])
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and all(math.isfinite(x["recon"]) and x["recon"] > 0 for x in logged)
