@@ -76,15 +76,12 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
     """
     volumes = getattr(model, "family", None) == "volume"
     unit = "volumes" if volumes else "slices"
-    if volumes:
-        cols, data = query_dicts(research, query)
-        missing = {"nifti_file", "patient_id", "label"} - set(cols)
-    else:
-        data = query_slices(research, query)
-        missing = {"patient_id", "label"} - set(data[0] if data else {"patient_id", "label"})
+    cols, _ = query_dicts(research, f"SELECT * FROM ({query}) LIMIT 0")
+    missing = {"patient_id", "label", *(["nifti_file"] if volumes else [])} - set(cols)
     if missing:
         raise ValueError(f"the probing query of a {unit[:-1]} model must return {sorted(missing)} "
                          f"(example: {PROBE_QUERIES[unit]})")
+    data = query_dicts(research, query)[1] if volumes else query_slices(research, query)
     labels = [str(r["label"]) for r in data]
     if len(set(labels)) < 2:
         raise ValueError("linear probing needs at least two classes")

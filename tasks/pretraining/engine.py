@@ -24,7 +24,7 @@ from torch import nn
 from models.ssl.ema import unwrap
 
 __all__ = ["Dist", "Recipe", "TrainResult", "atomic_save", "autocast", "finish_job", "load_train_state",
-           "run_loop", "setup_distributed", "unwrap", "wrap_ddp"]
+           "run_loop", "seeded_loader", "setup_distributed", "unwrap", "wrap_ddp"]
 
 
 @dataclass
