@@ -22,12 +22,12 @@ from bench.series import make_series
 
 def _ours_uncompressed(files: list[Path], out: Path) -> None:
     # mirrors volumes_to_nifti(voxel_size_mm=None) but writes .nii: its temp name forces gzip
-    from tasks.curation.convert.nifti import NiftiConfig, _clean_image, _output_dtype, _resample, dicom_to_image
+    from tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, dicom_to_image
     img = dicom_to_image(files)
     integer = np.issubdtype(img.get_data_dtype(), np.integer)
-    img = _resample(img, NiftiConfig(voxel_size_mm=None))   # no resampling, but the same float32 pass
-    data = _output_dtype(np.asarray(img.dataobj), integer)
-    nib.save(_clean_image(data, img.affine, importlib.metadata.version("dicom2nifti")), out)
+    img = resample(img, NiftiConfig(voxel_size_mm=None))   # no resampling, but the same float32 pass
+    data = output_dtype(np.asarray(img.dataobj), integer)
+    nib.save(clean_image(data, img.affine, "mrifoundry dicom2nifti " + importlib.metadata.version("dicom2nifti")), out)
 
 
 def _converters(series_dir: Path, files: list[Path], work: Path) -> dict:

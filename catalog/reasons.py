@@ -52,7 +52,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "duplicate_removed": ("continuity", "rejected", "a second copy of an instance (same SOPInstanceUID, equal pixels) was removed"),
     # convert
     "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
-    "disk_full": ("convert", "failed", "no space left on the device while writing an output"),
+    "disk_full": ("any", "failed", "no space left on the device while writing an output (convert, ingest)"),
     # convert: dicom2nifti refused a series that passed our checks (its own validation name)
     **{"d2n_" + code.lower().replace("/", "_"): ("convert", "rejected", f"dicom2nifti raised {code}: {meaning}")
        for code, meaning in {
@@ -62,6 +62,15 @@ REASONS: dict[str, tuple[str, str, str]] = {
            "NOT_A_VOLUME": "slices do not stack into a volume", "MISSING_DICOM_FILES": "time points of unequal size",
            "UNSUPPORTED_DATA": "a data kind it does not convert", "NO_DICOM_FILES_FOUND": "no files",
            "OTHER": "another structural error (the message names it)"}.items()},
+    # ingest (mrifoundry ingest --bids/--nifti: NIfTI collections, docs/ingest.md)
+    "unreadable_nifti": ("ingest", "rejected", "the file does not open as NIfTI (empty, truncated, corrupt gzip or header)"),
+    "not_a_volume": ("ingest", "rejected", "the image is not 3D or 4D (2D, or more than 4 dimensions after dropping singletons)"),
+    "bad_dimensions": ("ingest", "rejected", "a spatial axis has fewer voxels than min_voxels, or the voxel size/affine is zero, negative or not finite"),
+    "non_finite_voxels": ("ingest", "rejected", "the image holds NaN or infinite values"),
+    "empty_volume": ("ingest", "rejected", "every voxel has the same value (an empty or zero volume)"),
+    "duplicate_content": ("ingest", "rejected", "the same voxels as a series already in the catalog (mrifoundry.digest.voxel_sha256); the message names it"),
+    "not_bids_named": ("ingest", "rejected", "a NIfTI file of a BIDS dataset outside sub-<label>/[ses-<label>/]<datatype>/ or without a BIDS name: not ingested (use --nifti for such folders)"),
+    "ingest_error": ("ingest", "failed", "an unexpected error while ingesting the file"),
     # any stage
     "stage_input_missing": ("any", "failed", "the previous stage's artifact is missing: run that stage first"),
     # catalog
@@ -69,6 +78,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
 }
 
 STAGES = ("retrieve", "deid", "continuity", "convert", "catalog")
+INGEST_STAGE = "ingest"   # NIfTI/BIDS collections: one stage per file (tasks/curation/ingest/)
 
 
 def describe(code: str) -> str:

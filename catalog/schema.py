@@ -52,7 +52,12 @@ EXAMS = Table(
         Column("n_series", I, "series found in the exam, before quality checks"),
         Column("n_series_ok", I, "series that passed the continuity checks and were converted"),
         Column("n_slices", I, "PNG slices written for the exam"),
-        Column("source", S, "how the exam was chosen: report (report export + sampling) or archive (every study)"),
+        Column("source", S, "how the exam was chosen: report (report export + sampling) or archive (every study) for "
+                            "curated DICOM; bids or nifti for an ingested collection (mrifoundry ingest)"),
+        Column("dataset", S, "ingested collection the exam came from (ingest --dataset); null for curated DICOM"),
+        Column("subject_key", S, "ingested exams: salted hash of the collection's own subject label (BIDS sub-<label>), "
+                                 "the same for that label in any collection or downstream dataset (overlap check); "
+                                 "null for curated DICOM"),
         Column("curated_at", TS, "when the catalog rows of the exam were written"),
         Column("code_version", S, "mrifoundry version and git commit that wrote the rows"),
     ),
@@ -95,6 +100,11 @@ SERIES = Table(
         Column("converter", S, "NIfTI converter (dicom2nifti)"),
         Column("converter_version", S, "converter version"),
         Column("conversion_params", S, "JSON of the conversion parameters (voxel size, shape, order, reorientation)"),
+        Column("content_sha256", S, "digest of the voxels before resampling (mrifoundry.digest.voxel_sha256: RAS, "
+                                    "float32): equal for one image however it is stored; de-duplication and the "
+                                    "overlap check"),
+        Column("bids_entities", S, "ingested BIDS series: JSON of the entities other than sub/ses (datatype, suffix, "
+                                   "acq, ce, run …); null otherwise"),
     ),
 )
 
@@ -230,14 +240,20 @@ VOLUME_FEATURES = Table(
 
 DATASETS = Table(
     "datasets", "research", ("dataset_id",),
-    "One row per labelled (segmentation) dataset ingested by tasks/evaluation/labelled.py.",
+    "One row per labelled downstream dataset: 2D segmentation slices (tasks/evaluation/labelled.py) or 3D "
+    "segmentation / classification volumes (tasks/evaluation/downstream/).",
     (
         Column("dataset_id", S, "name of the dataset (OUT/research/labelled/<dataset_id>/)"),
         Column("source", S, "input kind: nifti-pairs (imagesTr/labelsTr), png-list (MRI-CORE list file), "
-                            "mni152-wm, phantom …"),
+                            "mni152-wm, phantom; msd, brats, image-folder, dicom-seg, classification-csv (3D)"),
+        Column("task", S, "segmentation (2D slices in labelled_slices), segmentation-3d or classification "
+                          "(volumes in labelled_volumes)"),
         Column("root", S, "folder or list file it was ingested from (a path; public/de-identified data only)"),
         Column("n_patients", I, "patients (cases) ingested, skipped cases excluded"),
-        Column("n_slices", I, "2D slices ingested (labelled_slices rows)"),
+        Column("n_slices", I, "2D slices ingested (labelled_slices rows); 0 for a volume dataset"),
+        Column("n_volumes", I, "volumes ingested (labelled_volumes rows); 0 for a slice dataset"),
+        Column("channels", S, "JSON list of the image channels' names (MSD modality, BraTS t1/t1ce/t2/flair); "
+                              "null for single-channel slices"),
         Column("label_names", S, "JSON object {label value: name}, e.g. {\"0\": \"background\", \"1\": \"wm\"}"),
         Column("split_seed", I, "seed of the patient-level train/val/test split"),
         Column("created_at", TS, "when the ingest finished"),
@@ -267,6 +283,35 @@ LABELLED_SLICES = Table(
     ),
 )
 
+LABELLED_VOLUMES = Table(
+    "labelled_volumes", "research", ("dataset_id", "case_id"),
+    "One row per case of a 3D downstream dataset: the image NIfTI (RAS, channels on the 4th axis) with its label "
+    "map (segmentation-3d) or its class (classification).",
+    (
+        Column("dataset_id", S, "dataset (datasets.dataset_id)"),
+        Column("case_id", S, "case name from the public dataset (file stem, folder or CSV image), made safe; "
+                             "unique within the dataset"),
+        Column("patient_id", S, "patient of the case (the CSV's patient column, else the case id); splits and "
+                                "folds are drawn per patient"),
+        Column("subject_key", S, "salted hash of the patient label, as exams.subject_key (overlap check)"),
+        Column("split", S, "train, val or test; per patient, seeded"),
+        Column("fold", I, "cross-validation fold 0..k-1 of the patient (seeded, k = the ingest's folds)"),
+        Column("image_path", S, "image NIfTI (RAS; float32 or int16; [X, Y, Z] or [X, Y, Z, C]) relative to the "
+                                "research root"),
+        Column("label_path", S, "label map NIfTI (uint8, the image's grid) relative to the research root; null for "
+                                "classification"),
+        Column("class_label", S, "class of the case (classification); null for segmentation"),
+        Column("n_channels", I, "image channels (C)"),
+        Column("shape", S, "spatial shape X x Y x Z of the written image, e.g. '240x240x155'"),
+        Column("zooms", S, "voxel size in mm of the written image, e.g. '1.0x1.0x1.0'"),
+        Column("label_values", S, "JSON list of the label values present in the case's label map, after the "
+                                  "ingest's label mapping; null for classification"),
+        Column("content_sha256", pa.list_(pa.string()), "voxel digest of each source channel before resampling "
+                                                        "(mrifoundry.digest.voxel_sha256), as series.content_sha256"),
+        Column("source_format", S, "format the case was read from: nifti, mha, nrrd, dicom, dicom-seg"),
+    ),
+)
+
 EVALUATIONS = Table(
     "evaluations", "research", ("eval_id", "metric"),
     "One row per (evaluation run, metric): linear probing, zero-shot and few-shot segmentation, FRD.",
@@ -289,7 +334,8 @@ EVALUATIONS = Table(
 
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
 #: written by downstream flows (pretrain, extract-features), not by curation
-DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, VOLUME_FEATURES, DATASETS, LABELLED_SLICES, EVALUATIONS)
+DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, VOLUME_FEATURES, DATASETS, LABELLED_SLICES, LABELLED_VOLUMES,
+                  EVALUATIONS)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

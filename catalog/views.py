@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, MODELS, RESEARCH_TABLES, REPORTS,
+from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, LABELLED_VOLUMES, MODELS, RESEARCH_TABLES, REPORTS,
                             SERIES, SLICES, VOLUME_FEATURES)
 from catalog.store import catalog_dir, ensure_derived_tables, table_file
 
@@ -30,6 +30,7 @@ ABSOLUTE_COLUMNS = {
     EVALUATIONS.name: (("picture_path", "picture_file"),),
     MODELS.name: (("checkpoint_path", "checkpoint_file"), ("loss_curve_path", "loss_curve_file")),
     LABELLED_SLICES.name: (("image_path", "image_file"), ("mask_path", "mask_file")),
+    LABELLED_VOLUMES.name: (("image_path", "image_file"), ("label_path", "label_file")),
 }
 
 

@@ -24,6 +24,16 @@ def _cmd_curate(a) -> int:
     return 0
 
 
+def _cmd_ingest(a) -> int:
+    from flows.ingest import ingest
+    shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
+    res = ingest(bids=a.bids, nifti=a.nifti, dataset=a.dataset, out=a.out,
+                 voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape, body_part=a.body_part,
+                 rerun=a.rerun, phi_audit=not a.no_phi_audit)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def _cmd_sql(a) -> int:
     from catalog.views import connect
     con = connect(research_dir(a.out))
@@ -134,6 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-phi-audit", action="store_true", help="skip the final PHI audit")
     c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm")
     c.set_defaults(fn=_cmd_curate)
+
+    g = sub.add_parser("ingest", help="ingest a BIDS dataset or a NIfTI folder into the catalog (flow ingest)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bids", help="BIDS dataset root (dataset_description.json, sub-*/)")
+    src.add_argument("--nifti", help="folder of NIfTI files; subject = first folder level")
+    g.add_argument("--out", help="output root (the same as curate's, to add to its catalog)")
+    g.add_argument("--dataset", help="collection name stored in exams.dataset (default: the folder name)")
+    g.add_argument("--voxel-size", type=float, default=1.0, help="isotropic mm; 0 keeps the native spacing")
+    g.add_argument("--nifti-shape", help="fixed output shape, e.g. 256x256x128")
+    g.add_argument("--body-part", help="body part when the sidecars do not say (e.g. brain)")
+    g.add_argument("--rerun", choices=["failed", "all"], default="failed")
+    g.add_argument("--no-phi-audit", action="store_true")
+    g.set_defaults(fn=_cmd_ingest)
 
     q = sub.add_parser("sql", help="query the research catalog: mrifoundry sql \"SELECT …\"")
     q.add_argument("query")

@@ -157,6 +157,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                 rec["nifti"] = {"path": ws.rel(nrec.path), "shape": list(nrec.shape), "zooms": list(nrec.zooms),
                                 "axcodes": nrec.axcodes, "converter": nrec.converter,
                                 "converter_version": nrec.converter_version, "params": nrec.params,
+                                "content_sha256": nrec.content_sha256,
                                 "timepoint": len(vols) // 2}
         except RejectedItem as e:   # the converter's validation refused the series: rows kept, reason named
             rejected[sid] = e.reason
@@ -222,7 +223,8 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             nifti_zooms="x".join(f"{z:g}" for z in n["zooms"]) if n else None,
             nifti_timepoint=n.get("timepoint"), converter=n.get("converter"),
             converter_version=n.get("converter_version"),
-            conversion_params=json.dumps(n["params"], sort_keys=True) if n else None))
+            conversion_params=json.dumps(n["params"], sort_keys=True) if n else None,
+            content_sha256=n.get("content_sha256")))
         for sl in c.get("slices", []):
             slice_rows.append(dict(slice_id=f"{sid}_t{sl['temporal_index']:02d}_z{sl['slice_index']:04d}",
                                    series_id=sid, exam_id=exam_id, **sl))

@@ -199,7 +199,7 @@ def finish_dataset(research: Path, dataset_id: str, source: str, root: str, work
     for r in rows:
         r["split"] = splits[r["patient_id"]]
     ds_row = {"dataset_id": dataset_id, "source": source, "root": root, "n_patients": len(splits),
-              "n_slices": len(rows), "label_names": _label_names(label_values, label_names), "split_seed": int(seed),
+              "n_slices": len(rows), "task": "segmentation", "n_volumes": 0, "label_names": _label_names(label_values, label_names), "split_seed": int(seed),
               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
     _publish(research, dataset_id, work, rows, ds_row)
     counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
 
-__all__ = ["Identifiers", "collect_identifiers", "tokens"]
+__all__ = ["Identifiers", "collect_identifiers", "sidecar_identifiers", "tokens"]
 
 # Dotted numbers (UIDs, dotted dates) are one token; otherwise runs of ASCII letters/digits.
 # \x1e (ASCII record separator, scanners.ROW_SEP) is a token of its own: the values of a table column
@@ -236,6 +236,59 @@ def _collect_dataset(ds: Dataset, ids: Identifiers) -> None:
                 ids.add(v, kind)
 
 
+def sidecar_identifiers(sidecar: dict) -> list[tuple[str, str]]:
+    """(value, kind) of the identifying fields of a BIDS/dcm2niix JSON sidecar. Its keys are DICOM
+    keywords, so a key is identifying exactly when the DICOM element is (PN, instance UIDs, ids)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    out = []
+    for key, value in sidecar.items():
+        tag = tag_for_keyword(key)
+        vr = dictionary_VR(tag) if tag is not None else None
+        if vr == "PN":
+            kind = "name" if key in _NAME_KEYWORDS else "physician"
+        elif vr == "UI":
+            kind = "uid" if not (key.endswith("ClassUID") or key in _NOT_IDENTIFYING_UIDS) else None
+        else:
+            kind = _KIND_BY_KEYWORD.get(key)
+        if kind:
+            for v in value if isinstance(value, list) else [value]:
+                if v not in (None, "") and not str(v).startswith(_STANDARD_UID_ROOT):
+                    out.append((str(v), kind))
+    return out
+
+
+def _collect_ingest(restricted: Path, ids: Identifiers) -> None:
+    """Ingested NIfTI collections (restricted/ingest/*/sources.parquet): raw subject/session labels,
+    identifying sidecar fields, and the text fields of the source NIfTI headers."""
+    import nibabel as nib
+    for manifest in sorted(restricted.glob("ingest/*/sources.parquet")):
+        for row in pq.read_table(manifest).to_pylist():
+            ids.add(row.get("subject"), "subject label")
+            ids.add(row.get("session"), "subject label")
+            for js in row.get("sidecar_files") or []:
+                try:
+                    data = json.loads(Path(js).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    ids.unreadable_sources += 1
+                    continue
+                for value, kind in sidecar_identifiers(data if isinstance(data, dict) else {}):
+                    ids.add(value, kind)
+                for key in _VOCABULARY_KEYWORDS | {"ManufacturersModelName"}:
+                    ids.add_vocabulary(data.get(key) if isinstance(data, dict) else None)
+            try:
+                hdr = nib.load(row["source_path"]).header
+                texts = [hdr.get(k) for k in ("descrip", "aux_file", "db_name", "intent_name") if k in hdr]
+                texts += [e.get_content() for e in getattr(hdr, "extensions", [])]
+            except Exception:  # noqa: BLE001 - an unreadable source was rejected at ingest
+                ids.unreadable_sources += 1
+                continue
+            for t in texts:
+                text = t.tobytes() if hasattr(t, "tobytes") else t
+                if isinstance(text, bytes):
+                    text = text.split(b"\0")[0].decode("latin-1")
+                ids.add(str(text), "source header")
+
+
 def _collect_reports(path: Path, ids: Identifiers) -> None:
     """The report export (CSV or Parquet): ids, names, birth dates and report text fragments."""
     if path.suffix == ".parquet":
@@ -304,6 +357,7 @@ def collect_identifiers(out: Path, reports_export: Path | None = None) -> Identi
                 continue
             for phrase, kind in scratch.phrases.items():
                 ids.phrases.setdefault(phrase, kind)
+    _collect_ingest(restricted, ids)
     if reports_export is not None:
         _collect_reports(Path(reports_export), ids)
     ids.prune()

@@ -1,0 +1,235 @@
+"""Ingest a NIfTI or BIDS collection into the research catalog, resumably (stage ``ingest``).
+
+Each image file is one item of the stage ledger (``stage = 'ingest'``, item = its series id):
+checked, de-duplicated by voxel digest against every series already in the catalog, conformed
+(RAS, 1 mm) to ``research/nifti/<exam_id>/<series_id>.nii.gz`` and described by one ``series`` row;
+each (subject, session) is one ``exams`` row. Rows go through the same per-exam parts as curation,
+so a re-run replaces, never duplicates, and files that are done or rejected are not read again
+unless they changed (size or mtime). Ids are salted: ``exam`` of (dataset, sub, ses),
+``patient`` of (dataset, sub), ``series`` of (dataset, relative path); the raw labels, paths and
+sidecar file names stay in ``restricted/ingest/<dataset>/sources.parquet``, which the PHI audit
+reads to know what must not leak.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import pyarrow as pa
+
+from catalog.reasons import INGEST_STAGE
+from catalog.schema import SERIES
+from catalog.store import table_file, write_exam_parts, write_parquet_atomic
+from mrifoundry import code_version
+from mrifoundry.errors import CurationError, RejectedItem
+from mrifoundry.ids import opaque_id, patient_id, subject_key
+from tasks.curation.convert.nifti import NiftiConfig
+from tasks.curation.ingest.sidecar import bids_entities_json, series_metadata
+from tasks.curation.ingest.sources import Source, find_sources
+from tasks.curation.ingest.volume import CONVERTER, check_nifti, conform
+from tasks.curation.workspace import Workspace
+
+__all__ = ["IngestParams", "ingest_collection"]
+
+log = logging.getLogger(__name__)
+_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    layout: str                          # bids | nifti
+    dataset: str                         # collection name: exams.dataset, the restricted manifest folder
+    voxel_size_mm: float | None = 1.0    # None keeps the native spacing
+    nifti_shape: tuple[int, int, int] | None = None
+    body_part: str | None = None         # when neither sidecar nor name says (most BIDS data: brain)
+    min_voxels: int = 8
+    rerun: str = "failed"                # failed: redo failed and changed files; all: redo every file
+
+    def check(self) -> None:
+        if self.layout not in ("bids", "nifti"):
+            raise ValueError(f"layout {self.layout!r}: bids or nifti")
+        if not _DATASET.match(self.dataset or ""):
+            raise ValueError(f"dataset {self.dataset!r}: letters, digits, '.', '_' or '-' (it is stored as is)")
+        if self.rerun not in ("failed", "all"):
+            raise ValueError(f"rerun {self.rerun!r}: failed or all")
+
+
+@dataclass
+class _Item:
+    src: Source
+    exam_id: str
+    series_id: str
+    patient_id: str
+    subject_key: str
+
+
+def _items(sources: list[Source], dataset: str, salt: str) -> list[_Item]:
+    out = []
+    for s in sources:
+        out.append(_Item(s, "e" + opaque_id("exam", f"{dataset}\0{s.subject}\0{s.session}", salt, 15),
+                         "s" + opaque_id("series", f"{dataset}\0{s.rel}", salt, 15),
+                         patient_id(f"{dataset}\0{s.subject}", salt), subject_key(s.subject, salt)))
+    return out
+
+
+def _signature(path: Path) -> list[int]:
+    st = path.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _write_manifest(ws: Workspace, dataset: str, items: list[_Item]) -> Path:
+    """Restricted: which source file (and raw labels, sidecars) each opaque id stands for."""
+    path = ws.restricted / "ingest" / dataset / "sources.parquet"
+    rows = {"series_id": [i.series_id for i in items], "exam_id": [i.exam_id for i in items],
+            "source_path": [str(i.src.path.resolve()) for i in items], "rel": [i.src.rel for i in items],
+            "subject": [i.src.subject for i in items], "session": [i.src.session for i in items],
+            "sidecar_files": [[str(p.resolve()) for p in i.src.sidecar_files] for i in items]}
+    write_parquet_atomic(pa.table(rows), path)
+    return path
+
+
+def _known_digests(ws: Workspace) -> dict[str, str]:
+    """content_sha256 → series_id of every converted series in the catalog."""
+    path = table_file(ws.research, SERIES)
+    if not path.exists():
+        return {}
+    import pyarrow.parquet as pq
+    t = pq.read_table(path, columns=None)
+    if "content_sha256" not in t.column_names:
+        return {}
+    out = {}
+    for sid, status, digest in zip(t["series_id"].to_pylist(), t["status"].to_pylist(),
+                                   t["content_sha256"].to_pylist()):
+        if digest and status == "ok":
+            out.setdefault(digest, sid)
+    return out
+
+
+def _series_row(item: _Item, p: IngestParams, ws: Workspace, vol, written: nib.Nifti1Image, path: Path) -> dict:
+    s = item.src
+    meta = series_metadata(s.sidecar, s.entities, vol.image.affine, vol.n_timepoints,
+                           extra_phi=[s.subject, s.session])
+    zooms = [float(z) for z in vol.image.header.get_zooms()[:3]]
+    return dict(series_id=item.series_id, exam_id=item.exam_id, image_set="", status="ok", reason=None,
+                **{k: v for k, v in meta.items() if k != "slice_thickness"},
+                rows=vol.source_shape[1], cols=vol.source_shape[0], pixel_spacing_row=zooms[1],
+                pixel_spacing_col=zooms[0], slice_thickness=meta["slice_thickness"] or zooms[2],
+                slice_spacing=zooms[2], n_slices=vol.source_shape[2], n_timepoints=vol.n_timepoints,
+                nifti_path=ws.rel(path), nifti_shape="x".join(map(str, written.shape)),
+                nifti_zooms="x".join(f"{z:g}" for z in written.header.get_zooms()[:3]),
+                nifti_timepoint=vol.timepoint, converter=CONVERTER, converter_version=nib.__version__,
+                conversion_params=json.dumps({"voxel_size_mm": p.voxel_size_mm, "shape": p.nifti_shape,
+                                              "interpolation_order": 1, "reorientation": "nibabel.as_closest_canonical",
+                                              "resampling": "nibabel.processing", "layout": p.layout,
+                                              "sidecar_error": bool(s.sidecar_error)}, sort_keys=True),
+                content_sha256=vol.digest, bids_entities=bids_entities_json(s.entities))
+
+
+def _ingest_one(item: _Item, p: IngestParams, ws: Workspace, known: dict[str, str]) -> dict:
+    """Check, de-duplicate and conform one file; returns its series row (status ok or rejected).
+
+    Raises:
+        CurationError: a failure to retry (``ingest_error``, ``disk_full``).
+    """
+    vol = check_nifti(item.src.path, item.series_id, p.min_voxels)
+    other = known.get(vol.digest)
+    if other and other != item.series_id:
+        raise RejectedItem(item.series_id, "duplicate_content", f"same voxels as series {other}")
+    path = ws.nifti_path(item.exam_id, item.series_id)
+    cfg = NiftiConfig(voxel_size_mm=p.voxel_size_mm, shape=p.nifti_shape)
+    written = conform(vol, path, cfg, item.series_id)
+    known[vol.digest] = item.series_id
+    return _series_row(item, p, ws, vol, written, path)
+
+
+def _exam_row(item: _Item, p: IngestParams, rows: list[dict], n_sources: int) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    parts = Counter(r["body_part"] for r in ok if r.get("body_part"))
+    return dict(exam_id=item.exam_id, patient_id=item.patient_id, protocol=None,
+                body_part=parts.most_common(1)[0][0] if parts else p.body_part, study_date=None, modality="MR",
+                n_series=n_sources, n_series_ok=len(ok), n_slices=0, source=p.layout, dataset=p.dataset,
+                subject_key=item.subject_key, curated_at=dt.datetime.now(dt.timezone.utc),
+                code_version=code_version())
+
+
+def ingest_collection(out: Path, root: Path, p: IngestParams, *, run_id: str = "cli",
+                      progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Ingest every image of ``root`` into ``out``'s catalog parts (call finalize_catalog after).
+
+    Returns:
+        {"files", "outcomes": {done, rejected, failed, skipped}, "exams", "unnamed"}: counts only.
+    Raises:
+        FileNotFoundError: ``root`` is not a folder / not a BIDS dataset.
+        ValueError: bad parameters.
+    """
+    p.check()
+    ws = Workspace(Path(out), run_id)
+    sources, unnamed = find_sources(Path(root), p.layout)
+    items = _items(sources, p.dataset, ws.salt)
+    _write_manifest(ws, p.dataset, items)
+    known = _known_digests(ws)
+    by_exam: dict[str, list[_Item]] = {}
+    for it in items:
+        by_exam.setdefault(it.exam_id, []).append(it)
+    outcomes: Counter = Counter()
+    t0, n_done = time.time(), 0
+    for exam_id, group in by_exam.items():
+        state_path = ws.artifact(exam_id, "ingest")
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        rows, new_state = [], {}
+        for it in group:
+            prev, sig = state.get(it.series_id), _signature(it.src.path)
+            status = ws.ledger.status(it.series_id, INGEST_STAGE)
+            reuse = (p.rerun != "all" and prev and prev["signature"] == sig and status in ("done", "rejected")
+                     and (status == "rejected" or (ws.research / prev["row"]["nifti_path"]).exists()))
+            if reuse:
+                rows.append(prev["row"])
+                new_state[it.series_id] = prev
+                outcomes["skipped"] += 1
+            else:
+                started = time.time()
+                try:
+                    row = _ingest_one(it, p, ws, known)
+                    ws.ledger.record(it.series_id, INGEST_STAGE, "done", exam_id=exam_id, item_kind="series",
+                                     started=started, message=("sidecar unreadable, metadata from the file only"
+                                                               if it.src.sidecar_error else None),
+                                     outputs=[row["nifti_path"]])
+                    outcomes["done"] += 1
+                except RejectedItem as e:
+                    row = dict(series_id=it.series_id, exam_id=exam_id, image_set="", status="rejected",
+                               reason=e.reason, bids_entities=bids_entities_json(it.src.entities))
+                    ws.ledger.record(it.series_id, INGEST_STAGE, "rejected", exam_id=exam_id, item_kind="series",
+                                     reason=e.reason, message=e.message, started=started)
+                    outcomes["rejected"] += 1
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the collection
+                    reason = e.reason if isinstance(e, CurationError) else "ingest_error"
+                    msg = e.message if isinstance(e, CurationError) else f"{type(e).__name__}"
+                    ws.ledger.record(it.series_id, INGEST_STAGE, "failed", exam_id=exam_id, item_kind="series",
+                                     reason=reason, message=msg, started=started)
+                    log.warning("ingest %s: %s (%s)", it.series_id, reason, msg)
+                    outcomes["failed"] += 1
+                    row = None
+                if row is not None:
+                    rows.append(row)
+                    new_state[it.series_id] = {"signature": sig, "row": row}
+            n_done += 1
+            if progress:
+                progress(n_done, len(items), n_done / max(time.time() - t0, 1e-6))
+        ws.write_artifact(exam_id, "ingest", new_state)
+        write_exam_parts(ws.research, exam_id, {"exams": [_exam_row(group[0], p, rows, len(group))],
+                                                "series": rows})
+    for rel in unnamed:   # recorded, so a user sees why a file of the folder is not in the catalog
+        sid = "s" + opaque_id("series", f"{p.dataset}\0{rel}", ws.salt, 15)
+        ws.ledger.record(sid, INGEST_STAGE, "rejected", exam_id="e" + opaque_id("exam", f"{p.dataset}\0", ws.salt, 15),
+                         item_kind="series", reason="not_bids_named", message="not a BIDS image path")
+        outcomes["rejected"] += 1
+    return {"dataset": p.dataset, "files": len(items) + len(unnamed), "exams": len(by_exam), "outcomes": dict(outcomes),
+            "unnamed": len(unnamed)}
