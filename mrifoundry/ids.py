@@ -31,3 +31,22 @@ def series_id(series_instance_uid: str, salt: str) -> str:
 
 def patient_id(patient_key: str, salt: str) -> str:
     return "p" + opaque_id("patient", patient_key.strip(), salt, ID_LENGTH - 1)
+
+
+def subject_key(label: str, salt: str) -> str:
+    """Salted key of a collection's own subject label, the same in every collection.
+
+    ``exams.subject_key`` (ingested BIDS/NIfTI collections, with the ``sub-`` label) and
+    ``labelled_volumes.subject_key`` (downstream datasets, with the patient label) both come
+    from here, so the overlap check can join them. Surrounding whitespace and a leading
+    ``sub-`` are dropped first: ``"sub-01"`` and ``"01"`` give the same key.
+
+    Raises:
+        ValueError: an empty label, or an empty salt.
+    """
+    norm = label.strip()
+    if norm.startswith("sub-"):
+        norm = norm[4:]
+    if not norm:
+        raise ValueError(f"subject label {label!r} is empty")
+    return opaque_id("subject", norm, salt)
