@@ -34,6 +34,15 @@ def _cmd_ingest(a) -> int:
     return 0
 
 
+def _cmd_export_bids(a) -> int:
+    from tasks.data.bids_export import export_bids, validate_bids
+    res = export_bids(research_dir(a.out), a.query, Path(a.dest), name=a.name)
+    if a.validate:
+        res["validator"] = validate_bids(Path(a.dest))
+    print(json.dumps(res, indent=1))
+    return 1 if a.validate and res["validator"]["errors"] else 0
+
+
 def _cmd_sql(a) -> int:
     from catalog.views import connect
     con = connect(research_dir(a.out))
@@ -157,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--rerun", choices=["failed", "all"], default="failed")
     g.add_argument("--no-phi-audit", action="store_true")
     g.set_defaults(fn=_cmd_ingest)
+
+    x = sub.add_parser("export-bids", help="write the anatomical volumes of a query as a BIDS dataset")
+    x.add_argument("--out", help="output root of the catalog")
+    x.add_argument("--query", default="SELECT series_id FROM series WHERE status = 'ok'",
+                   help="SQL returning series_id")
+    x.add_argument("--dest", required=True, help="a new, empty folder")
+    x.add_argument("--name", default="mrifoundry export")
+    x.add_argument("--validate", action="store_true", help="run bids-validator-deno (exit 1 on an error)")
+    x.set_defaults(fn=_cmd_export_bids)
 
     q = sub.add_parser("sql", help="query the research catalog: mrifoundry sql \"SELECT …\"")
     q.add_argument("query")
