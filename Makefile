@@ -33,14 +33,18 @@ stop:
 	-deploy/worker.sh stop
 	-deploy/server.sh stop
 
-## demo: install, generate the sample, start server + worker, run curate/curate-demo, print a summary, stop
+## demo: install, generate the sample, start server + worker, run curate/curate-demo, ingest a BIDS corpus
+## (real NIfTI from nibabel/nilearn) into the same catalog, print a summary, stop
 demo: venv
 	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop' EXIT; \
 	$(ENV) $(PY) -m flows.cli sample; \
 	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
 	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-demo --watch --watch-timeout 900; \
+	$(ENV) $(PY) -m mrifoundry.sample.bids_corpus "$$MRIFOUNDRY_HOME/sample/bids"; \
+	$(ENV) $(VENV)/bin/prefect deployment run ingest/ingest-bids -p bids="$$MRIFOUNDRY_HOME/sample/bids" \
+	  -p dataset=demo-bids -p out="{home}/demo" --watch --watch-timeout 900; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
-	  "SELECT e.body_part, COUNT(DISTINCT e.exam_id) AS exams, COUNT(DISTINCT r.series_id) AS series, COUNT(s.slice_id) AS slices FROM exams e JOIN series r USING (exam_id) LEFT JOIN slices s USING (series_id) WHERE r.status = 'ok' GROUP BY 1 ORDER BY 1"; \
+	  "SELECT coalesce(e.dataset, 'curated DICOM') AS source, e.body_part, COUNT(DISTINCT e.exam_id) AS exams, COUNT(DISTINCT r.series_id) AS series, COUNT(s.slice_id) AS slices FROM exams e JOIN series r USING (exam_id) LEFT JOIN slices s USING (series_id) WHERE r.status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2"; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"; \
 	echo "catalog: $$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb"; \

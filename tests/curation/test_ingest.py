@@ -16,7 +16,7 @@ from catalog.views import connect
 from tasks.curation.finalize import finalize_catalog
 from tasks.curation.ingest import IngestParams, ingest_collection
 from tasks.curation.workspace import Workspace
-from tests.curation.bids_corpus import EXPECTED, MNI_T1, PHI, make_bids
+from mrifoundry.sample.bids_corpus import EXPECTED, MNI_T1, PHI, make_bids
 
 
 def _run(out: Path, root: Path, **kw) -> dict:

@@ -12,7 +12,7 @@ from tasks.curation.finalize import finalize_catalog
 from tasks.curation.ingest import IngestParams, ingest_collection
 from tasks.curation.workspace import Workspace
 from tasks.data.bids_export import export_bids, validate_bids
-from tests.curation.bids_corpus import make_bids
+from mrifoundry.sample.bids_corpus import make_bids
 
 
 def _rows(research, sql):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from catalog.views import connect
-from tests.curation.bids_corpus import make_bids
+from mrifoundry.sample.bids_corpus import make_bids
 
 pytestmark = [pytest.mark.prefect_server]
 

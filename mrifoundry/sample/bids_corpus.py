@@ -3,6 +3,7 @@
 No package ships a BIDS dataset with real voxels (pybids' examples are empty placeholders), so the
 real images are laid out here by BIDS 1.9 names: the nilearn MNI152 T1 template, nibabel's SPM
 anatomical and its FSL 4D fMRI example. ``EXPECTED`` says what ingest must decide for each file.
+``make demo`` ingests it beside the curated sample; the tests use it too.
 """
 from __future__ import annotations
 
@@ -97,3 +98,11 @@ def make_bids(root: Path, broken: bool = True) -> Path:
 def _gz(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(gzip.compress(src.read_bytes()))
+
+
+if __name__ == "__main__":   # python -m mrifoundry.sample.bids_corpus DIR
+    import sys
+    target = Path(sys.argv[1])
+    if target.exists():
+        shutil.rmtree(target)
+    print(make_bids(target))
