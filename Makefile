@@ -42,7 +42,7 @@ demo: venv
 	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-demo --watch --watch-timeout 900; \
 	$(ENV) $(PY) -m mrifoundry.sample.bids_corpus "$$MRIFOUNDRY_HOME/sample/bids"; \
 	$(ENV) $(VENV)/bin/prefect deployment run ingest/ingest-bids -p bids="$$MRIFOUNDRY_HOME/sample/bids" \
-	  -p dataset=demo-bids -p out="{home}/demo" --watch --watch-timeout 900; \
+	  -p dataset=demo-bids -p out="$$MRIFOUNDRY_HOME/demo" --watch --watch-timeout 900; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT coalesce(e.dataset, 'curated DICOM') AS source, e.body_part, COUNT(DISTINCT e.exam_id) AS exams, COUNT(DISTINCT r.series_id) AS series, COUNT(s.slice_id) AS slices FROM exams e JOIN series r USING (exam_id) LEFT JOIN slices s USING (series_id) WHERE r.status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2"; \
 	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \

@@ -29,7 +29,7 @@ def _cmd_ingest(a) -> int:
     shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
     res = ingest(bids=a.bids, nifti=a.nifti, dataset=a.dataset, out=a.out,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape, body_part=a.body_part,
-                 rerun=a.rerun, phi_audit=not a.no_phi_audit)
+                 rerun=a.rerun, workers=a.workers, phi_audit=not a.no_phi_audit)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--nifti-shape", help="fixed output shape, e.g. 256x256x128")
     g.add_argument("--body-part", help="body part when the sidecars do not say (e.g. brain)")
     g.add_argument("--rerun", choices=["failed", "all"], default="failed")
+    g.add_argument("--workers", type=int, default=2, help="threads (one exam each at a time)")
     g.add_argument("--no-phi-audit", action="store_true")
     g.set_defaults(fn=_cmd_ingest)
 

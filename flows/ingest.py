@@ -19,7 +19,7 @@ from flows.run_lock import RunLock
 
 @task(name="ingest-files")
 def ingest_task(out: str, root: str, layout: str, dataset: str, voxel_size_mm: float | None,
-                nifti_shape: list[int] | None, body_part: str | None, rerun: str, run_id: str) -> dict:
+                nifti_shape: list[int] | None, body_part: str | None, rerun: str, workers: int, run_id: str) -> dict:
     from tasks.curation.ingest import IngestParams, ingest_collection
     logger = get_run_logger()
     bar = create_progress_artifact(progress=0.0, description=f"ingest {dataset}: files")
@@ -30,17 +30,18 @@ def ingest_task(out: str, root: str, layout: str, dataset: str, voxel_size_mm: f
             update_progress_artifact(bar, progress=100.0 * i / max(n, 1))
 
     params = IngestParams(layout, dataset, voxel_size_mm, tuple(nifti_shape) if nifti_shape else None, body_part,
-                          rerun=rerun)
+                          rerun=rerun, workers=workers)
     return ingest_collection(Path(out), Path(root), params, run_id=run_id, progress=progress)
 
 
 @flow(name="ingest", log_prints=False)
 def ingest(bids: str | None = None, nifti: str | None = None, dataset: str | None = None, out: str | None = None,
            voxel_size_mm: float | None = 1.0, nifti_shape: list[int] | None = None, body_part: str | None = None,
-           rerun: Literal["failed", "all"] = "failed", phi_audit: bool = True) -> dict:
+           rerun: Literal["failed", "all"] = "failed", workers: int = 2, phi_audit: bool = True) -> dict:
     """Ingest ``bids`` (a BIDS dataset) or ``nifti`` (a folder of NIfTI files, subject = first
     folder) as ``dataset`` into OUT/research: RAS, ``voxel_size_mm`` (None = native), QC reasons
-    in the ledger (stage ``ingest``), de-duplication by voxel digest, then the PHI audit."""
+    in the ledger (stage ``ingest``), de-duplication by voxel digest, ``workers`` threads, then the
+    PHI audit."""
     if (bids is None) == (nifti is None):
         raise ValueError("give exactly one of bids= or nifti=")
     layout, root = ("bids", bids) if bids else ("nifti", nifti)
@@ -49,7 +50,8 @@ def ingest(bids: str | None = None, nifti: str | None = None, dataset: str | Non
     out_dir = research_dir(out).parent
     run_id = _run_id()
     with RunLock(out_dir / "state"):
-        run = ingest_task(str(out_dir), root, layout, dataset, voxel_size_mm, nifti_shape, body_part, rerun, run_id)
+        run = ingest_task(str(out_dir), root, layout, dataset, voxel_size_mm, nifti_shape, body_part, rerun, workers,
+                          run_id)
         counts = finalize_task(str(out_dir), run_id)
         from tasks.curation.ingest.report import ingest_summary
         md, montage = ingest_summary(out_dir / "research", dataset, run)

@@ -225,3 +225,17 @@ def test_bad_parameters_are_refused(tmp_path):
         IngestParams("bids", "bad name/").check()
     with pytest.raises(FileNotFoundError, match="not a BIDS dataset"):
         ingest_collection(tmp_path, tmp_path, IngestParams("bids", "x"))
+
+
+def test_two_worker_threads_decide_every_file_as_one_does(ingested, tmp_path):
+    root, out, _ = ingested
+    res = _run(tmp_path / "out", root, workers=2)
+    assert res["outcomes"] == {"done": 4, "rejected": len(EXPECTED) - 4}
+    ids = _ids(tmp_path / "out")
+    got = {r[0]: (r[1], r[2]) for r in _sql(tmp_path / "out", "SELECT item_id, status, reason FROM stage_results")}
+    twins = ["sub-01/anat/sub-01_T1w.nii.gz", "sub-03/anat/sub-03_T1w.nii.gz"]
+    for rel, want in EXPECTED.items():
+        if rel in ids and rel not in twins:
+            assert got[ids[rel]] == want, rel
+    # which twin is first depends on thread timing; exactly one is kept
+    assert sorted(got[ids[t]] for t in twins) == [("done", None), ("rejected", "duplicate_content")]

@@ -16,8 +16,10 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +54,7 @@ class IngestParams:
     body_part: str | None = None         # when neither sidecar nor name says (most BIDS data: brain)
     min_voxels: int = 8
     rerun: str = "failed"                # failed: redo failed and changed files; all: redo every file
+    workers: int = 1                     # threads, one exam at a time each
 
     def check(self) -> None:
         if self.layout not in ("bids", "nifti"):
@@ -133,21 +136,67 @@ def _series_row(item: _Item, p: IngestParams, ws: Workspace, vol, written: nib.N
                 content_sha256=vol.digest, bids_entities=bids_entities_json(s.entities))
 
 
-def _ingest_one(item: _Item, p: IngestParams, ws: Workspace, known: dict[str, str]) -> dict:
+class _Digests:
+    """content digest → series id, shared by the worker threads: the first to claim a digest keeps it."""
+
+    def __init__(self, known: dict[str, str]):
+        self.known, self.lock = known, threading.Lock()
+
+    def claim(self, digest: str, series_id: str) -> str:
+        with self.lock:
+            return self.known.setdefault(digest, series_id)
+
+    def release(self, digest: str, series_id: str) -> None:
+        with self.lock:
+            if self.known.get(digest) == series_id:
+                del self.known[digest]
+
+
+def _ingest_one(item: _Item, p: IngestParams, ws: Workspace, digests: _Digests) -> dict:
     """Check, de-duplicate and conform one file; returns its series row (status ok or rejected).
 
     Raises:
         CurationError: a failure to retry (``ingest_error``, ``disk_full``).
     """
     vol = check_nifti(item.src.path, item.series_id, p.min_voxels)
-    other = known.get(vol.digest)
-    if other and other != item.series_id:
+    other = digests.claim(vol.digest, item.series_id)
+    if other != item.series_id:
         raise RejectedItem(item.series_id, "duplicate_content", f"same voxels as series {other}")
     path = ws.nifti_path(item.exam_id, item.series_id)
     cfg = NiftiConfig(voxel_size_mm=p.voxel_size_mm, shape=p.nifti_shape)
-    written = conform(vol, path, cfg, item.series_id)
-    known[vol.digest] = item.series_id
+    try:
+        written = conform(vol, path, cfg, item.series_id)
+    except Exception:
+        digests.release(vol.digest, item.series_id)   # a failed file must not block its duplicate later
+        raise
     return _series_row(item, p, ws, vol, written, path)
+
+
+def _one_file(it: _Item, prev: dict | None, p: IngestParams, ws: Workspace, digests: _Digests) -> tuple[str, dict | None]:
+    """(outcome, row) of one file: reused from the last run, or ingested now with its ledger row."""
+    sig = _signature(it.src.path)
+    status = ws.ledger.status(it.series_id, INGEST_STAGE)
+    if (p.rerun != "all" and prev and prev["signature"] == sig and status in ("done", "rejected")
+            and (status == "rejected" or (ws.research / prev["row"]["nifti_path"]).exists())):
+        return "skipped", prev["row"]
+    started, kw = time.time(), dict(exam_id=it.exam_id, item_kind="series")
+    try:
+        row = _ingest_one(it, p, ws, digests)
+        note = "sidecar unreadable, metadata from the file only" if it.src.sidecar_error else None
+        ws.ledger.record(it.series_id, INGEST_STAGE, "done", started=started, message=note,
+                         outputs=[row["nifti_path"]], **kw)
+        return "done", row
+    except RejectedItem as e:
+        ws.ledger.record(it.series_id, INGEST_STAGE, "rejected", reason=e.reason, message=e.message, started=started,
+                         **kw)
+        return "rejected", dict(series_id=it.series_id, exam_id=it.exam_id, image_set="", status="rejected",
+                                reason=e.reason, bids_entities=bids_entities_json(it.src.entities))
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the collection
+        reason = e.reason if isinstance(e, CurationError) else "ingest_error"
+        msg = e.message if isinstance(e, CurationError) else f"{type(e).__name__}"
+        ws.ledger.record(it.series_id, INGEST_STAGE, "failed", reason=reason, message=msg, started=started, **kw)
+        log.warning("ingest %s: %s (%s)", it.series_id, reason, msg)
+        return "failed", None
 
 
 def _exam_row(item: _Item, p: IngestParams, rows: list[dict], n_sources: int) -> dict:
@@ -180,52 +229,36 @@ def ingest_collection(out: Path, root: Path, p: IngestParams, *, run_id: str = "
     for it in items:
         by_exam.setdefault(it.exam_id, []).append(it)
     outcomes: Counter = Counter()
+    digests, lock = _Digests(known), threading.Lock()
     t0, n_done = time.time(), 0
-    for exam_id, group in by_exam.items():
+
+    def exam(exam_id: str, group: list[_Item]) -> None:
+        nonlocal n_done
         state_path = ws.artifact(exam_id, "ingest")
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
         rows, new_state = [], {}
         for it in group:
-            prev, sig = state.get(it.series_id), _signature(it.src.path)
-            status = ws.ledger.status(it.series_id, INGEST_STAGE)
-            reuse = (p.rerun != "all" and prev and prev["signature"] == sig and status in ("done", "rejected")
-                     and (status == "rejected" or (ws.research / prev["row"]["nifti_path"]).exists()))
-            if reuse:
-                rows.append(prev["row"])
-                new_state[it.series_id] = prev
-                outcomes["skipped"] += 1
-            else:
-                started = time.time()
-                try:
-                    row = _ingest_one(it, p, ws, known)
-                    ws.ledger.record(it.series_id, INGEST_STAGE, "done", exam_id=exam_id, item_kind="series",
-                                     started=started, message=("sidecar unreadable, metadata from the file only"
-                                                               if it.src.sidecar_error else None),
-                                     outputs=[row["nifti_path"]])
-                    outcomes["done"] += 1
-                except RejectedItem as e:
-                    row = dict(series_id=it.series_id, exam_id=exam_id, image_set="", status="rejected",
-                               reason=e.reason, bids_entities=bids_entities_json(it.src.entities))
-                    ws.ledger.record(it.series_id, INGEST_STAGE, "rejected", exam_id=exam_id, item_kind="series",
-                                     reason=e.reason, message=e.message, started=started)
-                    outcomes["rejected"] += 1
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the collection
-                    reason = e.reason if isinstance(e, CurationError) else "ingest_error"
-                    msg = e.message if isinstance(e, CurationError) else f"{type(e).__name__}"
-                    ws.ledger.record(it.series_id, INGEST_STAGE, "failed", exam_id=exam_id, item_kind="series",
-                                     reason=reason, message=msg, started=started)
-                    log.warning("ingest %s: %s (%s)", it.series_id, reason, msg)
-                    outcomes["failed"] += 1
-                    row = None
-                if row is not None:
-                    rows.append(row)
-                    new_state[it.series_id] = {"signature": sig, "row": row}
-            n_done += 1
-            if progress:
-                progress(n_done, len(items), n_done / max(time.time() - t0, 1e-6))
+            outcome, row = _one_file(it, state.get(it.series_id), p, ws, digests)
+            if row is not None:
+                rows.append(row)
+                new_state[it.series_id] = state[it.series_id] if outcome == "skipped" else \
+                    {"signature": _signature(it.src.path), "row": row}
+            with lock:
+                outcomes[outcome] += 1
+                n_done += 1
+                if progress:
+                    progress(n_done, len(items), n_done / max(time.time() - t0, 1e-6))
         ws.write_artifact(exam_id, "ingest", new_state)
         write_exam_parts(ws.research, exam_id, {"exams": [_exam_row(group[0], p, rows, len(group))],
                                                 "series": rows})
+
+    if p.workers <= 1:
+        for exam_id, group in by_exam.items():
+            exam(exam_id, group)
+    else:   # nibabel's gzip and scipy's resampling release the GIL for most of their work
+        with ThreadPoolExecutor(p.workers) as pool:
+            for f in [pool.submit(exam, e, g) for e, g in by_exam.items()]:
+                f.result()
     for rel in unnamed:   # recorded, so a user sees why a file of the folder is not in the catalog
         sid = "s" + opaque_id("series", f"{p.dataset}\0{rel}", ws.salt, 15)
         ws.ledger.record(sid, INGEST_STAGE, "rejected", exam_id="e" + opaque_id("exam", f"{p.dataset}\0", ws.salt, 15),
