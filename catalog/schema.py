@@ -303,7 +303,7 @@ LABELLED_VOLUMES = Table(
         Column("class_label", S, "class of the case (classification); null for segmentation"),
         Column("n_channels", I, "image channels (C)"),
         Column("shape", S, "spatial shape X x Y x Z of the written image, e.g. '240x240x155'"),
-        Column("zooms", S, "voxel size in mm of the written image, e.g. '1.0x1.0x1.0'"),
+        Column("zooms", S, "voxel size in mm of the written image, e.g. '1x1x1' (as series.nifti_zooms)"),
         Column("label_values", S, "JSON list of the label values present in the case's label map, after the "
                                   "ingest's label mapping; null for classification"),
         Column("content_sha256", pa.list_(pa.string()), "voxel digest of each source channel before resampling "

@@ -43,6 +43,25 @@ def _cmd_export_bids(a) -> int:
     return 1 if a.validate and res["validator"]["errors"] else 0
 
 
+def _cmd_ingest_downstream(a) -> int:
+    from flows.downstream import ingest_downstream_flow
+    res = ingest_downstream_flow(root=a.root, dataset_id=a.dataset_id, out=a.out, layout=a.layout,
+                                 labels=json.loads(a.labels) if a.labels else None, strict_labels=a.strict_labels,
+                                 voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size,
+                                 split=tuple(float(x) for x in a.split.split(",")), folds=a.folds or None, seed=a.seed)
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def _cmd_overlap(a) -> int:
+    from tasks.evaluation.overlap import exclude_overlap, overlap
+    res = overlap(research_dir(a.out), a.query, a.dataset_id)
+    if a.sql:
+        res["exclude_sql"] = exclude_overlap(a.query, a.dataset_id)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
 def _cmd_sql(a) -> int:
     from catalog.views import connect
     con = connect(research_dir(a.out))
@@ -110,7 +129,7 @@ def _cmd_pretrain(a) -> int:
     from flows.pretrain import pretrain
     res = pretrain(out=a.out, query=a.query, recipe=a.recipe, init_weights=a.init_weights, run_name=a.run_name,
                    nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None,
-                   stage2_query=a.stage2_query)
+                   stage2_query=a.stage2_query, exclude_overlap=a.exclude_overlap)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -168,6 +187,28 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-phi-audit", action="store_true")
     g.set_defaults(fn=_cmd_ingest)
 
+    dd = sub.add_parser("ingest-downstream", help="a 3D downstream dataset (MSD/nnU-Net, BraTS, images+labels, "
+                                                  "DICOM-SEG, classification CSV) into labelled_volumes")
+    dd.add_argument("root", help="dataset folder, or the classification CSV")
+    dd.add_argument("--dataset-id", required=True)
+    dd.add_argument("--out", help="output root (its research/ catalog; salt from OUT/restricted/salt)")
+    dd.add_argument("--layout", default="auto", choices=["auto", "msd", "brats", "folder", "dicom-seg", "csv"])
+    dd.add_argument("--labels", help='JSON label mapping: \'{"1": 1, "2": 1, "4": 2}\' or '
+                                     '\'{"whole_tumor": [1, 2, 4], "tumor_core": [1, 4], "enhancing": [4]}\'')
+    dd.add_argument("--strict-labels", action="store_true", help="skip cases with values the mapping leaves out")
+    dd.add_argument("--voxel-size", type=float, default=1.0, help="isotropic mm; 0 keeps native spacing")
+    dd.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of patients")
+    dd.add_argument("--folds", type=int, default=5, help="k of the per-patient k-fold; 0 = none")
+    dd.add_argument("--seed", type=int, default=0)
+    dd.set_defaults(fn=_cmd_ingest_downstream)
+
+    ov = sub.add_parser("overlap", help="pretraining series (SQL returning series_id) that overlap a downstream dataset")
+    ov.add_argument("query")
+    ov.add_argument("--dataset-id", required=True)
+    ov.add_argument("--out")
+    ov.add_argument("--sql", action="store_true", help="also print the SQL that excludes overlapping patients")
+    ov.set_defaults(fn=_cmd_overlap)
+
     x = sub.add_parser("export-bids", help="write the anatomical volumes of a query as a BIDS dataset")
     x.add_argument("--out", help="output root of the catalog")
     x.add_argument("--query", default="SELECT series_id FROM series WHERE status = 'ok'",
@@ -212,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--nproc", type=int, default=1, help="DDP processes (torchrun) — GPUs, or CPU with gloo")
     t.add_argument("--restart", action="store_true", help="ignore an existing train state of the run")
     t.add_argument("--overrides", help='JSON, e.g. \'{"epochs": 2, "batch_size": 64}\'')
+    t.add_argument("--exclude-overlap", action="append", metavar="DATASET_ID",
+                   help="drop the patients a downstream dataset shares with the query (repeatable)")
     t.set_defaults(fn=_cmd_pretrain)
 
     fe = sub.add_parser("features", help="embed catalog slices (or volumes, with a volume encoder) with a zoo "

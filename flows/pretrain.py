@@ -96,7 +96,8 @@ def report_task(research: str, run_dir: str, row: dict) -> dict:
 @flow(name="pretrain", log_prints=False)
 def pretrain(out: str | None = None, query: str | None = None, recipe: str = "mri-core",
              init_weights: str | None = None, run_name: str | None = None, nproc: int = 1, resume: bool = True,
-             overrides: dict | None = None, stage2_query: str | None = None) -> dict:
+             overrides: dict | None = None, stage2_query: str | None = None,
+             exclude_overlap: list[str] | None = None) -> dict:
     """Pretrain an encoder on what ``query`` selects from the catalog under ``out``.
 
     ``recipe`` (models/recipes.py): slices — mri-core, mae, brainfound (+ ``-tiny``);
@@ -105,12 +106,19 @@ def pretrain(out: str | None = None, query: str | None = None, recipe: str = "mr
     paired volumes for PRISM, brain series for BrainFound). ``init_weights``: local SAM
     checkpoint for init=sam recipes ({home} expands to MRIFOUNDRY_HOME).
     ``stage2_query``: BrainSegFounder's second stage (model ``<run_name>-stage2``).
+    ``exclude_overlap``: downstream dataset ids whose patients (by voxel digest or subject key)
+    are dropped from ``query``, which must then return ``series_id`` (tasks/evaluation/overlap.py);
+    the query stored in the models row is the filtered one.
     Checkpoints go to OUT/research/models/<run_name>/.
     """
     logger = get_run_logger()
     overrides = dict(overrides or {})
     cfg = get_recipe(recipe, **overrides)
     query = query or launch.default_query(cfg)
+    if exclude_overlap:
+        from tasks.evaluation.overlap import exclude_overlap as without
+        for dataset_id in exclude_overlap:
+            query = without(query, dataset_id)
     research = research_dir(out)
     name = run_name or launch.default_run_name(recipe, query, overrides)
     run_dir = research / "models" / name
