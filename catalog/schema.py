@@ -314,14 +314,17 @@ LABELLED_VOLUMES = Table(
 
 EVALUATIONS = Table(
     "evaluations", "research", ("eval_id", "metric"),
-    "One row per (evaluation run, metric): linear probing, zero-shot and few-shot segmentation, FRD.",
+    "One row per (evaluation run, metric): linear probing, zero-shot and few-shot segmentation, FRD, 3D "
+    "fine-tuning and classification.",
     (
         Column("eval_id", S, "evaluation run name"),
-        Column("kind", S, "linear-probe, zero-shot, few-shot or frd"),
+        Column("kind", S, "linear-probe, zero-shot, few-shot, frd, finetune-3d or classify-3d"),
         Column("model", S, "zoo entry, or a pretrain run's model_id"),
         Column("weights_sha256", S, "SHA-256 prefix of the weights file, or 'random'"),
         Column("dataset", S, "labelled dataset_id, or the SQL that chose the slices"),
-        Column("metric", S, "metric name, e.g. accuracy, dice_2d, dice_3d, nsd_3d, dice_k16, frd"),
+        Column("metric", S, "metric name, e.g. accuracy, dice_2d, dice_3d, nsd_3d, dice_k16, frd; finetune-3d: "
+                            "dice_<label value>, nsd_<label value>, dice_mean, nsd_mean (a label-fraction sweep "
+                            "adds @f<fraction>); classify-3d: auroc, accuracy, balanced_accuracy"),
         Column("value", F, "metric value"),
         Column("std", F, "standard deviation over repeats; null for a single run"),
         Column("n", I, "items the metric is computed over (slices, patients or images)"),

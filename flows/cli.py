@@ -62,6 +62,19 @@ def _cmd_overlap(a) -> int:
     return 0
 
 
+def _cmd_finetune3d(a) -> int:
+    from flows.finetune import classify_3d, finetune_3d
+    fr = [float(x) for x in a.label_fractions.split(",")] if a.label_fractions else None
+    common = dict(dataset_id=a.dataset_id, out=a.out, model=a.model, weights=a.weights, arch=a.arch,
+                  pretrained=a.pretrained, iterations=a.iterations, roi=a.roi, lr=a.lr, encoder_lr=a.encoder_lr,
+                  seed=a.seed, label_fractions=fr, preset=a.preset,
+                  overrides=json.loads(a.overrides) if a.overrides else None, eval_id=a.eval_id)
+    res = (classify_3d(mode=a.mode, **common) if a.task == "classify-3d"
+           else finetune_3d(decoder=a.decoder, freeze=a.freeze or None, **common))
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def _cmd_sql(a) -> int:
     from catalog.views import connect
     con = connect(research_dir(a.out))
@@ -208,6 +221,31 @@ def main(argv: list[str] | None = None) -> int:
     ov.add_argument("--out")
     ov.add_argument("--sql", action="store_true", help="also print the SQL that excludes overlapping patients")
     ov.set_defaults(fn=_cmd_overlap)
+
+    for name, help_ in (("finetune-3d", "fine-tune a volume encoder + SwinUNETR/UNETR decoder on a labelled 3D dataset"),
+                        ("classify-3d", "k-fold 3D classification (fine-tune or linear probe) of a labelled 3D dataset")):
+        f3 = sub.add_parser(name, help=help_)
+        f3.add_argument("dataset_id")
+        f3.add_argument("--out")
+        f3.add_argument("--model", default="brainsegfounder", help="triad-unet | triad-swin | brainsegfounder | prism")
+        f3.add_argument("--weights", help="local weights; none: random init of --arch")
+        f3.add_argument("--arch", help="encoder config, e.g. swin_b, swin_tiny, unet_tiny")
+        f3.add_argument("--pretrained", help="a pretrain run's model_id instead of --model/--weights")
+        f3.add_argument("--iterations", type=int)
+        f3.add_argument("--roi", type=int)
+        f3.add_argument("--lr", type=float)
+        f3.add_argument("--encoder-lr", type=float)
+        f3.add_argument("--seed", type=int)
+        f3.add_argument("--label-fractions", help="comma list, e.g. 0.1,0.25,1")
+        f3.add_argument("--preset", default="default", choices=["default", "tiny"])
+        f3.add_argument("--overrides", help='JSON of other config fields, e.g. \'{"overlap": 0.25}\'')
+        f3.add_argument("--eval-id")
+        if name == "finetune-3d":
+            f3.add_argument("--decoder", choices=["swinunetr", "unetr"])
+            f3.add_argument("--freeze", action="store_true", help="train the decoder only")
+        else:
+            f3.add_argument("--mode", choices=["finetune", "linear"])
+        f3.set_defaults(fn=_cmd_finetune3d, task=name)
 
     x = sub.add_parser("export-bids", help="write the anatomical volumes of a query as a BIDS dataset")
     x.add_argument("--out", help="output root of the catalog")

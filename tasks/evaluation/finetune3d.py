@@ -1,0 +1,370 @@
+"""3D segmentation fine-tuning of a zoo volume encoder, as plain functions.
+
+Protocol: a :class:`models.seg3d.SegNet3d` (the encoder from ``encoder_factory`` plus a SwinUNETR
+or UNETR decoder) is trained on random ``roi``³ crops of the training cases — centres drawn
+foreground:background ``pos:neg`` (MONAI ``RandCropByPosNegLabeld``), random flips on each axis
+— with Dice + cross-entropy (MONAI ``DiceCELoss``, softmax over background + labels, Dice pooled
+over the batch), AdamW, a linear warm-up then cosine decay, for a fixed number of iterations
+(the last weights are tested; the val split is not used). Test cases are predicted whole by Gaussian-weighted
+sliding-window inference (``monai.inferers.sliding_window_inference``) and scored per label
+value with tasks/evaluation/metrics.py: DSC, and NSD at ``nsd_tolerance`` mm with the case's
+voxel size.
+
+Inputs are ``labelled_volumes`` rows (``case_id``, ``patient_id``, ``split``, ``fold``,
+``image_file`` NIfTI [X, Y, Z] or [X, Y, Z, C], ``label_file`` uint8 label map on the image's
+grid, ``n_channels``, ``zooms`` 'AxBxC'). Images are scaled per channel as the volume recipes
+scale them (tasks/data/volume_io.py: robust min-max between the 0.5 and 99.5 percentiles, to
+[0, 1]). Everything random is seeded from ``cfg.seed``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from models.encoders3d import Encoder3d
+from models.seg3d import build_segmenter3d, param_groups
+from tasks.evaluation.metrics import dice, surface_dice
+
+__all__ = ["Finetune3dConfig", "as_encoder", "autocast_for", "case_metrics", "device_for", "label_fraction_sweep",
+           "load_case", "load_image", "parse_zooms", "pick_train_patients", "predict_volume", "run_finetune3d",
+           "summarise_cases", "warmup_cosine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finetune3dConfig:
+    """Settings of one fine-tuning run; ``tiny()`` for tests and demos (seconds on a CPU).
+
+    ``encoder_lr`` None: the encoder trains at ``lr``; ``freeze``: the encoder is frozen (decoder
+    only). ``labels`` None: every non-zero value of the training label maps. ``label_fraction``:
+    the seeded share of training *patients* used (at least one). ``roi`` must be a multiple of
+    the encoder's deepest stride (32 for Swin; a Swin with the SwinUNETR decoder needs ≥ 64 to
+    train, its /32 map being one voxel at 32).
+    """
+
+    roi: int = 96
+    batch_size: int = 2
+    iterations: int = 2000
+    lr: float = 1e-4
+    encoder_lr: float | None = None
+    weight_decay: float = 1e-5
+    warmup_iters: int = 100
+    freeze: bool = False
+    decoder: str = "swinunetr"
+    feature_size: int = 16          # UNETR decoder width f
+    seed: int = 0
+    device: str | None = None       # None: cuda when available
+    sw_batch_size: int = 4
+    overlap: float = 0.5
+    nsd_tolerance: float = 1.0      # mm
+    label_fraction: float = 1.0
+    pos: float = 1.0
+    neg: float = 1.0
+    flip: bool = True
+    amp: bool = True                # bf16 autocast on CUDA only
+    labels: tuple[int, ...] | None = None
+
+    @classmethod
+    def tiny(cls, **overrides) -> Finetune3dConfig:
+        base = cls(roi=32, batch_size=2, iterations=40, lr=3e-3, warmup_iters=0, feature_size=8, sw_batch_size=2,
+                   amp=False)
+        return replace(base, **overrides)
+
+
+# ------------------------------------------------------------------ data
+
+def parse_zooms(zooms: str | None) -> tuple[float, float, float] | None:
+    """'1.0x1.0x1.2' → (1.0, 1.0, 1.2); None or '' → None."""
+    if not zooms:
+        return None
+    parts = tuple(float(z) for z in str(zooms).lower().split("x"))
+    if len(parts) != 3 or any(not math.isfinite(z) or z <= 0 for z in parts):
+        raise ValueError(f"zooms must read 'AxBxC' with positive numbers, got {zooms!r}")
+    return parts  # type: ignore[return-value]
+
+
+def load_image(path: str | Path, n_channels: int | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(float32 [C, X, Y, Z] scaled per channel to [0, 1] between the 0.5 and 99.5 percentiles,
+    affine, header zooms). 3D files give C = 1, 4D files are channels last.
+
+    Raises:
+        ValueError: not 3D/4D, or ``n_channels`` given and different.
+    """
+    from monai.transforms import ScaleIntensityRangePercentiles
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[None]
+    elif data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
+    else:
+        raise ValueError(f"{Path(path).name}: expected [X, Y, Z] or [X, Y, Z, C], got shape {data.shape}")
+    if n_channels is not None and data.shape[0] != int(n_channels):
+        raise ValueError(f"{Path(path).name}: {data.shape[0]} channels, the row says {n_channels}")
+    scale = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, channel_wise=True)
+    out = np.asarray(scale(np.nan_to_num(data)), dtype=np.float32)
+    return np.nan_to_num(out, nan=0.0), img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def load_case(row: dict) -> dict:
+    """A row → ``{"case_id", "image" [C,X,Y,Z] float32, "label" [X,Y,Z] uint8 | None, "spacing", "affine"}``;
+    the spacing is the row's ``zooms``, else the image header's.
+
+    Raises:
+        ValueError: the label map is not on the image's grid.
+    """
+    image, affine, header_zooms = load_image(row["image_file"], row.get("n_channels"))
+    label = None
+    if row.get("label_file"):
+        label = np.asarray(nib.load(str(row["label_file"])).dataobj).astype(np.uint8)
+        if label.shape != image.shape[1:]:
+            raise ValueError(f"case {row['case_id']!r}: label map {label.shape} is not on the image grid "
+                             f"{image.shape[1:]}")
+    return {"case_id": str(row["case_id"]), "image": image, "label": label, "affine": affine,
+            "spacing": parse_zooms(row.get("zooms")) or header_zooms}
+
+
+def pick_train_patients(rows: Sequence[dict], fraction: float, seed: int, split: str | None = "train") -> list[str]:
+    """A seeded ``fraction`` of the patients of ``split`` rows (None: all rows), at least one,
+    sorted. Nested: for one seed, a smaller fraction's patients are a subset of a larger one's.
+
+    Raises:
+        ValueError: fraction outside (0, 1], or no patients.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    patients = sorted({str(r["patient_id"]) for r in rows if split is None or r["split"] == split})
+    if not patients:
+        raise ValueError(f"no {split or 'any'} patients to pick from")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    n = max(1, int(round(fraction * len(patients))))
+    return sorted(patients[i] for i in order[:n])
+
+
+def as_encoder(made) -> Encoder3d:
+    """An :class:`Encoder3d`, or the ``.encoder`` of a zoo model (``VolumeZooModel``).
+
+    Raises:
+        TypeError: neither.
+    """
+    if isinstance(made, Encoder3d):
+        return made
+    if isinstance(getattr(made, "encoder", None), Encoder3d):
+        return made.encoder
+    raise TypeError(f"the encoder factory must return an Encoder3d or a volume zoo model, got {type(made).__name__}")
+
+
+def _lut(labels: Sequence[int]) -> np.ndarray:
+    """uint8 value → class index (0: background; values outside ``labels`` count as background)."""
+    lut = np.zeros(256, np.int64)
+    for i, v in enumerate(labels, start=1):
+        lut[int(v)] = i
+    return lut
+
+
+# ------------------------------------------------------------------ training
+
+def warmup_cosine(iteration: int, total: int, warmup: int) -> float:
+    """LR factor: linear warm-up ``(t+1)/W`` for t < W, then cosine from 1 to 0 over the rest."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(iteration - warmup, span) / span))
+
+
+def device_for(cfg) -> torch.device:
+    """``cfg.device``, else cuda when available, else cpu."""
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast_for(dev: torch.device, cfg):
+    """bf16 autocast on CUDA when ``cfg.amp``; a no-op elsewhere."""
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(cfg.amp and dev.type == "cuda"))
+
+
+class _Cropper:
+    """Seeded pos/neg random crops of one case at a time (foreground indices computed once per case)."""
+
+    def __init__(self, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig):
+        from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
+        from monai.transforms.utils import map_binary_to_indices
+        roi = (cfg.roi,) * 3
+        pad = SpatialPadd(keys=["image", "label"], spatial_size=roi)
+        self.items = []
+        for c in cases:
+            d = pad({"image": c["image"], "label": lut[c["label"]][None].astype(np.int64)})
+            fg, bg = map_binary_to_indices(d["label"])
+            # a case without foreground: centres anywhere (no warning about missing foreground)
+            self.items.append({**d, "fg": fg if len(fg) else bg, "bg": bg if len(bg) else fg})
+        self.crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=roi, pos=cfg.pos,
+                                           neg=cfg.neg, num_samples=1, fg_indices_key="fg", bg_indices_key="bg")
+        self.crop.set_random_state(cfg.seed)
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.crop(self.items[i])[0]
+        return torch.as_tensor(np.asarray(out["image"])), torch.as_tensor(np.asarray(out["label"]))
+
+
+def _train(model, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig, dev: torch.device) -> dict:
+    from monai.losses import DiceCELoss
+    groups = param_groups(model, cfg.lr, cfg.encoder_lr)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    base = [g["lr"] for g in groups]
+    # batch Dice: a background-only crop does not score its empty foreground channel as a miss
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    crops, rng = _Cropper(cases, lut, cfg), np.random.default_rng(cfg.seed)
+    curve: dict[str, list] = {"loss": [], "lr": []}
+    model.train()
+    for it in range(cfg.iterations):
+        xs, ys = zip(*(crops(int(rng.integers(len(cases)))) for _ in range(cfg.batch_size)))
+        x, y = torch.stack(xs), torch.stack(ys)
+        if cfg.flip:
+            axes = [2 + a for a in range(3) if rng.random() < 0.5]
+            if axes:
+                x, y = x.flip(axes), y.flip(axes)
+        f = warmup_cosine(it, cfg.iterations, cfg.warmup_iters)
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * f
+        with autocast_for(dev, cfg):
+            logits = model(x.to(dev))
+        loss = loss_fn(logits.float(), y.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve["loss"].append(float(loss.item()))
+        curve["lr"].append(base[0] * f)
+    return curve
+
+
+@torch.no_grad()
+def predict_volume(model, image: np.ndarray, labels: Sequence[int], cfg: Finetune3dConfig) -> np.ndarray:
+    """Label map uint8 [X, Y, Z] of a whole [C, X, Y, Z] image: Gaussian-weighted sliding windows
+    of ``roi``³ (``overlap``, ``sw_batch_size``; a side shorter than ``roi`` is padded), arg-max,
+    class index → label value."""
+    from monai.inferers import sliding_window_inference
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    x = torch.as_tensor(image)[None].to(dev)
+    with autocast_for(dev, cfg):
+        logits = sliding_window_inference(x, (cfg.roi,) * 3, cfg.sw_batch_size, model, overlap=cfg.overlap,
+                                          mode="gaussian")
+    model.train(was)
+    idx = torch.as_tensor(logits).float().argmax(1)[0].cpu().numpy()
+    values = np.array([0, *labels], np.uint8)
+    return values[idx]
+
+
+# ------------------------------------------------------------------ metrics
+
+def case_metrics(pred: np.ndarray, target: np.ndarray, labels: Sequence[int], spacing, tolerance: float) -> dict:
+    """``{"dice_<v>", "nsd_<v>"}`` per label value ``v`` (tasks.evaluation.metrics.dice /
+    surface_dice at ``tolerance`` in the units of ``spacing``), plus their means over labels."""
+    out = {}
+    for v in labels:
+        p, t = pred == v, target == v
+        out[f"dice_{v}"] = dice(p, t)
+        out[f"nsd_{v}"] = surface_dice(p, t, tolerance=tolerance, spacing=spacing)
+    out["dice_mean"] = float(np.mean([out[f"dice_{v}"] for v in labels]))
+    out["nsd_mean"] = float(np.mean([out[f"nsd_{v}"] for v in labels]))
+    return out
+
+
+def summarise_cases(per_case: dict[str, dict]) -> tuple[dict, dict]:
+    """(mean, population std) over cases of every metric of :func:`case_metrics`."""
+    keys = list(next(iter(per_case.values()))) if per_case else []
+    vals = {k: [c[k] for c in per_case.values()] for k in keys}
+    return ({k: float(np.mean(v)) for k, v in vals.items()}, {k: float(np.std(v)) for k, v in vals.items()})
+
+
+# ------------------------------------------------------------------ the run
+
+def _write_prediction(pred: np.ndarray, affine: np.ndarray, folder: Path, case_id: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id)
+    path = folder / f"{safe}.nii.gz"
+    tmp = path.with_name(path.name + ".tmp.nii.gz")
+    nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,
+                   out_dir: str | Path | None = None) -> dict:
+    """Fine-tune on the train split (a ``label_fraction`` of its patients) and test on the test split.
+
+    Args:
+        encoder_factory: returns a fresh :class:`models.encoders3d.Encoder3d` (or anything with
+            an ``.encoder``, e.g. a ``VolumeZooModel``), pretrained or not; called under
+            ``torch.manual_seed(cfg.seed)``, as is the decoder's init.
+        rows: ``labelled_volumes`` rows with label maps, all splits.
+        cfg: settings; ``iterations=0`` tests the untrained network.
+        out_dir: where test predictions are written (``<case_id>.nii.gz``); None: not written.
+
+    Returns:
+        ``metrics`` (``dice_<v>``, ``nsd_<v>``, ``dice_mean``, ``nsd_mean``: means over test
+        cases), ``std`` (population std over cases), ``per_case``, ``labels``, ``curve``
+        (``loss`` and ``lr`` per iteration), ``train_patients``, ``n_train_cases``,
+        ``n_test_cases``, ``predictions`` (case → file), ``trainable_params``, ``seconds``, ``config``.
+
+    Raises:
+        ValueError: no train or test cases with label maps, no foreground labels, a bad roi.
+    """
+    if not all(r.get("label_file") for r in rows):
+        raise ValueError("segmentation fine-tuning needs a label_file in every row")
+    patients = set(pick_train_patients(rows, cfg.label_fraction, cfg.seed))
+    train_rows = [r for r in rows if r["split"] == "train" and str(r["patient_id"]) in patients]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    if not test_rows:
+        raise ValueError("no test cases")
+    t0 = time.perf_counter()
+    train = [load_case(r) for r in train_rows]
+    labels = list(cfg.labels) if cfg.labels else sorted({int(v) for c in train for v in np.unique(c["label"]) if v})
+    if not labels:
+        raise ValueError("the training label maps hold no foreground label")
+    lut, dev = _lut(labels), device_for(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        encoder = as_encoder(encoder_factory())
+        model = build_segmenter3d(encoder, len(labels) + 1, cfg.decoder, freeze=cfg.freeze,
+                                  feature_size=cfg.feature_size).to(dev)
+    if cfg.roi % model.strides[-1]:
+        raise ValueError(f"roi {cfg.roi} is not a multiple of the encoder's stride {model.strides[-1]}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        curve = _train(model, train, lut, cfg, dev) if cfg.iterations else {"loss": [], "lr": []}
+    t_train = time.perf_counter() - t0
+    del train
+    t0 = time.perf_counter()
+    per_case, preds = {}, {}
+    for r in test_rows:
+        case = load_case(r)
+        pred = predict_volume(model, case["image"], labels, cfg)
+        target = np.where(np.isin(case["label"], labels), case["label"], 0)
+        per_case[case["case_id"]] = case_metrics(pred, target, labels, case["spacing"], cfg.nsd_tolerance)
+        if out_dir is not None:
+            preds[case["case_id"]] = str(_write_prediction(pred, case["affine"], Path(out_dir), case["case_id"]))
+    mean, std = summarise_cases(per_case)
+    return {"metrics": mean, "std": std, "per_case": per_case, "labels": labels, "curve": curve,
+            "train_patients": sorted(patients), "n_train_cases": len(train_rows), "n_test_cases": len(test_rows),
+            "predictions": preds,
+            "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "seconds": {"train": t_train, "test": time.perf_counter() - t0}, "config": asdict(cfg)}
+
+
+def label_fraction_sweep(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,
+                         fractions: Sequence[float], out_dir: str | Path | None = None) -> dict[float, dict]:
+    """:func:`run_finetune3d` at each label fraction (same seed, so the patient sets are nested);
+    predictions under ``out_dir/frac<f>``."""
+    return {float(f): run_finetune3d(encoder_factory, rows, replace(cfg, label_fraction=float(f)),
+                                     None if out_dir is None else Path(out_dir) / f"frac{float(f):g}")
+            for f in fractions}

@@ -1,0 +1,218 @@
+"""Recording 3D fine-tuning and 3D classification in the ``evaluations`` table, with a picture.
+
+- :func:`finetune3d_eval` (kind ``finetune-3d``): tasks/evaluation/finetune3d.py on a labelled
+  3D dataset; metrics ``dice_<v>``, ``nsd_<v>`` per label value and ``dice_mean``, ``nsd_mean``
+  (mean over test cases, ``std`` the population std over cases, ``n`` the test cases); an
+  overlay PNG of label vs prediction on the middle axial slice through the label of the first
+  test case.
+- :func:`classify3d_eval` (kind ``classify-3d``): tasks/evaluation/classify3d.py k-fold
+  cross-validation; metrics ``auroc``, ``accuracy``, ``balanced_accuracy`` (mean over folds,
+  ``std`` over folds, ``n`` the cases); a PNG of every fold's ROC curve.
+
+With a label-fraction sweep, a fraction f < 1 adds ``@f<f>`` to the metric names
+(``dice_mean@f0.25``), so the rows of one eval_id stay unique. Outputs go to
+``eval_dir(research, eval_id)``: the pictures, ``predictions/`` (NIfTI) and ``result.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tasks.evaluation import classify3d, finetune3d
+from tasks.evaluation.evaluate import eval_dir, record
+
+__all__ = ["RANDOM_INIT_ARCH", "classify3d_eval", "finetune3d_eval", "metric_name", "overlay_png", "roc_png",
+           "volume_encoder_factory"]
+
+#: the architecture a volume zoo entry is randomly initialised with when no weights are given
+RANDOM_INIT_ARCH = {"triad-unet": "triad_unet", "triad-swin": "swin_b_v2", "brainsegfounder": "swin_b",
+                    "prism": "swin_b_v2"}
+
+
+def data_channels(rows: Sequence[dict]) -> int:
+    """The one ``n_channels`` of every row; raises ValueError when they differ or are missing."""
+    chans = {r.get("n_channels") for r in rows}
+    if len(chans) != 1 or None in chans:
+        raise ValueError(f"rows must share one n_channels, got {sorted(map(str, chans))}")
+    return int(chans.pop())
+
+
+def volume_encoder_factory(research: Path, *, model: str, weights: str | None, arch: str | None,
+                           pretrained: str | None, in_channels: int) -> tuple[str, str, Callable[[], object]]:
+    """(label, weights sha, factory): the factory returns a fresh copy of the encoder.
+
+    ``pretrained`` (a pretrain run of the catalog) or ``weights`` load through the zoo
+    (models.zoo.load); no weights: a random init of ``arch`` (default :data:`RANDOM_INIT_ARCH`),
+    label ``<model>-random``. When the weights have other input channels than the data, the input
+    layer is re-initialised (models.seg3d.with_in_channels) and the rest kept.
+
+    Raises:
+        ValueError: a model that is not a volume zoo entry.
+    """
+    from models import zoo
+    from models.encoders3d import build_encoder3d
+    from models.seg3d import with_in_channels
+    from tasks.evaluation.embedding import weights_digest
+    from tasks.pretraining.pretrained import pretrained_run
+    label = pretrained or model
+    if pretrained:
+        run = pretrained_run(research, pretrained)
+        model, weights, arch = run.entry, run.checkpoint, run.arch
+    if model not in RANDOM_INIT_ARCH:
+        raise ValueError(f"{model!r} is not a volume encoder; one of {sorted(RANDOM_INIT_ARCH)}")
+    if weights is None:
+        name = arch or RANDOM_INIT_ARCH[model]
+
+        def factory():  # built on each call, so the caller's seed decides the init
+            return build_encoder3d(name, in_channels=in_channels)
+        return f"{label}-random", weights_digest(None), factory
+    encoder = zoo.load(model, weights, arch=arch).encoder
+
+    def factory():  # a fresh copy; a re-initialised input layer draws from the caller's seed
+        return with_in_channels(copy.deepcopy(encoder), in_channels)[0]
+    return label, weights_digest(weights), factory
+
+
+def metric_name(metric: str, fraction: float) -> str:
+    """``dice_mean`` at fraction 1, ``dice_mean@f0.25`` below."""
+    return metric if fraction >= 1.0 else f"{metric}@f{fraction:g}"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _write_json(path: Path, obj) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def overlay_png(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
+    """Two panels of one axial slice (the label's middle z, else the volume's): label, prediction
+    (contours per value over the image's first channel). ``image`` [C, X, Y, Z]; maps [X, Y, Z]."""
+    plt = _plt()
+    zs = np.nonzero(label.any(axis=(0, 1)))[0]
+    z = int(zs[len(zs) // 2]) if len(zs) else label.shape[2] // 2
+    fig, ax = plt.subplots(1, 2, figsize=(8, 4))
+    for a, m, name in zip(ax, (label, pred), ("label", "prediction")):
+        a.imshow(image[0, :, :, z].T, cmap="gray", origin="lower")
+        values = [v for v in np.unique(np.concatenate([label[:, :, z].ravel(), pred[:, :, z].ravel()])) if v]
+        for i, v in enumerate(values):
+            if (m[:, :, z] == v).any():
+                a.contour((m[:, :, z] == v).T.astype(float), levels=[0.5], colors=[f"C{i}"], linewidths=1)
+        a.set_title(f"{name} (z={z})")
+        a.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def roc_png(folds: Sequence[dict], path: Path, title: str) -> Path:
+    """Every fold's ROC curve (binary; micro one-vs-rest for multi-class) with its AUROC."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for f in folds:
+        if f["roc"] is not None:
+            ax.plot(f["roc"][0], f["roc"][1], lw=1, label=f"fold {f['fold']}: AUROC {f['auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.5)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _config(cfg) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+
+
+def finetune3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model_label: str, weights_sha: str,
+                    dataset_id: str, cfg: finetune3d.Finetune3dConfig, model_factory: Callable[[], object],
+                    fractions: Sequence[float] | None = None) -> dict:
+    """Fine-tune ``model_factory``'s encoder on ``rows`` (tasks.evaluation.finetune3d.run_finetune3d)
+    at ``cfg.label_fraction``, or at each of ``fractions``; record the rows and the overlay.
+
+    Returns ``{"fractions": {f: {"metrics", "std", "n_test_cases", "train_patients"}},
+    "overlay_png", "result_json"}``.
+    """
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    fracs = [float(f) for f in (fractions or [cfg.label_fraction])]
+    results = finetune3d.label_fraction_sweep(model_factory, rows, cfg, fracs, out_dir=out / "predictions")
+    top = results[max(fracs)]
+    png = None
+    if top["predictions"]:
+        case_id, pred_file = next(iter(top["predictions"].items()))
+        case = finetune3d.load_case(next(r for r in rows if str(r["case_id"]) == case_id))
+        pred = np.asarray(nib.load(pred_file).dataobj)
+        png = overlay_png(case["image"], case["label"], pred, out / "overlay.png",
+                          f"{model_label} + {cfg.decoder} on {dataset_id}: {case_id} "
+                          f"(DSC {top['per_case'][case_id]['dice_mean']:.3f})")
+    _write_json(out / "result.json", {str(f): r for f, r in results.items()})
+    rows_out = []
+    for f, r in results.items():
+        details = json.dumps({"config": _config(cfg), "label_fraction": f, "labels": r["labels"],
+                              "per_case": r["per_case"], "train_patients": r["train_patients"],
+                              "n_train_cases": r["n_train_cases"], "loss_curve": r["curve"]["loss"],
+                              "trainable_params": r["trainable_params"], "seconds": r["seconds"]})
+        base = {"eval_id": eval_id, "kind": "finetune-3d", "model": model_label, "weights_sha256": weights_sha,
+                "dataset": dataset_id, "n": r["n_test_cases"], "details": details,
+                "picture_path": str(png.relative_to(research)) if png is not None and f == max(fracs) else None}
+        rows_out += [{**base, "metric": metric_name(m, f), "value": v, "std": r["std"][m]}
+                     for m, v in r["metrics"].items()]
+    record(research, rows_out)
+    return {"fractions": {f: {k: r[k] for k in ("metrics", "std", "n_test_cases", "train_patients")}
+                          for f, r in results.items()},
+            "overlay_png": str(png) if png else None, "result_json": str(out / "result.json")}
+
+
+def classify3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model_label: str, weights_sha: str,
+                    dataset_id: str, cfg: classify3d.Classify3dConfig, model_factory: Callable[[], object],
+                    fractions: Sequence[float] | None = None) -> dict:
+    """k-fold classification (tasks.evaluation.classify3d.cross_validate) at ``cfg.label_fraction``
+    or each of ``fractions``; record mean ± std over folds and the ROC picture.
+
+    Returns ``{"fractions": {f: summary without values}, "roc_png", "result_json"}``.
+    """
+    out = eval_dir(research, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    fracs = [float(f) for f in (fractions or [cfg.label_fraction])]
+    results = classify3d.label_fraction_sweep(model_factory, rows, cfg, fracs)
+    top = results[max(fracs)]
+    png = roc_png(top["folds"], out / "roc.png",
+                  f"{model_label} ({cfg.mode}) on {dataset_id}: {len(top['folds'])}-fold, "
+                  f"AUROC {top['summary']['auroc']['mean']:.3f} ± {top['summary']['auroc']['std']:.3f}")
+    _write_json(out / "result.json", {str(f): r for f, r in results.items()})
+    rows_out = []
+    for f, r in results.items():
+        details = json.dumps({"config": _config(cfg), "label_fraction": f, "classes": r["classes"],
+                              "per_fold": [{k: v for k, v in fold.items() if k not in ("roc", "curve", "probs")}
+                                           for fold in r["folds"]],
+                              "values": {m: r["summary"][m]["values"] for m in classify3d.METRICS}})
+        base = {"eval_id": eval_id, "kind": "classify-3d", "model": model_label, "weights_sha256": weights_sha,
+                "dataset": dataset_id, "n": r["n_cases"], "details": details,
+                "picture_path": str(png.relative_to(research)) if f == max(fracs) else None}
+        rows_out += [{**base, "metric": metric_name(m, f), "value": r["summary"][m]["mean"],
+                      "std": r["summary"][m]["std"]} for m in classify3d.METRICS]
+    record(research, rows_out)
+    return {"fractions": {f: {m: {k: v for k, v in s.items() if k != "values"} for m, s in r["summary"].items()}
+                          for f, r in results.items()},
+            "roc_png": str(png), "result_json": str(out / "result.json")}
