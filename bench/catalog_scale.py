@@ -181,8 +181,11 @@ def generate(research: Path, scale: float = 1.0, seed: int = 0) -> dict:
 
     counts = {}
     for table, cols in ((EXAMS, exams), (SERIES, series), (SLICES, slices), (STAGE_RESULTS, ledger)):
-        arrays = [c if isinstance(c, (pa.Array, pa.ChunkedArray)) else pa.array(c, type=f.type, from_pandas=True)
-                  for c, f in zip((cols[n] for n in table.names), table.schema)]
+        n_rows = len(next(iter(cols.values())))
+        # columns the generator does not fill (ingest provenance, digests) are null, as in a DICOM-only catalog
+        arrays = [pa.nulls(n_rows, f.type) if c is None else
+                  c if isinstance(c, (pa.Array, pa.ChunkedArray)) else pa.array(c, type=f.type, from_pandas=True)
+                  for c, f in zip((cols.get(n) for n in table.names), table.schema)]
         tbl = pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, table.schema)], schema=table.schema)
         if table is STAGE_RESULTS:
             tbl = tbl.sort_by([("exam_id", "ascending"), ("item_id", "ascending"), ("stage", "ascending")])
