@@ -239,3 +239,15 @@ def test_two_worker_threads_decide_every_file_as_one_does(ingested, tmp_path):
             assert got[ids[rel]] == want, rel
     # which twin is first depends on thread timing; exactly one is kept
     assert sorted(got[ids[t]] for t in twins) == [("done", None), ("rejected", "duplicate_content")]
+
+
+def test_an_annexed_file_whose_content_is_missing_gets_a_reason(tmp_path):
+    root = make_bids(tmp_path / "bids", broken=False)
+    link = root / "sub-02/ses-1/anat/sub-02_ses-1_FLAIR.nii.gz"
+    link.symlink_to(root / ".git/annex/objects/XX/missing.nii.gz")   # DataLad before `datalad get`
+    out = tmp_path / "out"
+    res = _run(out, root)
+    assert res["outcomes"] == {"done": 4, "rejected": 1}
+    sid = _ids(out)["sub-02/ses-1/anat/sub-02_ses-1_FLAIR.nii.gz"]
+    (reason, msg), = _sql(out, "SELECT reason, message FROM stage_results WHERE item_id = ?", [sid])
+    assert reason == "unreadable_nifti" and "broken link" in msg

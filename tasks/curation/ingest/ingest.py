@@ -84,7 +84,10 @@ def _items(sources: list[Source], dataset: str, salt: str) -> list[_Item]:
 
 
 def _signature(path: Path) -> list[int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:   # a broken link (annexed content not fetched): the link's own times
+        st = path.lstat()
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 

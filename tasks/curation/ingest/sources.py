@@ -12,7 +12,8 @@ Two layouts:
 
 We parse the BIDS names here instead of using pybids on purpose: ingest needs entities and sidecar
 inheritance only, and pybids brings SQLAlchemy, pandas, formulaic and a layout database (docs/ingest.md).
-Sources hold raw labels and paths: they stay in the restricted zone.
+A broken symlink (a DataLad/git-annex file whose content was not fetched) is still a source, so it
+gets a reason instead of vanishing. Sources hold raw labels and paths: they stay in the restricted zone.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def bids_sources(root: Path) -> tuple[list[Source], list[str]]:
     sources, unnamed = [], []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if rel.parts[0] in _SKIP_TOP or any(p.startswith(".") for p in rel.parts) or not path.is_file():
+        if rel.parts[0] in _SKIP_TOP or any(p.startswith(".") for p in rel.parts) or not (path.is_file() or path.is_symlink()):
             continue
         stem = strip_nii(path.name)
         if stem is None:
@@ -137,7 +138,7 @@ def nifti_sources(root: Path) -> tuple[list[Source], list[str]]:
     sources = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if any(p.startswith(".") for p in rel.parts) or not path.is_file():
+        if any(p.startswith(".") for p in rel.parts) or not (path.is_file() or path.is_symlink()):
             continue
         stem = strip_nii(path.name)
         if stem is None:

@@ -42,6 +42,8 @@ def check_nifti(path: Path, item: str, min_voxels: int = 8) -> CheckedVolume:
     Raises:
         RejectedItem: with the reason code of the first failed check.
     """
+    if Path(path).is_symlink() and not Path(path).exists():
+        raise RejectedItem(item, "unreadable_nifti", "a broken link (git-annex/DataLad content not fetched?)")
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
