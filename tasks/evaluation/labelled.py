@@ -352,24 +352,35 @@ def load_labelled(research: Path, dataset_id: str, split: str | None = None) -> 
         KeyError: the dataset is not in the catalog.
         ValueError: unknown split.
     """
+    return dataset_rows(research, "labelled_slices", "slice_id", dataset_id, split)
+
+
+def dataset_rows(research: Path, view: str, key: str, dataset_id: str, split: str | None,
+                 hint: str = "ingest it first") -> list[dict]:
+    """Rows of a labelled-data ``view`` (labelled_slices, labelled_volumes) for one dataset and
+    optionally one split, ordered by ``key``.
+
+    Raises:
+        KeyError: the dataset is not in the catalog.
+        ValueError: unknown split.
+    """
     if split is not None and split not in SPLITS:
         raise ValueError(f"split {split!r}: one of {SPLITS}")
     con = connect(Path(research))
     try:
         if not con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
-            raise KeyError(f"dataset {dataset_id!r} not in the catalog: ingest it first")
-        sql = "SELECT * FROM labelled_slices WHERE dataset_id = ?"
-        params: list = [dataset_id]
+            raise KeyError(f"dataset {dataset_id!r} not in the catalog: {hint}")
+        sql, params = f"SELECT * FROM {view} WHERE dataset_id = ?", [dataset_id]
         if split is not None:
             sql += " AND split = ?"
             params.append(split)
-        cur = con.execute(sql + " ORDER BY slice_id", params)
+        cur = con.execute(sql + f" ORDER BY {key}", params)
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
     finally:
         con.close()
 
 
-__all__ = ["SPLITS", "CaseError", "as_label_u8", "assign_splits", "check_dataset_id", "check_split",
+__all__ = ["SPLITS", "CaseError", "as_label_u8", "assign_splits", "check_dataset_id", "check_split", "dataset_rows",
            "find_nifti_pairs", "finish_dataset", "ingest_nifti_pairs", "labelled_dir", "load_labelled",
            "new_workdir", "safe_id", "slice_row"]

@@ -2,7 +2,6 @@
 downstream task built from pretraining images, which the overlap check finds and pretraining drops."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import nibabel as nib

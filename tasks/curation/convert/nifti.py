@@ -192,6 +192,26 @@ def clean_image(data: np.ndarray, affine: np.ndarray, descrip: str) -> nib.Nifti
     return img
 
 
+def save_atomic(img: nib.Nifti1Image, out_path: Path, item: str, error_reason: str) -> None:
+    """Write ``img`` to ``out_path`` through a temp file and a rename: no half-written NIfTI.
+
+    Raises:
+        InsufficientDiskSpace: reason ``disk_full``.
+        CurationError: ``error_reason`` for other write errors.
+    """
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{item}.tmp.nii.gz")  # the suffix tells nibabel to gzip
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, tmp)
+        os.replace(tmp, out_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise InsufficientDiskSpace(item, "disk_full", "no space left while writing NIfTI") from e
+        raise CurationError(item, error_reason, f"{type(e).__name__} while writing NIfTI") from e
+
+
 def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = NiftiConfig()) -> NiftiRecord:
     """Convert a checked series (its middle time point when 4D) to ``out_path`` (.nii.gz).
 
@@ -213,7 +233,6 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         raise CurationError(item, "convert_error", "no volumes to convert")
     t = len(volumes) // 2  # middle time point (the later of the two middles when even)
     version = importlib.metadata.version("dicom2nifti")
-    tmp = out_path.with_name(f".{item}.tmp.nii.gz")  # the suffix tells nibabel to gzip
     try:
         img = dicom_to_image(volumes[t].files)
         source_integer = np.issubdtype(img.get_data_dtype(), np.integer)
@@ -221,20 +240,16 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         img = resample(img, cfg)
         data = output_dtype(np.asarray(img.dataobj), source_integer)
         img = clean_image(data, img.affine, f"mrifoundry {CONVERTER} {version}")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise InsufficientDiskSpace(item, "disk_full", "no space left while writing NIfTI") from e
-        raise CurationError(item, "convert_error", f"{type(e).__name__} while writing NIfTI") from e
+            raise InsufficientDiskSpace(item, "disk_full", "no space left while converting") from e
+        raise CurationError(item, "convert_error", f"{type(e).__name__} while converting to NIfTI") from e
     except Exception as e:  # noqa: BLE001 - dicom2nifti raises plain Exception/TypeError too
-        tmp.unlink(missing_ok=True)
         reason = _dicom2nifti_reason(e)
         if reason:   # its validation refused the data: a rejection with its code, not an error
             raise RejectedItem(item, reason, f"dicom2nifti {reason[4:].upper()}") from e
         raise CurationError(item, "convert_error", f"{type(e).__name__} while converting to NIfTI") from e
+    save_atomic(img, out_path, item, "convert_error")
     return NiftiRecord(
         path=out_path, shape=tuple(int(s) for s in img.shape),
         zooms=tuple(round(float(z), 6) for z in img.header.get_zooms()),

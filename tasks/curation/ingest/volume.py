@@ -9,8 +9,6 @@ Conforming reuses the curation converter's resampling, dtype and clean header
 """
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import nibabel as nib
 import numpy as np
 
 from mrifoundry.digest import voxel_sha256
-from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
-from tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample
+from mrifoundry.errors import RejectedItem
+from tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, save_atomic
 
 __all__ = ["CONVERTER", "CheckedVolume", "check_nifti", "conform"]
 
@@ -89,15 +87,5 @@ def conform(vol: CheckedVolume, out_path: Path, cfg: NiftiConfig, item: str) -> 
     img = resample(img, cfg)
     data = output_dtype(np.asarray(img.dataobj), vol.source_integer)
     out = clean_image(data, img.affine, f"mrifoundry ingest {CONVERTER} {nib.__version__}")
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{item}.tmp.nii.gz")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(out, tmp)
-        os.replace(tmp, out_path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise InsufficientDiskSpace(item, "disk_full", "no space left while writing NIfTI") from e
-        raise CurationError(item, "ingest_error", f"{type(e).__name__} while writing NIfTI") from e
+    save_atomic(out, Path(out_path), item, "ingest_error")
     return out

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from catalog.schema import DATASETS, LABELLED_SLICES, LABELLED_VOLUMES, RESEARCH_TABLES, Table, to_arrow
 from catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
-from catalog.views import build_research_db, connect
-from tasks.evaluation.labelled import SPLITS, labelled_dir
+from catalog.views import build_research_db
+from tasks.evaluation.labelled import dataset_rows, labelled_dir
 
 VOLUMES = "volumes"
 DESCRIP = b"mrifoundry downstream"
@@ -156,21 +156,7 @@ def load_labelled_volumes(research: Path, dataset_id: str, split: str | None = N
         KeyError: the dataset is not in the catalog.
         ValueError: unknown split.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split {split!r}: one of {SPLITS}")
-    con = connect(Path(research))
-    try:
-        if not con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
-            raise KeyError(f"dataset {dataset_id!r} not in the catalog: run ingest-downstream first")
-        sql, params = "SELECT * FROM labelled_volumes WHERE dataset_id = ?", [dataset_id]
-        if split is not None:
-            sql += " AND split = ?"
-            params.append(split)
-        cur = con.execute(sql + " ORDER BY case_id", params)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    return dataset_rows(research, "labelled_volumes", "case_id", dataset_id, split, "run ingest-downstream first")
 
 
 __all__ = ["VOLUMES", "assign_folds", "conform", "load_labelled_volumes", "new_volume_workdir", "publish_volumes",
