@@ -255,6 +255,9 @@ DATASETS = Table(
         Column("channels", S, "JSON list of the image channels' names (MSD modality, BraTS t1/t1ce/t2/flair); "
                               "null for single-channel slices"),
         Column("label_names", S, "JSON object {label value: name}, e.g. {\"0\": \"background\", \"1\": \"wm\"}"),
+        Column("nested_regions", B, "label values are nested regions (a {name: [values]} mapping, outermost "
+                                    "first, e.g. BraTS WT ⊇ TC ⊇ ET): value v stands for 'label ≥ v', and 3D "
+                                    "fine-tuning scores each region that way"),
         Column("split_seed", I, "seed of the patient-level train/val/test split"),
         Column("created_at", TS, "when the ingest finished"),
         Column("code_version", S, "mrifoundry version and git commit"),

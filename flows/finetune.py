@@ -41,7 +41,9 @@ def finetune3d_task(research: str, eval_id: str, dataset_id: str, model: str, we
                     pretrained: str | None, cfg_kw: dict, fractions: list[float] | None) -> dict:
     from tasks.evaluation.downstream import load_labelled_volumes
     from tasks.evaluation.finetune3d import Finetune3dConfig
-    from tasks.evaluation.finetune3d_eval import finetune3d_eval
+    from tasks.evaluation.finetune3d_eval import finetune3d_eval, nested_regions
+    # nested regions (BraTS WT ⊇ TC ⊇ ET) are scored as regions unless the caller says otherwise
+    cfg_kw = {**cfg_kw, "overrides": {"regions": nested_regions(Path(research), dataset_id), **cfg_kw["overrides"]}}
     cfg = _config(Finetune3dConfig, **cfg_kw)
     rows = load_labelled_volumes(Path(research), dataset_id)
     label, sha, factory = _model(Path(research), rows, model, weights, arch, pretrained)

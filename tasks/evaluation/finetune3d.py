@@ -72,6 +72,7 @@ class Finetune3dConfig:
     flip: bool = True
     amp: bool = True                # bf16 autocast on CUDA only
     labels: tuple[int, ...] | None = None
+    regions: bool = False           # nested regions (datasets.nested_regions): score 'label ≥ v' per v
 
     @classmethod
     def tiny(cls, **overrides) -> Finetune3dConfig:
@@ -266,12 +267,14 @@ def predict_volume(model, image: np.ndarray, labels: Sequence[int], cfg: Finetun
 
 # ------------------------------------------------------------------ metrics
 
-def case_metrics(pred: np.ndarray, target: np.ndarray, labels: Sequence[int], spacing, tolerance: float) -> dict:
+def case_metrics(pred: np.ndarray, target: np.ndarray, labels: Sequence[int], spacing, tolerance: float,
+                 regions: bool = False) -> dict:
     """``{"dice_<v>", "nsd_<v>"}`` per label value ``v`` (tasks.evaluation.metrics.dice /
-    surface_dice at ``tolerance`` in the units of ``spacing``), plus their means over labels."""
+    surface_dice at ``tolerance`` in the units of ``spacing``), plus their means over labels.
+    ``regions``: the values are nested regions, so ``v`` is scored as ``label ≥ v`` (BraTS WT/TC/ET)."""
     out = {}
     for v in labels:
-        p, t = pred == v, target == v
+        p, t = (pred >= v, target >= v) if regions else (pred == v, target == v)
         out[f"dice_{v}"] = dice(p, t)
         out[f"nsd_{v}"] = surface_dice(p, t, tolerance=tolerance, spacing=spacing)
     out["dice_mean"] = float(np.mean([out[f"dice_{v}"] for v in labels]))
@@ -350,7 +353,8 @@ def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], 
         case = load_case(r)
         pred = predict_volume(model, case["image"], labels, cfg)
         target = np.where(np.isin(case["label"], labels), case["label"], 0)
-        per_case[case["case_id"]] = case_metrics(pred, target, labels, case["spacing"], cfg.nsd_tolerance)
+        per_case[case["case_id"]] = case_metrics(pred, target, labels, case["spacing"], cfg.nsd_tolerance,
+                                                   cfg.regions)
         if out_dir is not None:
             preds[case["case_id"]] = str(_write_prediction(pred, case["affine"], Path(out_dir), case["case_id"]))
     mean, std = summarise_cases(per_case)

@@ -27,7 +27,7 @@ import numpy as np
 from tasks.evaluation import classify3d, finetune3d
 from tasks.evaluation.evaluate import eval_dir, record
 
-__all__ = ["RANDOM_INIT_ARCH", "classify3d_eval", "finetune3d_eval", "metric_name", "overlay_png", "roc_png",
+__all__ = ["RANDOM_INIT_ARCH", "classify3d_eval", "finetune3d_eval", "metric_name", "nested_regions", "overlay_png", "roc_png",
            "volume_encoder_factory"]
 
 #: the architecture a volume zoo entry is randomly initialised with when no weights are given
@@ -41,6 +41,17 @@ def data_channels(rows: Sequence[dict]) -> int:
     if len(chans) != 1 or None in chans:
         raise ValueError(f"rows must share one n_channels, got {sorted(map(str, chans))}")
     return int(chans.pop())
+
+
+def nested_regions(research: Path, dataset_id: str) -> bool:
+    """Whether the dataset's label values are nested regions (``datasets.nested_regions``)."""
+    from catalog.views import connect
+    con = connect(Path(research))
+    try:
+        row = con.execute("SELECT nested_regions FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone()
+    finally:
+        con.close()
+    return bool(row and row[0])
 
 
 def volume_encoder_factory(research: Path, *, model: str, weights: str | None, arch: str | None,

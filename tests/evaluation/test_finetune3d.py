@@ -177,3 +177,21 @@ def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
     assert by["dice_mean"]["picture_path"] == "evaluations/ft3d-test/overlay.png"
     assert (research / by["dice_mean"]["picture_path"]).stat().st_size > 1000
     assert by["dice_mean@f0.5"]["picture_path"] is None
+
+
+def test_nested_regions_are_scored_as_label_at_least_v():
+    """BraTS-style nested regions (1 = WT only, 2 = TC only, 3 = ET): region v is 'label ≥ v'."""
+    from tasks.evaluation.finetune3d import case_metrics
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, (12, 10, 8))
+    pred = np.where(rng.random(target.shape) < 0.8, target, rng.integers(0, 4, target.shape))
+
+    def dsc(a, b):
+        return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+    got = case_metrics(pred, target, [1, 2, 3], (1.0, 1.0, 1.0), 1.0, regions=True)
+    flat = case_metrics(pred, target, [1, 2, 3], (1.0, 1.0, 1.0), 1.0)
+    for v in (1, 2, 3):
+        assert got[f"dice_{v}"] == pytest.approx(dsc(pred >= v, target >= v))
+        assert flat[f"dice_{v}"] == pytest.approx(dsc(pred == v, target == v))
+    assert got["dice_1"] > flat["dice_1"]   # the whole tumour is easier than its edema-only part

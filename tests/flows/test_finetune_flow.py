@@ -61,7 +61,8 @@ def test_swinunetr_fine_tune_of_a_pretrain_run_reports_dsc_per_label(out):
     (model, kind, n, details) = _sql(out, "SELECT model, kind, n, details FROM evaluations WHERE eval_id = 'ft-bsf' "
                                           "AND metric = 'dice_mean'")[0]
     assert (model, kind, n) == ("bsf-bids", "finetune-3d", 1)   # one test patient
-    assert json.loads(details)  # parameters and per-case results
+    assert json.loads(details)["config"]["regions"] is True   # BraTS regions scored as label ≥ v
+    assert _sql(out, "SELECT nested_regions FROM datasets WHERE dataset_id = 'brats-like'") == [(True,)]
     assert res["overlay_png"] and _sql(out, "SELECT count(*) FROM evaluations WHERE eval_id = 'ft-bsf' "
                                             "AND picture_path IS NOT NULL")[0][0] > 0
 

@@ -203,7 +203,8 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
             label_json = _label_names(values, mapping.names if mapping else names)
         ds_row = {"dataset_id": dataset_id, "source": SOURCES[found.layout], "task": found.task,
                   "root": str(root.resolve()), "n_patients": len(splits), "n_slices": 0, "n_volumes": len(rows),
-                  "channels": json.dumps(channels), "label_names": label_json, "split_seed": int(seed),
+                  "channels": json.dumps(channels), "label_names": label_json,
+                  "nested_regions": bool(mapping and mapping.nested), "split_seed": int(seed),
                   "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
         publish_volumes(research, dataset_id, work, rows, ds_row)
     finally:

@@ -28,6 +28,7 @@ class LabelMapping:
     lut: dict[int, int]      # source value → output value
     names: dict[int, str]    # output value → name (0 = background)
     strict: bool = False
+    nested: bool = False     # a {name: [values]} mapping: value v stands for region ≥ v
 
     def apply(self, labels: np.ndarray, what: str) -> np.ndarray:
         """Map a uint8 label array.
@@ -82,7 +83,7 @@ def parse_labels(labels: dict | None, source_names: dict[int, str] | None = None
                     raise ValueError(f"label mapping: region {name!r} lists 0 (background)")
                 lut[src] = i  # later regions win: nested regions from outermost to innermost
             names[i] = str(name)
-        return LabelMapping(lut, names, strict)
+        return LabelMapping(lut, names, strict, nested=True)
     if any(isinstance(v, (list, tuple, dict)) for v in labels.values()):
         raise ValueError("label mapping: use either {value: value} or {name: [values]}, not both")
     lut = {_int(k, "source value"): _int(v, "output value") for k, v in labels.items()}
