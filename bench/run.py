@@ -14,24 +14,24 @@ import sys
 import time
 from pathlib import Path
 
-from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, scaling,
-                   volume_loading)
+from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost,
+                   scaling, volume_loading)
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
-SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "audit", "gpu")
+SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "audit", "ingest", "gpu")
 MODES = {
     # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
     "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
                  cur=[(256, 60), (512, 60), (256, 200), (512, 200)], cur_runs=3,
                  archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5,
-                 vol=dict(roi=96, n_volumes=4, runs=3)),
+                 vol=dict(roi=96, n_volumes=4, runs=3), ingest=dict(n_files=12, runs=3)),
     "quick": dict(conv=[(128, 30)], conv_runs=3, cur=[(128, 30)], cur_runs=3,
                   archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3,
-                  vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96))),
+                  vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96)), ingest=dict(n_files=2, runs=1, small=True)),
     "tiny": dict(conv=[(32, 8)], conv_runs=3, cur=[(32, 8)], cur_runs=3,
                  archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3,
-                 vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32))),
+                 vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32)), ingest=dict(n_files=2, runs=1, small=True)),
 }
 INTROS = {
     "Per-series conversion": (
@@ -62,6 +62,12 @@ INTROS = {
         "DWI mosaics, and the generated-pixel variants of nibabel's DWI mosaic and Philips enhanced MPRAGE) as one "
         "archive, curated by the plain stage functions, then `tasks.curation.audit.phi_audit.audit_output` over the output. "
         "Reference in the same run: the whole-file tokenising of research DICOM and PNG that the audit did before."),
+    "NIfTI/BIDS ingest": (
+        "`bench/ingest_cost.py`: `tasks.curation.ingest.ingest_collection` (one worker) + `finalize_catalog` on a "
+        "BIDS tree of real NIfTI (nilearn's MNI152 T1 at 1 mm, nibabel's SPM anatomical at 2 mm), against the bare "
+        "nibabel conform it wraps (load → `as_closest_canonical` → `resample_to_output` 1 mm → save .nii.gz) on the "
+        "same files in the same rounds. The difference is the checks, the voxel digest, the clean header, the ledger "
+        "and the catalog rows."),
     "GPU pretraining": (
         "`bench/gpu_pretrain.py`: a ViT-B/16 forward + backward + AdamW step at 224², and the real DINOv2 "
         "training step of `tasks.pretraining.slices` (2×224 + 8×96 crops, iBOT masks, 65,536-prototype head, teacher "
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if "audit" in chosen:
         section("PHI audit on real vendor data", lambda: audit_share.section(
             audit_share.CASES if mode_name == "full" else audit_share.CASES[:1]))
+    if "ingest" in chosen:
+        section("NIfTI/BIDS ingest", lambda: ingest_cost.run(**cfg["ingest"]))
     if "gpu" in chosen:
         section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))

@@ -27,14 +27,15 @@ def _tables(md: str) -> list[list[list[str]]]:
 
 def test_tiny_bench_writes_a_report_with_finite_numbers(tmp_path):
     out, raw = tmp_path / "benchmarks.md", tmp_path / "raw.json"
-    r = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--sections", "conversion,curation,rss,catalog,volumes",
+    r = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--sections",
+                        "conversion,curation,rss,catalog,volumes,ingest",
                         "--out", str(out), "--json", str(raw)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     md = out.read_text()
     for heading in ("## Machine", "## Versions", "## Targets", "## Per-series conversion",
                     "## Curation cost per series", "## Scaling and memory", "## Catalog at Duke-110K size",
-                    "## Volume-recipe data loading"):
+                    "## Volume-recipe data loading", "## NIfTI/BIDS ingest"):
         assert heading in md
     assert "Command: `python -m bench.run --tiny" in md
     tables = _tables(md)
