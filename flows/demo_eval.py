@@ -83,7 +83,8 @@ def _three_d(out: str, research: Path) -> list[str]:
         m = res["fractions"]["1.0"]["metrics"]
         lines.append(f"| {label} | {m['dice_1']:.3f} | {m['dice_2']:.3f} | {m['dice_3']:.3f} | {m['dice_mean']:.3f} | "
                      f"{m['nsd_mean']:.3f} | [png]({res['overlay_png'] or ''}) |")
-    return lines + ["", "Tiny models, 100 iterations, two test cases; region DSC (WT ⊇ TC ⊇ ET): a pipeline check, not a benchmark.", ""]
+    return lines + ["", "Tiny models, 100 iterations, two test cases; region DSC (WT ⊇ TC ⊇ ET): a pipeline check, "
+                        "not a benchmark.", ""]
 
 
 @flow(name="demo-eval", log_prints=False)

@@ -34,10 +34,13 @@ def voxel_sha256(img) -> str:
     shape = tuple(int(d) for i, d in enumerate(canon.shape) if i < 3 or d != 1)
     if len(shape) != 3:
         raise ValueError(f"voxel digest of a 3D image, got shape {canon.shape}")
-    # x fastest (Fortran order), as NIfTI stores voxels: nibabel's arrays need no transposing copy
-    data = np.asfortranarray(np.asarray(canon.dataobj, dtype=np.float32).reshape(shape, order="F"))
+    # reordered to x-fastest (NIfTI's order) in the stored dtype, which for int16 moves half the bytes of
+    # float32 (dicom2nifti's arrays are strided: a float32 reordering copy cost 0.4 s at 512²×128), then cast
+    # to float32 16 slices at a time
+    data = np.asfortranarray(np.asanyarray(canon.dataobj).reshape(shape, order="F"))
     h = hashlib.sha256("x".join(map(str, shape)).encode() + b"\0")
-    h.update(memoryview(data.T))   # the transpose of an F-ordered array is a C-contiguous view: no copy
+    for k in range(0, shape[2], 16):
+        h.update(memoryview(data[:, :, k:k + 16].astype(np.float32, order="F").T))
     return h.hexdigest()[:VOXEL_DIGEST_LENGTH]
 
 

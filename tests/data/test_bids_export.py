@@ -69,6 +69,9 @@ def test_a_curated_dicom_catalog_exports_as_valid_bids(volume_catalog, tmp_path)
     assert res["n_files"] == n_anat > 0
     rep = validate_bids(tmp_path / "export")
     assert rep["errors"] == [], rep
+    # curated series carry their voxel digest too (the overlap check joins on it), one per image
+    digests = _rows(volume_catalog, "SELECT content_sha256 FROM series WHERE status = 'ok' AND nifti_path IS NOT NULL")
+    assert digests and all(d[0] and len(d[0]) == 32 for d in digests) and len({d[0] for d in digests}) == len(digests)
 
 
 def test_an_export_refuses_a_non_empty_folder_and_a_query_without_series(tmp_path):
