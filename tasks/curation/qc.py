@@ -51,9 +51,14 @@ def qc_montage(db: Path, out_path: Path, per_body_part: int = 8, seed: int = 0) 
             x = label_w + j * TILE
             canvas.paste(im, (x + (TILE - im.width) // 2, y + (TILE - im.height) // 2))
             draw.text((x + 2, y + TILE), f"{seq or '?'} {(ori or '?')[:3]}", fill=200)
+    return save_png_atomic(canvas, out_path)
+
+
+def save_png_atomic(image: Image.Image, out_path: Path) -> Path:
+    """Write a picture through a temp file and a rename (no half-written PNG for a viewer)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    canvas.save(tmp, format="PNG")
+    image.save(tmp, format="PNG")
     os.replace(tmp, out_path)
     return out_path
 

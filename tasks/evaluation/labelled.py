@@ -100,6 +100,21 @@ def assign_splits(patients: Iterable[str], split: Sequence[float] = (0.6, 0.2, 0
     return {ids[i]: str(names[j]) for j, i in enumerate(order)}
 
 
+def split_patients(dataset_id: str, rows: list[dict], skipped: list[dict], split, seed: int,
+                   nothing: str) -> dict[str, str]:
+    """The patient-level split of an ingest's rows, after logging its skipped cases.
+
+    Raises:
+        ValueError: no row to ingest (the skipped cases' reasons, or ``nothing``, included).
+    """
+    if not rows:
+        why = "; ".join(f"{s['case']}: {s['reason']}" for s in skipped) or nothing
+        raise ValueError(f"dataset {dataset_id}: nothing to ingest ({why})")
+    for s in skipped:
+        log.warning("%s: skipped %s", dataset_id, s["reason"])
+    return assign_splits((r["patient_id"] for r in rows), split, seed)
+
+
 def _label_names(values: Iterable[int], given: dict | None) -> str:
     """JSON {value: name}; values without a given name get 'background' (0) or 'label_<v>'."""
     names = {int(k): str(v) for k, v in (given or {}).items()}
@@ -190,12 +205,7 @@ def finish_dataset(research: Path, dataset_id: str, source: str, root: str, work
     Raises:
         ValueError: no slice to ingest (the skipped cases' reasons included).
     """
-    if not rows:
-        why = "; ".join(f"{s['case']}: {s['reason']}" for s in skipped) or "no slices"
-        raise ValueError(f"dataset {dataset_id}: nothing to ingest ({why})")
-    for s in skipped:
-        log.warning("%s: skipped %s", dataset_id, s["reason"])
-    splits = assign_splits((r["patient_id"] for r in rows), split, seed)
+    splits = split_patients(dataset_id, rows, skipped, split, seed, "no slices")
     for r in rows:
         r["split"] = splits[r["patient_id"]]
     ds_row = {"dataset_id": dataset_id, "source": source, "root": root, "n_patients": len(splits),
@@ -383,4 +393,4 @@ def dataset_rows(research: Path, view: str, key: str, dataset_id: str, split: st
 
 __all__ = ["SPLITS", "CaseError", "as_label_u8", "assign_splits", "check_dataset_id", "check_split", "dataset_rows",
            "find_nifti_pairs", "finish_dataset", "ingest_nifti_pairs", "labelled_dir", "load_labelled",
-           "new_workdir", "safe_id", "slice_row"]
+           "new_workdir", "safe_id", "slice_row", "split_patients"]

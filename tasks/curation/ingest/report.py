@@ -1,7 +1,6 @@
 """What an ingest run did, for a person: counts per reason, sequences, and a montage of mid slices."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from catalog.reasons import describe
 from catalog.views import connect
+from tasks.curation.qc import save_png_atomic
 
 __all__ = ["ingest_montage", "ingest_summary"]
 
@@ -46,11 +46,7 @@ def ingest_montage(research: Path, dataset: str, out_path: Path, n: int = 16) ->
         x, y = (k % cols) * TILE, (k // cols) * (TILE + 14)
         canvas.paste(im, (x + (TILE - im.width) // 2, y + (TILE - im.height) // 2))
         draw.text((x + 2, y + TILE), f"{seq or '?'} {sid[:7]}", fill=200)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
-    return out_path
+    return save_png_atomic(canvas, out_path)
 
 
 def ingest_summary(research: Path, dataset: str, run: dict) -> tuple[str, Path | None]:

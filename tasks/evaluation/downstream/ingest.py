@@ -28,7 +28,7 @@ from tasks.evaluation.downstream.labels import LabelMapping, parse_labels
 from tasks.evaluation.downstream.layouts import SOURCES, Case, find_cases
 from tasks.evaluation.downstream.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
 from tasks.evaluation.downstream.readers import read_image
-from tasks.evaluation.labelled import (SPLITS, CaseError, _label_names, as_label_u8, assign_splits, check_dataset_id,
+from tasks.evaluation.labelled import (SPLITS, CaseError, _label_names, as_label_u8, check_dataset_id, split_patients,
                                        check_split, labelled_dir, safe_id)
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
                          "subject_key": subject_key(patient, salt), "split": None, "fold": None,
                          "class_label": case.class_label, "n_channels": n_channels,
                          "content_sha256": loaded.digests, "source_format": loaded.source_format, **files})
-        if not rows:
-            why = "; ".join(f"{s['case']}: {s['reason']}" for s in skipped) or "no cases found"
-            raise ValueError(f"dataset {dataset_id}: nothing to ingest ({why})")
-        for s in skipped:
-            log.warning("%s: skipped %s", dataset_id, s["reason"])
-        splits = assign_splits((r["patient_id"] for r in rows), split, seed)
+        splits = split_patients(dataset_id, rows, skipped, split, seed, "no cases found")
         fold_of = assign_folds(splits, folds, seed)
         for r in rows:
             r["split"], r["fold"] = splits[r["patient_id"]], fold_of[r["patient_id"]]
