@@ -48,6 +48,20 @@ replaced, never duplicated.
 The restricted zone has its own database, `OUT/restricted/restricted.duckdb`, with the
 `reports` view (PHI). Downstream flows never open it.
 
+## The research SQL entry point
+
+`mrifoundry sql` opens the catalog read-only through `catalog.views.connect_confined`: DuckDB's
+external access is switched off except for `OUT/research/` (`allowed_directories`; the views read
+their Parquet files there, feature sets included) and the configuration is locked, and
+`check_read_query` lets through only read statements (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN
+of one, metadata PRAGMAs such as `table_info`). `COPY … TO`, `EXPORT`, `ATTACH`,
+`INSTALL`/`LOAD`, `SET`/`RESET`, `CREATE`, and reading any file outside `OUT/research/` (the
+restricted zone included, e.g. `read_parquet('OUT/restricted/selection.parquet')`, or
+`read_csv('/etc/passwd')`) are refused with one line on stderr and exit code 2. `--unrestricted`
+lifts this for power users: the query can then read (and write) any file the account can,
+the restricted zone included. Other research-side readers of SQL typed by people should use
+`connect_confined` and `check_read_query` too.
+
 ## Example queries
 """
 

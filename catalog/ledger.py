@@ -95,6 +95,34 @@ class Ledger:
             row = c.execute("SELECT status FROM stage_results WHERE item_id=? AND stage=?", (item_id, stage)).fetchone()
         return row[0] if row else None
 
+    def state(self, item_id: str, stage: str) -> tuple[str, float | None] | None:
+        """(status, finished time) of the row, or None."""
+        with self._conn() as c:
+            row = c.execute("SELECT status, finished FROM stage_results WHERE item_id=? AND stage=?",
+                            (item_id, stage)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def has_failed_items(self, exam_id: str, stage: str) -> bool:
+        """Whether a sub-item (series, instance) of the exam failed in this stage."""
+        with self._conn() as c:
+            row = c.execute("SELECT 1 FROM stage_results WHERE exam_id=? AND stage=? AND item_id<>? "
+                            "AND status='failed' LIMIT 1", (exam_id, stage, exam_id)).fetchone()
+        return row is not None
+
+    def unfinished_exams(self, exam_ids: list[str], last_stage: str = "catalog") -> set[str]:
+        """Exams that are neither through ``last_stage`` nor rejected as a whole at some stage:
+        never started, cut short (a killed or disk-full run whose rows were never written), or
+        failed. ``rerun=failed`` takes these, so a run that could not write its ledger never
+        makes its exams look finished."""
+        with self._conn() as c:
+            finished = {r[0] for r in c.execute(
+                "SELECT DISTINCT exam_id FROM stage_results WHERE item_id = exam_id AND "
+                "((stage = ? AND status = 'done') OR status = 'rejected')", (last_stage,)).fetchall()}
+            held = {r[0] for r in c.execute(
+                "SELECT exam_id FROM stage_results WHERE item_id = exam_id AND reason = 'phi_quarantined'").fetchall()}
+        # a quarantined exam waits for a person (rerun=all brings it back), failed series or not
+        return ({e for e in exam_ids if e not in finished} | (self.failed_exams() & set(exam_ids))) - held
+
     def get(self, item_id: str, stage: str) -> LedgerRow | None:
         with self._conn() as c:
             row = c.execute(

@@ -11,6 +11,13 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "accession_not_found": ("retrieve", "rejected", "the archive holds no study with this accession number"),
     "archive_unreachable": ("retrieve", "failed", "the archive could not be reached (folder missing, PACS down)"),
     "unattributed_file": ("retrieve", "rejected", "an archive file that is not DICOM, has no StudyInstanceUID, or is a container that does not open, in a folder without a study: nothing curates it; its path is in restricted/unattributed_files.csv"),
+    "special_file": ("retrieve", "rejected", "an archive entry that is not a regular file (FIFO, socket, device, or a symlink to one): never opened"),
+    "outside_archive": ("retrieve", "rejected", "a symlink whose target lies outside the archive folder: not followed (curate --follow-symlinks opts in)"),
+    "file_too_large": ("retrieve", "rejected", "an archive file larger than max_file_mb: not read"),
+    "unreadable_source": ("retrieve", "rejected", "an archive file or folder that cannot be read (permission denied, I/O error, vanished while indexing)"),
+    "container_refused": ("retrieve", "rejected", "a zip/tar/gzip whose expansion exceeds the budget (absolute cap or compression ratio: a zip bomb) or nests too deep; nothing of it is curated"),
+    "container_empty": ("retrieve", "rejected", "a zip/tar/gzip that opens but holds no non-blank member (e.g. a gzip of zeros)"),
+    "container_unreadable": ("retrieve", "rejected", "a file with a container suffix (.zip/.tar/.tgz/.gz) that does not open as one, and is not DICOM either"),
     "retrieve_error": ("retrieve", "failed", "an unexpected error while fetching the exam"),
     "pacs_unreachable": ("retrieve", "failed", "no association with the PACS: connection refused, timed out or PACS busy (after retries)"),
     "association_rejected": ("retrieve", "failed", "the PACS rejected the association: wrong AE title or our AE not allowed"),
@@ -45,6 +52,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "multiframe_unsupported": ("continuity", "rejected", "a multi-frame object that is neither Enhanced MR nor a mosaic (those are split into images at deid)"),
     "gantry_tilt": ("continuity", "rejected", "slice positions do not advance along the slice normal (gantry tilt / sheared stack)"),
     "duplicate_instance": ("continuity", "rejected", "two files of the series share one SOPInstanceUID"),
+    "malformed_header": ("continuity", "rejected", "an attribute's value cannot be read as its type (non-numeric, wrong VM or VR); the message names the attribute"),
     "continuity_error": ("continuity", "failed", "an unexpected error while checking the series"),
     # continuity (instance level: removed, the series goes on)
     "localizer_removed": ("continuity", "rejected", "a localizer image mixed into the series was removed"),
@@ -52,7 +60,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "duplicate_removed": ("continuity", "rejected", "a second copy of an instance (same SOPInstanceUID, equal pixels) was removed"),
     # convert
     "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
-    "disk_full": ("any", "failed", "no space left on the device while writing an output (convert, ingest)"),
+    "disk_full": ("any", "failed", "no space left on the device (any stage, the ledger, the catalog merge): the run stopped; free space and re-run, unfinished exams are picked up"),
     # convert: dicom2nifti refused a series that passed our checks (its own validation name)
     **{"d2n_" + code.lower().replace("/", "_"): ("convert", "rejected", f"dicom2nifti raised {code}: {meaning}")
        for code, meaning in {
@@ -72,6 +80,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     "not_bids_named": ("ingest", "rejected", "a NIfTI file of a BIDS dataset outside sub-<label>/[ses-<label>/]<datatype>/ or without a BIDS name: not ingested (use --nifti for such folders)"),
     "ingest_error": ("ingest", "failed", "an unexpected error while ingesting the file"),
     # any stage
+    "phi_quarantined": ("audit", "rejected", "the PHI audit found an identifier in this item's research-zone files: they were moved to restricted/quarantine/ and its catalog rows dropped"),
     "stage_input_missing": ("any", "failed", "the previous stage's artifact is missing: run that stage first"),
     # catalog
     "catalog_error": ("catalog", "failed", "the exam's catalog rows could not be written"),

@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in drop_exams
 import pyarrow.parquet as pq
 
-from catalog.schema import DERIVED_TABLES, FEATURES, RESEARCH_TABLES, VOLUME_FEATURES, Table, to_arrow
+from catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
+                            to_arrow)
 from mrifoundry.duck import quiet_connect
 
 
@@ -80,6 +82,46 @@ def consolidate(research: Path, table: Table) -> int:
     for p in parts:
         p.unlink(missing_ok=True)
     return merged.num_rows
+
+
+def drop_exams(research: Path, exam_ids, keep_dir: Path | None = None,
+               tables: tuple[Table, ...] = (EXAMS, SERIES, SLICES)) -> dict[str, int]:
+    """Remove every row of ``exam_ids`` from ``tables``: their pending parts and their rows in the
+    consolidated Parquet files (rewritten atomically). With ``keep_dir`` the removed rows are kept
+    there, not lost: parts move to ``keep_dir/_parts/<table>/<exam_id>.parquet`` and consolidated
+    rows are written to ``keep_dir/<table>/<exam_id>.parquet`` (the PHI quarantine,
+    tasks/curation/audit/quarantine.py). Rebuild the views afterwards
+    (``tasks.curation.finalize.finalize_catalog``). Returns the rows removed per table."""
+    exams = sorted(set(exam_ids))
+    removed: dict[str, int] = {}
+    if not exams:
+        return removed
+    for table in tables:
+        n = 0
+        for exam in exams:
+            part = catalog_dir(research) / "_parts" / table.name / f"{exam}.parquet"
+            if part.exists():
+                n += pq.read_metadata(part).num_rows
+                if keep_dir is not None:
+                    dest = Path(keep_dir) / "_parts" / table.name / part.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(part), str(dest))
+                else:
+                    part.unlink()
+        target = table_file(research, table)
+        if target.exists():
+            tbl = pq.read_table(target, schema=table.schema)
+            hit = pa.compute.is_in(tbl.column("exam_id"), value_set=pa.array(exams, pa.string()))
+            gone = tbl.filter(hit)
+            if gone.num_rows:
+                if keep_dir is not None:
+                    for exam in sorted(set(gone.column("exam_id").to_pylist())):
+                        rows = gone.filter(pa.compute.equal(gone.column("exam_id"), exam))
+                        write_parquet_atomic(rows, Path(keep_dir) / table.name / f"{exam}.parquet")
+                write_parquet_atomic(tbl.filter(pa.compute.invert(hit)), target)
+                n += gone.num_rows
+        removed[table.name] = n
+    return removed
 
 
 def write_table(research: Path, table: Table, tbl: pa.Table) -> None:

@@ -7,6 +7,7 @@ to the research root in Parquet and exposed as absolute ``*_file`` columns by th
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -98,6 +99,77 @@ def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection
     return duckdb.connect(str(db), read_only=read_only)
 
 
+#: statement types the research SQL entry point runs (DESCRIBE, SHOW and SUMMARIZE parse as SELECT;
+#: EXPLAIN is checked on the statement it explains, since EXPLAIN ANALYZE executes it)
+READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
+#: PRAGMAs that only read the catalog's metadata
+READ_PRAGMAS = frozenset({"table_info", "show", "show_tables", "show_tables_expanded", "database_list",
+                          "database_size", "storage_info", "functions", "collations", "version", "platform",
+                          "user_agent"})
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
+_EXPLAIN = re.compile(r"EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?(?P<inner>.+)\Z", re.S | re.I)
+_PRAGMA = re.compile(r"PRAGMA\s+(?P<name>\w+)", re.I)
+
+
+class RefusedStatement(ValueError):
+    """A statement that is not a read query on the research catalog (``what`` names it, e.g. ``COPY``)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(f"only read queries on the research catalog are allowed ({what} is not)")
+
+
+def connect_confined(research: Path) -> duckdb.DuckDBPyConnection:
+    """The research catalog, read-only, for SQL typed by people (``mrifoundry sql``) or other
+    research-side readers: DuckDB's external access is limited to ``research/`` (the views read
+    their Parquet files there by absolute path) and the configuration is locked, so no query can
+    read the restricted zone or any other file, write a file (outside research/), ATTACH,
+    INSTALL/LOAD an extension or SET access back on. Check statements with
+    :func:`check_read_query` too: DuckDB still lets ``COPY … TO`` write inside research/.
+
+    Raises:
+        FileNotFoundError: no catalog yet — run the ``curate`` flow first.
+    """
+    con = connect(research, read_only=True)
+    try:
+        # allowed_directories must be set on the open database, before external access is switched off
+        con.execute(f"SET allowed_directories = [{_q(str(research.resolve()) + '/')}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def check_read_query(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse ``sql`` unless every statement in it is a read query: SELECT (with DESCRIBE, SHOW,
+    SUMMARIZE), EXPLAIN of one, or a metadata PRAGMA of :data:`READ_PRAGMAS`.
+
+    Raises:
+        RefusedStatement: naming the first statement kind that is not allowed.
+        duckdb.ParserException: ``sql`` does not parse.
+    """
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise RefusedStatement("an empty query")
+    for st in statements:
+        kind = st.type.name
+        text = _LEADING_COMMENTS.sub("", st.query).rstrip().rstrip(";")
+        if kind not in READ_STATEMENTS:
+            raise RefusedStatement({"VARIABLE_SET": "SET VARIABLE", "MULTI": "a multi-statement (PIVOT …)"}
+                                   .get(kind, kind.replace("_", " ")))
+        if kind == "EXPLAIN":
+            m = _EXPLAIN.match(text)
+            if not m:
+                raise RefusedStatement("this EXPLAIN")
+            check_read_query(con, m["inner"])
+        elif kind == "PRAGMA":
+            m = _PRAGMA.match(text)
+            if not m or m["name"].lower() not in READ_PRAGMAS:
+                raise RefusedStatement(f"PRAGMA {m['name'] if m else ''}".rstrip())
+
+
 def query_dicts(research: Path, sql: str) -> tuple[list[str], list[dict]]:
     """(column names, rows as dicts) of ``sql`` on the research catalog (read-only)."""
     con = connect(research)
@@ -109,4 +181,5 @@ def query_dicts(research: Path, sql: str) -> tuple[list[str], list[dict]]:
         con.close()
 
 
-__all__ = ["build_research_db", "build_restricted_db", "connect", "query_dicts"]
+__all__ = ["RefusedStatement", "build_research_db", "build_restricted_db", "check_read_query", "connect",
+           "connect_confined", "query_dicts"]

@@ -3,15 +3,166 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 from flows.params import research_dir
 
+#: set for every run before Prefect is imported; a value already in the environment wins
+QUIET_PRIVATE_ENV = {
+    "DO_NOT_TRACK": "1",                                   # Prefect's SDK usage telemetry: off
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",           # the (temporary) server's usage reporting: off
+    "PREFECT_LOGGING_LEVEL": "WARNING",                    # no "Starting temporary server …", no per-task lines
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",             # the temporary server's own logs
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # a loaded box starts it in > 20 s
+}
+
+
+def quiet_private_env() -> None:
+    """Telemetry off and Prefect's temporary server quiet (see QUIET_PRIVATE_ENV)."""
+    for k, v in QUIET_PRIVATE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def start_quiet_temporary_server() -> Path | None:
+    """Without PREFECT_API_URL, Prefect runs flows against a temporary server that it starts on
+    first use, writing to our console (its shutdown logs tracebacks of unflushed events). Start
+    it here instead, its stdout/stderr going to ``MRIFOUNDRY_HOME/logs/prefect-server.log``
+    (searched by the PHI audit like the other logs); Prefect reuses it (one per process).
+
+    Returns:
+        The log file, or None where a server is configured or already running.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+    from mrifoundry.settings import Settings
+    s = get_current_settings()
+    server = SubprocessASGIServer()
+    if s.api.url or not s.server.ephemeral.enabled or server.running:
+        return None
+    log = Settings().home / "logs" / "prefect-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "ab") as fh:
+            # the child inherits fds 1 and 2 as they are when it starts
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            try:
+                server.start()
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+    return log
+
+
+class _NoExpectedTracebacks:
+    """Console-handler filter: a flow or task run that ends in an expected condition (run lock,
+    disk full, PHI audit, a failed item) keeps its log line but not its traceback; ``run_verb``
+    then prints the one line that says what to do. (The Prefect API handler, called first, keeps it.)"""
+
+    def filter(self, record) -> bool:
+        e = record.exc_info[1] if record.exc_info else None
+        if e is not None:
+            from mrifoundry.errors import CurationError
+            if isinstance(e, CurationError) or _expected_failure(e, None) is not None:
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _prepare_prefect(a) -> None:
+    """Before a flow verb calls its flow: no tracebacks of expected conditions on the console
+    (unless --debug), and a quiet temporary server."""
+    if not _debug(a):
+        import logging
+        from prefect.logging.configuration import ensure_logging_setup
+        from prefect.logging.handlers import PrefectConsoleHandler
+        ensure_logging_setup()  # else Prefect sets it up (new handlers) at the first flow run
+        for h in logging.getLogger().handlers:
+            if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoExpectedTracebacks) for f in h.filters):
+                h.addFilter(_NoExpectedTracebacks())
+    start_quiet_temporary_server()
+
+
+def _debug(a) -> bool:
+    return bool(getattr(a, "debug", False)) or os.environ.get("MRIFOUNDRY_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def _one_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+def _expected_failure(e: BaseException, a) -> tuple[int, str] | None:
+    """(exit code, one-line message) of an expected condition; None for a bug (traceback)."""
+    from flows.run_lock import OutputBusy
+    from mrifoundry import errors
+    if isinstance(e, OutputBusy):
+        return errors.EXIT_BUSY, _one_line(e)
+    if isinstance(e, errors.DiskFull):
+        return errors.EXIT_DISK_FULL, _one_line(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return errors.EXIT_DISK_FULL, (f"no space left on the device ({e.filename or 'output'}): free space "
+                                       "under OUT and re-run; finished exams are kept")
+    if isinstance(e, FileNotFoundError):
+        return errors.EXIT_USAGE, _one_line(e)
+    if type(e).__name__ == "PhiLeakError" and hasattr(e, "report"):
+        rep = e.report
+        places = {h.place for h in rep.hits} | {p for p, _ in rep.errors}
+        where = getattr(e, "report_path", None) or getattr(rep, "path", None)
+        where = (f"the report is {where}" if where else
+                 f"the report: `mrifoundry phi-audit --out {getattr(a, 'out', None) or 'OUT'}` "
+                 "(and the run's `phi-audit` artifact)")
+        return errors.EXIT_PHI, (f"PHI audit failed: restricted-zone identifiers in {len(places)} place(s) "
+                                 f"({len(rep.hits)} hit(s), {len(rep.errors)} unreadable); {where}")
+    if isinstance(e, RuntimeError) and " stage task(s) failed" in str(e):
+        return errors.EXIT_FAILED_ITEMS, _one_line(e)
+    return None
+
+
+def run_verb(a) -> int:
+    """``a.fn(a)``; an expected condition prints one line on stderr and returns its exit code
+    (mrifoundry/errors.py, docs/runbook.md). ``--debug`` or MRIFOUNDRY_DEBUG=1 re-raises instead."""
+    try:
+        return a.fn(a)
+    except Exception as e:
+        known = None if _debug(a) else _expected_failure(e, a)
+        if known is None:
+            raise
+        code, msg = known
+        print(f"mrifoundry {a.cmd}: {msg}", file=sys.stderr)
+        return code
+
+
+def _check_inputs(paths: dict[str, str | None]) -> None:
+    """A missing input folder or file ({argument: path}) fails here, before Prefect starts (exit EXIT_USAGE)."""
+    from flows.params import SAMPLE, expand_home
+    for arg, v in paths.items():
+        if v and v != SAMPLE and "://" not in v and not Path(expand_home(v)).exists():
+            raise FileNotFoundError(errno.ENOENT, f"{arg} not found", v)
+
+
+def _check_not_busy(out: str | None) -> None:
+    """Another run holding OUT/state/run.lock fails here, before Prefect starts (the flow takes the lock)."""
+    from flows.params import expand_home
+    from flows.run_lock import RunLock
+    if out and (Path(expand_home(out)) / "state" / "run.lock").exists():
+        with RunLock(Path(expand_home(out)) / "state"):
+            pass
+
 
 def _cmd_curate(a) -> int:
+    _check_inputs({"--archive": a.archive, "--reports": a.reports, "--rules": a.rules})
+    _check_not_busy(a.out)
     from flows.curate import curate
+    _prepare_prefect(a)
     shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
     res = curate(archive=a.archive, reports=a.reports, out=a.out, rules=a.rules,
                  date_start=dt.date.fromisoformat(a.date_start) if a.date_start else None,
@@ -19,13 +170,16 @@ def _cmd_curate(a) -> int:
                  n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
                  write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner,
-                 phi_audit=not a.no_phi_audit)
+                 phi_audit=not a.no_phi_audit, follow_symlinks=a.follow_symlinks, max_file_mb=a.max_file_mb,
+                 max_container_mb=a.max_container_mb, max_container_ratio=a.max_container_ratio)
     print(json.dumps(res, indent=1, default=str))
     return 0
 
 
 def _cmd_ingest(a) -> int:
+    _check_inputs({"--bids": a.bids, "--nifti": a.nifti})
     from flows.ingest import ingest
+    _prepare_prefect(a)
     shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
     res = ingest(bids=a.bids, nifti=a.nifti, dataset=a.dataset, out=a.out,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape, body_part=a.body_part,
@@ -44,7 +198,9 @@ def _cmd_export_bids(a) -> int:
 
 
 def _cmd_ingest_downstream(a) -> int:
+    _check_inputs({"the dataset folder": a.root})
     from flows.downstream import ingest_downstream_flow
+    _prepare_prefect(a)
     res = ingest_downstream_flow(root=a.root, dataset_id=a.dataset_id, out=a.out, layout=a.layout,
                                  labels=json.loads(a.labels) if a.labels else None, strict_labels=a.strict_labels,
                                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size,
@@ -64,6 +220,7 @@ def _cmd_overlap(a) -> int:
 
 def _cmd_finetune3d(a) -> int:
     from flows.finetune import classify_3d, finetune_3d
+    _prepare_prefect(a)
     fr = [float(x) for x in a.label_fractions.split(",")] if a.label_fractions else None
     common = dict(dataset_id=a.dataset_id, out=a.out, model=a.model, weights=a.weights, arch=a.arch,
                   pretrained=a.pretrained, iterations=a.iterations, roi=a.roi, lr=a.lr, encoder_lr=a.encoder_lr,
@@ -75,13 +232,33 @@ def _cmd_finetune3d(a) -> int:
     return 0
 
 
+_UNRESTRICTED_HINT = "use --unrestricted to lift this (power users; it can read the restricted zone)"
+
+
 def _cmd_sql(a) -> int:
-    from catalog.views import connect
-    con = connect(research_dir(a.out))
+    import duckdb
+    from catalog.views import RefusedStatement, check_read_query, connect, connect_confined
+    from mrifoundry.errors import EXIT_USAGE
+    research = research_dir(a.out)
+    con = connect(research) if a.unrestricted else connect_confined(research)
     try:
+        if not a.unrestricted:
+            check_read_query(con, a.query)
         cur = con.execute(a.query)
         cols = [d[0] for d in cur.description] if cur.description else []
         rows = cur.fetchall()
+    except (RefusedStatement, duckdb.Error) as e:
+        if _debug(a):
+            raise
+        first = _one_line(e)
+        if isinstance(e, RefusedStatement):
+            msg = f"{first}; {_UNRESTRICTED_HINT}"
+        elif not a.unrestricted and (isinstance(e, duckdb.PermissionException) or "configuration has been locked" in first):
+            msg = f"{first} (the research SQL entry point reads only {research}/); {_UNRESTRICTED_HINT}"
+        else:
+            msg = first
+        print(f"mrifoundry sql: {msg}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         con.close()
     if a.format == "csv":
@@ -140,6 +317,7 @@ def _cmd_catalog_docs(a) -> int:
 
 def _cmd_pretrain(a) -> int:
     from flows.pretrain import pretrain
+    _prepare_prefect(a)
     res = pretrain(out=a.out, query=a.query, recipe=a.recipe, init_weights=a.init_weights, run_name=a.run_name,
                    nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None,
                    stage2_query=a.stage2_query, exclude_overlap=a.exclude_overlap)
@@ -149,6 +327,7 @@ def _cmd_pretrain(a) -> int:
 
 def _cmd_features(a) -> int:
     from flows.features import extract_features_flow
+    _prepare_prefect(a)
     res = extract_features_flow(out=a.out, query=a.query, model=a.model, weights=a.weights, arch=a.arch,
                                 image_size=a.image_size, feature_set=a.feature_set, batch_size=a.batch_size,
                                 patch_grids=a.patch_grids, pool=a.pool, pretrained=a.pretrained)
@@ -158,12 +337,16 @@ def _cmd_features(a) -> int:
 
 def _cmd_demo_eval(a) -> int:
     from flows.demo_eval import demo_eval
+    _prepare_prefect(a)
     print(json.dumps(demo_eval(out=a.out), indent=1, default=str))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_private_env()
     p = argparse.ArgumentParser(prog="mrifoundry", description=__doc__)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an expected failure (also MRIFOUNDRY_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("curate", help="run the curate flow on a folder archive (one-off, no deployment)")
@@ -184,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--workers", type=int, default=2, help="concurrent tasks (threads or Dask worker processes)")
     c.add_argument("--no-phi-audit", action="store_true", help="skip the final PHI audit")
     c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm")
+    c.add_argument("--follow-symlinks", action="store_true",
+                   help="follow symlinks that point outside the archive (default: ledgered outside_archive)")
+    c.add_argument("--max-file-mb", type=int, default=8192, help="larger archive files are not read (default 8192)")
+    c.add_argument("--max-container-mb", type=int, default=65536,
+                   help="expansion budget of one zip/tar/gzip, nested ones included (default 65536)")
+    c.add_argument("--max-container-ratio", type=float, default=100.0,
+                   help="refuse a container that expands more than this many times its size, past 32 MiB "
+                        "(zip bombs; default 100)")
     c.set_defaults(fn=_cmd_curate)
 
     g = sub.add_parser("ingest", help="ingest a BIDS dataset or a NIfTI folder into the catalog (flow ingest)")
@@ -260,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("query")
     q.add_argument("--out", help="output root of the curation (default: MRIFOUNDRY_OUT or var/out)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--unrestricted", action="store_true",
+                   help="lift the research-zone confinement (read-only queries on OUT/research, no file "
+                        "access elsewhere): power users; the query can then read and write any file, "
+                        "the restricted zone included")
     q.set_defaults(fn=_cmd_sql)
 
     s = sub.add_parser("sample", help="generate the embedded sample archive")
@@ -317,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     de.set_defaults(fn=_cmd_demo_eval)
 
     a = p.parse_args(argv)
-    return a.fn(a)
+    return run_verb(a)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import allow_failure, flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, \
     update_progress_artifact
 from prefect.context import TaskRunContext
@@ -21,11 +21,12 @@ from prefect.context import TaskRunContext
 from flows.params import resolve
 from flows.run_lock import RunLock
 from flows.runners import make_task_runner
-from mrifoundry.errors import CurationError
+from mrifoundry.errors import CurationError, DiskFull, is_disk_full
 from mrifoundry.settings import CurateParams
 from tasks.curation import pipeline
 from tasks.curation.finalize import finalize_catalog, run_summary
 from tasks.curation.selection.exams import select_exams
+from tasks.curation.stages import STAGE_ORDER, reset_disk_full, sweep_temp
 from tasks.curation.workspace import Workspace
 
 
@@ -34,8 +35,16 @@ class StageFailed(CurationError):
 
 
 def _per_run_key(ctx: TaskRunContext, parameters: dict) -> str:
-    # same top-level flow run (e.g. `prefect flow-run retry`) → completed tasks come from the cache
-    return f"{ctx.task.name}-{parameters['exam_id']}-{parameters['run_id']}"
+    """Same top-level flow run (e.g. `prefect flow-run retry`) → completed tasks come from the cache,
+    unless the stage before was redone since (its ledger finish time is part of the key): a retried
+    convert makes its exam's catalog task run again instead of returning stale rows."""
+    stage, exam_id = ctx.task.name, parameters["exam_id"]
+    prev = ""
+    if stage in STAGE_ORDER[1:]:
+        state = Workspace(Path(parameters["out"]), parameters["run_id"]).ledger.state(
+            exam_id, STAGE_ORDER[STAGE_ORDER.index(stage) - 1])
+        prev = f"-{state[1]:.6f}" if state and state[1] else ""
+    return f"{stage}-{exam_id}-{parameters['run_id']}{prev}"
 
 
 def _stage_task(stage: str):
@@ -45,8 +54,10 @@ def _stage_task(stage: str):
           result_serializer="json", log_prints=False)
     def stage_task(out: str, run_id: str, params: CurateParams, exam_id: str) -> dict:
         o = fn(Workspace(Path(out), run_id), params, exam_id)
-        if o.status == "failed":
+        if o.status == "failed" and o.reason != "disk_full":
             raise StageFailed(exam_id, o.reason or f"{stage}_error", f"{stage} failed ({o.reason})")
+        if o.counts.get("series_failed"):   # Failed for Prefect (retry re-runs it); the exam's other series went on
+            raise StageFailed(exam_id, f"{stage}_error", f"{stage}: {o.counts['series_failed']} series failed")
         return {"exam_id": o.exam_id, "stage": o.stage, "status": o.status, "reason": o.reason, **o.counts}
     return stage_task
 
@@ -59,17 +70,30 @@ STAGE_TASKS = {s: _stage_task(s) for s in pipeline.STAGES}
 def select_task(out: str, run_id: str, params: CurateParams) -> dict:
     ws = Workspace(Path(out), run_id)
     sel = select_exams(ws, params)
-    return {"exam_ids": sel.exam_ids, "counts": sel.counts}
+    return {"exam_ids": sel.exam_ids, "counts": sel.counts, "space": sel.space}
 
 
 @task(name="phi-audit")
 def phi_audit_task(out: str, reports: str | None) -> dict:
-    """Search every identifier of the restricted zone outside it; fail loudly, naming where."""
-    from tasks.curation.audit.phi_audit import audit_output
+    """Search every identifier of the restricted zone outside it. On a hit the leaking exams' research
+    outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the research zone is
+    audited again, both results go to the artifact and a report file, and the task fails with counts
+    and the report path (no values, no places)."""
+    from tasks.curation.audit.phi_audit import PhiLeakError, audit_output
+    from tasks.curation.audit.quarantine import quarantine_leaks, write_report
     rep = audit_output(Path(out), Path(reports) if reports else None)
-    create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
-    rep.raise_if_leaks()
-    return {"hits": len(rep.hits)}
+    if rep.ok:
+        create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
+        return {"hits": 0}
+    try:
+        quarantine, failed = quarantine_leaks(Path(out), rep), None
+    except Exception as e:  # noqa: BLE001 - the run fails on the leak either way; its message may name a path
+        quarantine, failed = None, type(e).__name__
+    note = f"## Quarantine\n\nFailed ({failed}): move the places above by hand.\n" if failed else ""
+    path = write_report(Path(out), rep, quarantine, note)
+    create_markdown_artifact(path.read_text(), key="phi-audit",
+                             description="PHI audit and quarantine (places only, no values)")
+    raise PhiLeakError(rep, report_path=path, quarantine=quarantine) from None
 
 
 @task(name="finalize-catalog")
@@ -96,16 +120,21 @@ def curate_exams(out: str, run_id: str, params: CurateParams, exam_ids: list[str
         for eid in batch:
             prev = None
             for stage, t in STAGE_TASKS.items():
-                prev = t.submit(out, run_id, params, eid, wait_for=[prev] if prev else None)
+                # allow_failure: a stage whose series failed still hands the others on (the
+                # next stage itself skips an exam whose previous stage failed as a whole)
+                prev = t.submit(out, run_id, params, eid, wait_for=[allow_failure(prev)] if prev else None)
                 futures[stage].append(prev)
         for stage, futs in futures.items():
             for n, f in enumerate(futs, 1):
                 f.wait()
                 st = f.state
                 if st.is_completed():
-                    outcomes[stage][f.result()["status"]] += 1
+                    res = f.result()
+                    full = res.get("reason") == "disk_full"
+                    outcomes[stage]["disk_full" if full else res["status"]] += 1
                 elif st.is_failed() or st.is_crashed():
-                    outcomes[stage]["failed"] += 1
+                    exc = f.result(raise_on_failure=False)
+                    outcomes[stage]["disk_full" if is_disk_full(exc) else "failed"] += 1
                 else:
                     outcomes[stage]["skipped"] += 1
                 if n == len(futs) or n % 25 == 0:
@@ -113,6 +142,9 @@ def curate_exams(out: str, run_id: str, params: CurateParams, exam_ids: list[str
                     logger.info("%s: %d/%d exams (%.2f exams/s)", stage, start + n, total, rate)
         finished += len(batch)
         update_progress_artifact(progress, progress=100.0 * finished / max(total, 1))
+        if any(c.get("disk_full") for c in outcomes.values()):
+            logger.warning("disk full: no new exams started (%d of %d submitted)", finished, total)
+            break
     logger.info("elapsed %.1f s for %d exams", time.time() - t0, total)
     return {k: dict(v) for k, v in outcomes.items()}
 
@@ -137,6 +169,10 @@ def curate(
     batch_size: int = 256,
     runner: str = "threads",
     phi_audit: bool = True,
+    follow_symlinks: bool = False,
+    max_file_mb: int = 8192,
+    max_container_mb: int = 65536,
+    max_container_ratio: float = 100.0,
 ) -> dict:
     """Curate an archive into OUT/research (see README). Parameters mirror ``CurateParams``;
     ``runner`` is threads, dask, dask://host:port or slurm (flows/runners.py); ``phi_audit``
@@ -146,12 +182,33 @@ def curate(
     out_dir = Path(params.out)
     run_id = _run_id()
     with RunLock(out_dir / "state"):
-        sel = select_task(str(out_dir), run_id, params)
+        reset_disk_full()
+        sweep_temp(out_dir)    # what a killed or disk-full run left
+        try:
+            sel = select_task(str(out_dir), run_id, params)
+        except Exception as e:
+            if is_disk_full(e):
+                sweep_temp(out_dir)
+                raise DiskFull("archive index") from None
+            raise
         exam_ids, sel_counts = sel["exam_ids"], sel["counts"]
         logger.info("selection: %s", ", ".join(f"{k}={v}" for k, v in sel_counts.items()))
+        need, free = sel["space"]
+        if need > free:
+            logger.warning("free space under OUT (%d MiB) may not hold this run (about %d MiB); "
+                           "a full disk stops the run cleanly and a re-run finishes it", free >> 20, need >> 20)
         stages = curate_exams.with_options(task_runner=make_task_runner(runner, workers))(
             str(out_dir), run_id, params, exam_ids)
-        counts = finalize_task(str(out_dir), run_id)
+        if any(c.get("disk_full") for c in stages.values()):
+            sweep_temp(out_dir)
+            raise DiskFull("exam outputs")
+        try:
+            counts = finalize_task(str(out_dir), run_id)
+        except Exception as e:
+            if is_disk_full(e):
+                sweep_temp(out_dir)
+                raise DiskFull("catalog merge") from None
+            raise
         md, montage = run_summary(Workspace(out_dir, run_id), sel_counts, counts, stages)
         create_markdown_artifact(md, key="curate-summary", description="curation run summary")
         if montage:
@@ -159,8 +216,10 @@ def curate(
         logger.info("catalog: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         if phi_audit:
             phi_audit_task(str(out_dir), params.reports)
+        # series-level failures (one series of an exam) are in the ledger, not in the task states
+        failed_exams = Workspace(out_dir, run_id).ledger.failed_exams() & set(exam_ids)
     failed = sum(c.get("failed", 0) for c in stages.values())
-    if failed:
-        raise RuntimeError(f"{failed} stage task(s) failed; see stage_results. "
-                           "Retry with `prefect flow-run retry` or rerun=failed.")
+    if failed or failed_exams:
+        raise RuntimeError(f"{failed} stage task(s) failed, {len(failed_exams)} exam(s) with failed items; see "
+                           "stage_results. Retry with `prefect flow-run retry` or rerun=failed.")
     return {"selection": sel_counts, "catalog": counts, "stages": stages}

@@ -62,6 +62,12 @@ class CurateParams(BaseModel):
     workers: int = Field(2, ge=1, description="concurrent tasks")
     batch_size: int = Field(256, ge=1, description="exams submitted at once (bounds memory at Duke scale)")
     qc_per_body_part: int = Field(8, ge=1, description="slices per body part in the QC montage")
+    follow_symlinks: bool = Field(False, description="follow symlinks that point outside the archive folder")
+    max_file_mb: int = Field(8192, ge=1, description="archive files larger than this are not read (file_too_large)")
+    max_container_mb: int = Field(65536, ge=1, description="expansion budget of one zip/tar/gzip, nesting included")
+    max_container_ratio: float = Field(100.0, gt=1, description="expanded/compressed size above which a container "
+                                                                "is refused (past 32 MiB)")
+
 
     @field_validator("nifti_shape", mode="before")
     @classmethod

@@ -72,8 +72,9 @@ def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     try:
         rows = con.execute("SELECT series_id, coalesce(image_set, ''), status, reason, nifti_path, nifti_shape "
                            "FROM series ORDER BY series_id").fetchall()
-        dropped = dict(con.execute("SELECT reason, count(*) FROM stage_results WHERE item_kind IN "
-                                   "('instance', 'file') GROUP BY 1 ORDER BY 1").fetchall())
+        dropped = dict(con.execute("SELECT reason, count(*) FROM stage_results WHERE status <> 'done' AND item_kind IN "
+                                   "('instance', 'file', 'container', 'symlink', 'folder') GROUP BY 1 ORDER BY 1"
+                                   ).fetchall())
     finally:
         con.close()
     return CaseResult(archive.name, report.ok, len(report.hits),

@@ -6,7 +6,6 @@ and writes its own; Prefect wraps each in a thin task (flows/curate.py).
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import shutil
 import threading
@@ -15,15 +14,15 @@ from pathlib import Path
 
 from catalog.store import write_exam_parts
 from mrifoundry import code_version
-from mrifoundry.errors import CurationError, RejectedItem
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
 from mrifoundry.settings import CurateParams
-from tasks.curation.archive import open_archive
+from tasks.curation.archive import open_archive, walk_limits
 from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
 from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 from tasks.curation.convert.png import volume_to_png
 from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 from tasks.curation.selection import exams as selection
-from tasks.curation.stages import StageOutcome, guarded, log_restricted, replace_dir
+from tasks.curation.stages import StageOutcome, failure_message, guarded, log_restricted, log_text, replace_dir
 from tasks.curation.workspace import Workspace
 
 _ARCHIVES: dict[tuple[str, str], object] = {}
@@ -34,7 +33,7 @@ def _archive(ws: Workspace, params: CurateParams):
     key = (params.archive, str(ws.restricted))
     with _ARCHIVE_LOCK:
         if key not in _ARCHIVES:
-            _ARCHIVES[key] = open_archive(params.archive, ws.restricted, workers=1)
+            _ARCHIVES[key] = open_archive(params.archive, ws.restricted, workers=1, limits=walk_limits(params))
         arch = _ARCHIVES[key]
         # the selection step of this run built the index: retrieval only reads it
         getattr(arch, "use_existing_index", lambda: None)()
@@ -75,6 +74,11 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     replace_dir(tmp, out_dir)
     ws.ledger.forget_exam_stage(exam_id, "deid")
     for rej in res.rejected:
+        if rej.failed:   # an error in this series alone: its traceback to the restricted log, the exam goes on
+            log_text(ws, exam_id, "deid", rej.series_id, rej.traceback or "")
+            ws.ledger.record(rej.series_id, "deid", "failed", exam_id=exam_id, item_kind="series",
+                             reason=rej.reason, message=f"{rej.detail} (traceback in restricted/logs/errors.log)")
+            continue
         if rej.instance:   # one source file dropped (e.g. an undecodable mosaic); its series goes on
             ws.ledger.record(f"{rej.series_id}/{rej.instance}", "deid", "rejected", exam_id=exam_id,
                              item_kind="instance", reason=rej.reason, message="file dropped, series kept")
@@ -93,10 +97,12 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
         "study_date": res.study_date.isoformat() if res.study_date else None,
         "study_description": getattr(res, "study_description", None),
         "series": series,
-        "rejected": [{"series_id": r.series_id, "reason": r.reason, "n_files": r.n_files, "instance": r.instance}
-                     for r in res.rejected],
+        "rejected": [{"series_id": r.series_id, "reason": r.reason, "n_files": r.n_files, "instance": r.instance,
+                      "failed": r.failed} for r in res.rejected],
     })
-    return StageOutcome(exam_id, "deid", "done", counts={"series": len(series), "rejected": len(res.rejected)})
+    n_failed = sum(r.failed for r in res.rejected)
+    return StageOutcome(exam_id, "deid", "done", counts={"series": len(series), "rejected": len(res.rejected),
+                                                          **({"series_failed": n_failed} if n_failed else {})})
 
 
 @guarded("continuity")
@@ -108,7 +114,16 @@ def run_continuity(ws: Workspace, params: CurateParams, exam_id: str) -> StageOu
     out, n_ok = {}, 0
     for s in deid["series"]:
         sid = s["series_id"]
-        chk = check_series(sid, [ws.research / f for f in s["files"]], cfg)
+        try:
+            chk = check_series(sid, [ws.research / f for f in s["files"]], cfg)
+        except Exception as e:  # noqa: BLE001 — one series must not take its exam down
+            if is_disk_full(e):
+                raise
+            log_restricted(ws, exam_id, "continuity", sid)
+            ws.ledger.record(sid, "continuity", "failed", exam_id=exam_id, item_kind="series",
+                             reason="continuity_error", message=failure_message(e))
+            out[sid] = {"status": "failed", "reason": "continuity_error", "meta": None, "volumes": []}
+            continue
         for path, reason in chk.removed:
             ws.ledger.record(f"{sid}/{Path(path).stem}", "continuity", "rejected", exam_id=exam_id,
                              item_kind="instance", reason=reason, message="instance removed, series kept")
@@ -122,7 +137,9 @@ def run_continuity(ws: Workspace, params: CurateParams, exam_id: str) -> StageOu
                          "positions": list(map(float, v.positions))} for v in chk.volumes],
         }
     ws.write_artifact(exam_id, "continuity", {"series": out})
-    return StageOutcome(exam_id, "continuity", "done", counts={"series_ok": n_ok, "series": len(out)})
+    n_failed = sum(s["status"] == "failed" for s in out.values())
+    return StageOutcome(exam_id, "continuity", "done", counts={"series_ok": n_ok, "series": len(out),
+                                                                **({"series_failed": n_failed} if n_failed else {})})
 
 
 @guarded("convert")
@@ -131,7 +148,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
     ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape)
     ws.ledger.forget_exam_stage(exam_id, "convert")
-    out, rejected, n_slices, failed, disk_full = {}, {}, 0, 0, False
+    out, rejected, n_slices, failed = {}, {}, 0, 0
     for sid, s in cont["series"].items():
         if s["status"] != "ok":
             continue
@@ -166,23 +183,22 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                              reason=e.reason, message=e.message)
             continue
         except Exception as e:  # noqa: BLE001 — one series must not sink the exam
-            log_restricted(ws, exam_id, "convert")
+            shutil.rmtree(ws.png_dir(exam_id, sid).with_name(f".{sid}.tmp"), ignore_errors=True)
+            if is_disk_full(e):   # stop: the guard ledgers the exam and sweeps its temp files
+                raise InsufficientDiskSpace(exam_id, "disk_full", "no space left while converting") from e
+            log_restricted(ws, exam_id, "convert", sid)
             failed += 1
-            reason = e.reason if isinstance(e, CurationError) else (
-                "disk_full" if getattr(e, "errno", None) == errno.ENOSPC else "convert_error")
-            disk_full |= reason == "disk_full"
-            cause = e.__cause__ or e
+            reason = e.reason if isinstance(e, CurationError) else "convert_error"
             ws.ledger.record(sid, "convert", "failed", exam_id=exam_id, item_kind="series",
-                             reason=reason, message=f"{type(cause).__name__} (traceback in the restricted error log)")
+                             reason=reason, message=failure_message(e.__cause__ or e))
             continue
         ws.ledger.record(sid, "convert", "done", exam_id=exam_id, item_kind="series",
                          outputs=[x for x in [rec["nifti"] and rec["nifti"]["path"]] if x])
         out[sid] = rec
     ws.write_artifact(exam_id, "convert", {"series": out, "rejected": rejected})
-    if failed:
-        raise CurationError(exam_id, "disk_full" if disk_full else "convert_error",
-                            f"{failed} series failed to convert")
-    return StageOutcome(exam_id, "convert", "done", counts={"series": len(out), "slices": n_slices})
+    # a failed series has its own ledger row (rerun=failed redoes the exam); the others go on to the catalog
+    return StageOutcome(exam_id, "convert", "done", counts={"series": len(out), "slices": n_slices,
+                                                             **({"series_failed": failed} if failed else {})})
 
 
 def _majority(values):
@@ -202,14 +218,18 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     image_sets = {s["series_id"]: s.get("image_set", "") for s in deid["series"]}
     for r in deid["rejected"]:
         if r["series_id"] and not r.get("instance"):
-            series_rows.append(dict(series_id=r["series_id"], exam_id=exam_id, status="rejected", reason=r["reason"],
+            series_rows.append(dict(series_id=r["series_id"], exam_id=exam_id,
+                                    status="failed" if r.get("failed") else "rejected", reason=r["reason"],
                                     dicom_dir=None))
     for sid, s in cont["series"].items():
         m = s["meta"] or {}
         c = conv.get(sid, {})
         n = c.get("nifti") or {}
         series_rows.append(dict(
-            series_id=sid, exam_id=exam_id, image_set=image_sets.get(sid, ""), status="ok" if sid in conv else "rejected",
+            series_id=sid, exam_id=exam_id, image_set=image_sets.get(sid, ""),
+            status="ok" if sid in conv else (
+                "failed" if s["status"] == "failed" or (s["status"] == "ok" and sid not in conv_rejected)
+                else "rejected"),
             reason=s["reason"] if s["status"] != "ok" else (None if sid in conv else conv_rejected.get(sid, "convert_error")),
             series_description=m.get("series_description"), sequence_type=m.get("sequence_type"),
             orientation=m.get("orientation"), body_part=m.get("body_part"), contrast=m.get("contrast"),

@@ -9,15 +9,16 @@ traceback goes to the restricted zone's error log (it may quote header values).
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
+import os
 import shutil
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrifoundry.errors import CurationError
+from mrifoundry.errors import CurationError, DiskFull, is_disk_full, where
 from mrifoundry.settings import CurateParams
 from tasks.curation.workspace import Workspace
 
@@ -33,26 +34,80 @@ class StageOutcome:
     counts: dict = field(default_factory=dict)
 
 
-def log_restricted(ws: Workspace, exam_id: str, stage: str) -> None:
-    log = ws.restricted / "logs" / "errors.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as fh:
-        fh.write(f"--- {dt.datetime.now(dt.timezone.utc).isoformat()} {exam_id} {stage}\n{traceback.format_exc()}\n")
+#: set in this process at the first ENOSPC: no stage starts new work after it (other processes
+#: see the free-space check in :func:`disk_full`)
+_DISK_FULL = threading.Event()
+MIN_FREE_BYTES = 1 << 20
+
+
+def disk_full(ws: Workspace) -> bool:
+    """True once a write under OUT hit ENOSPC in this process, or when less than 1 MiB is free."""
+    if _DISK_FULL.is_set():
+        return True
+    try:
+        return shutil.disk_usage(ws.out).free < MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+def mark_disk_full() -> None:
+    _DISK_FULL.set()
+
+
+def reset_disk_full() -> None:
+    """A new run starts with a clean slate (space may have been freed)."""
+    _DISK_FULL.clear()
+
+
+def log_restricted(ws: Workspace, exam_id: str, stage: str, item: str | None = None) -> None:
+    """Append the current traceback to ``restricted/logs/errors.log`` (it may quote header values).
+    Never raises: on a full disk the ledger row matters more than the log."""
+    log_text(ws, exam_id, stage, item, traceback.format_exc())
+
+
+def log_text(ws: Workspace, exam_id: str, stage: str, item: str | None, text: str) -> None:
+    """Like :func:`log_restricted` for a traceback captured elsewhere (a series that failed inside a stage)."""
+    try:
+        log = ws.restricted / "logs" / "errors.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", errors="backslashreplace") as fh:
+            fh.write(f"--- {dt.datetime.now(dt.timezone.utc).isoformat()} {exam_id} {stage} {item or ''}\n{text}\n")
+    except OSError:
+        pass
+
+
+def failure_message(exc: BaseException) -> str:
+    """A ledger message for a failed item: the exception and where, no values."""
+    return f"{where(exc)} (traceback in restricted/logs/errors.log)"
 
 
 def must_run(ws: Workspace, params: CurateParams, exam_id: str, stage: str) -> str | None:
-    """None when the stage must run, else why it is skipped ('done', 'rejected', 'upstream …')."""
+    """None when the stage must run, else why it is skipped ('done', 'rejected', 'upstream …').
+
+    A ``done`` stage runs again when one of its items (a series) failed, or when the stage
+    before it finished later (it was redone, so this stage's output is stale)."""
+    if disk_full(ws):
+        return "disk_full"
     idx = STAGE_ORDER.index(stage)
+    prev = None
     if idx > 0:
-        prev = ws.ledger.status(exam_id, STAGE_ORDER[idx - 1])
-        if prev != "done":
-            return f"upstream {STAGE_ORDER[idx - 1]} {prev or 'not run'}"
+        prev = ws.ledger.state(exam_id, STAGE_ORDER[idx - 1])
+        if prev is None or prev[0] != "done":
+            return f"upstream {STAGE_ORDER[idx - 1]} {prev[0] if prev else 'not run'}"
     if params.rerun == "all":
         return None
-    status = ws.ledger.status(exam_id, stage)
-    if status in ("done", "rejected"):
-        return status
-    return None
+    if ws.ledger.status(exam_id, "audit") == "rejected":   # phi_quarantined: a person looks first
+        return "phi_quarantined"
+    cur = ws.ledger.state(exam_id, stage)
+    if cur is None or cur[0] == "failed":
+        return None
+    if cur[0] == "rejected":
+        return "rejected"
+    if ws.ledger.has_failed_items(exam_id, stage):
+        return None
+    if prev is not None and prev[1] is not None and cur[1] is not None and prev[1] > cur[1]:
+        return None
+    return "done"
 
 
 def guarded(stage: str):
@@ -65,30 +120,74 @@ def guarded(stage: str):
             started = time.time()
             try:
                 outcome = fn(ws, params, exam_id)
-            except CurationError as e:
-                ws.ledger.record(exam_id, stage, e.status, exam_id=exam_id, reason=e.reason, message=e.message,
-                                 started=started)
-                return StageOutcome(exam_id, stage, e.status, e.reason)
-            except OSError as e:
-                log_restricted(ws, exam_id, stage)
-                reason = "disk_full" if e.errno == errno.ENOSPC else f"{stage}_error"
-                ws.ledger.record(exam_id, stage, "failed", exam_id=exam_id, reason=reason,
-                                 message=f"{type(e).__name__} errno {e.errno}", started=started)
-                return StageOutcome(exam_id, stage, "failed", reason)
+                ws.ledger.record(exam_id, stage, outcome.status, exam_id=exam_id, reason=outcome.reason,
+                                 message=json.dumps(outcome.counts, sort_keys=True), started=started)
+                return outcome
             except Exception as e:  # noqa: BLE001 — any bug must not stop the other exams
-                log_restricted(ws, exam_id, stage)
-                reason = f"{stage}_error"
-                ws.ledger.record(exam_id, stage, "failed", exam_id=exam_id, reason=reason,
-                                 message=f"{type(e).__name__} (traceback in the restricted error log)",
-                                 started=started)
-                return StageOutcome(exam_id, stage, "failed", reason)
-            ws.ledger.record(exam_id, stage, outcome.status, exam_id=exam_id, reason=outcome.reason,
-                             message=json.dumps(outcome.counts, sort_keys=True), started=started)
-            return outcome
+                if isinstance(e, CurationError) and not is_disk_full(e):
+                    status, reason, message = e.status, e.reason, e.message
+                    if status == "failed" and e.__cause__ is not None:
+                        log_restricted(ws, exam_id, stage)
+                else:
+                    log_restricted(ws, exam_id, stage)
+                    status, reason = "failed", ("disk_full" if is_disk_full(e) else f"{stage}_error")
+                    message = failure_message(e)
+                if reason == "disk_full":
+                    mark_disk_full()
+                    _sweep_exam(ws, exam_id)
+                try:
+                    ws.ledger.record(exam_id, stage, status, exam_id=exam_id, reason=reason, message=message,
+                                     started=started)
+                except Exception as le:  # noqa: BLE001
+                    if is_disk_full(le):   # the ledger itself is full: stop, nothing looks finished
+                        mark_disk_full()
+                        raise DiskFull("stage ledger") from None
+                    raise
+                return StageOutcome(exam_id, stage, status, reason)
         runner.__name__ = fn.__name__
         runner.__doc__ = fn.__doc__
         return runner
     return wrap
+
+
+def _sweep_exam(ws: Workspace, exam_id: str) -> None:
+    """Remove the temp files and folders a stage of this exam left when a write failed."""
+    def temp(name: str) -> bool:
+        return name.startswith(".") and (".tmp" in name or ".old" in name)
+    # research/dicom holds every exam: only this exam's own temp folders there
+    places = [(ws.dicom_dir(exam_id).parent, lambda n: n.startswith(f".{exam_id}.") and temp(n))]
+    places += [(b, temp) for b in (ws.dicom_dir(exam_id), ws.research / "png" / exam_id,
+                                   ws.research / "nifti" / exam_id, ws.work(exam_id), ws.staging(exam_id))]
+    for base, match in places:
+        if base.is_dir():
+            for p in list(base.iterdir()):
+                if match(p.name):
+                    try:
+                        (shutil.rmtree if p.is_dir() else os.remove)(p)
+                    except OSError:
+                        pass
+
+
+def sweep_temp(out: Path) -> int:
+    """Remove every temp file and folder (``.*.tmp*``, ``.*.old*``, ``.*.build*``) under OUT's zones:
+    what a killed or disk-full run left. Only call it under the run lock. Returns how many."""
+    n = 0
+    for zone in ("research", "restricted", "state"):
+        root = Path(out) / zone
+        if not root.is_dir():
+            continue
+        for dirpath, dirs, files in os.walk(root):
+            for name in list(dirs) + files:
+                if name.startswith(".") and any(m in name for m in (".tmp", ".old", ".build")):
+                    p = os.path.join(dirpath, name)
+                    try:
+                        (shutil.rmtree if os.path.isdir(p) and not os.path.islink(p) else os.remove)(p)
+                        n += 1
+                    except OSError:
+                        pass
+                    if name in dirs:
+                        dirs.remove(name)
+    return n
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -23,6 +23,13 @@ def _attempts(out: Path) -> dict:
     return rows
 
 
+def _exam_of(out: Path, item_id: str) -> str | None:
+    con = sqlite3.connect(out / "state" / "ledger.sqlite")
+    row = con.execute("SELECT exam_id FROM stage_results WHERE item_id = ? LIMIT 1", (item_id,)).fetchone()
+    con.close()
+    return row[0] if row else None
+
+
 def _counts(out: Path):
     con = connect(out / "research")
     r = con.execute("SELECT (SELECT COUNT(*) FROM exams), (SELECT COUNT(*) FROM series), (SELECT COUNT(*) FROM slices),"
@@ -60,8 +67,12 @@ def test_prefect_retry_reexecutes_only_failed_tasks(prefect_server, small_archiv
     assert state.is_failed()
     before = _attempts(out)
     eid = blocker.name
-    assert before[(eid, "convert")] == ("failed", 1)
-    assert (eid, "catalog") not in before
+    # every series of the exam failed to convert (its NIfTI folder cannot exist): the series fail,
+    # the exam's stage is done, and its catalog rows say so; the Prefect task is Failed
+    assert before[(eid, "convert")] == ("done", 1)
+    assert {v for (i, s), v in before.items() if s == "convert" and i != eid and _exam_of(out, i) == eid} == \
+        {("failed", 1)}
+    assert before[(eid, "catalog")] == ("done", 1)
     blocker.unlink()
     flow_run_id = str(state.state_details.flow_run_id)
     r = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "flow-run", "retry", flow_run_id,
@@ -70,7 +81,8 @@ def test_prefect_retry_reexecutes_only_failed_tasks(prefect_server, small_archiv
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     after = _attempts(out)
     assert after[(eid, "convert")] == ("done", 2)
-    assert after[(eid, "catalog")] == ("done", 1)
+    assert after[(eid, "catalog")] == ("done", 2)    # redone: the convert before it was redone
+    assert not [k for k, v in after.items() if v[0] == "failed"]
     # every other exam's stages ran exactly once: the retry did not redo them
     for (item, stage), (st, n) in before.items():
         if item != eid and stage in ("retrieve", "deid", "continuity", "catalog") and item.startswith("e"):
@@ -87,7 +99,12 @@ def test_rerun_failed_only(prefect_server, small_archive, tmp_path):
     blocker = _block(out, exams[1])
     assert curate(archive=str(archive), out=str(out), return_state=True).is_failed()
     first = _counts(out)
-    assert first[0] == 2
+    assert first[0] == 3    # the blocked exam is in the catalog, its series marked failed
+    con = connect(out / "research")
+    try:
+        assert con.execute("SELECT n_series_ok FROM exams WHERE exam_id = ?", [blocker.name]).fetchone()[0] == 0
+    finally:
+        con.close()
     blocker.unlink()
     before = _attempts(out)
     state = curate(archive=str(archive), out=str(out), rerun="failed", return_state=True)

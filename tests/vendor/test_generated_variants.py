@@ -79,9 +79,9 @@ def test_zip_and_gzip_in_the_archive_are_read(tmp_path):
     (archive / "junk" / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     res = vendor_check.curate_case(archive, tmp_path / "out")
     assert sorted((s.status, s.shape is not None) for s in res.series) == [("ok", True), ("ok", True)]
-    assert res.dropped == {"unattributed_file": 1}   # the broken container: ledgered, not ignored
+    assert res.dropped == {"container_unreadable": 1}   # the broken container: ledgered, not ignored
     listing = (tmp_path / "out" / "restricted" / "unattributed_files.csv").read_text()
-    assert "broken.zip" in listing
+    assert "container_unreadable" in listing and "broken.zip" in listing
 
 
 def test_audit_vocabulary_is_not_identifying_but_leaks_are(tmp_path):

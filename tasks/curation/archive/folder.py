@@ -8,7 +8,7 @@ from pathlib import Path
 from mrifoundry.duck import quiet_connect
 from mrifoundry.errors import RetrievalError
 from tasks.curation.archive.base import StudyRef
-from tasks.curation.archive.folder_index import build_index
+from tasks.curation.archive.folder_index import WalkLimits, build_index, decode_path
 
 
 class FolderArchive:
@@ -18,10 +18,11 @@ class FolderArchive:
     share their folder (when exactly one does), so de-identification rejects them with a reason.
     """
 
-    def __init__(self, root: Path, index_path: Path, workers: int = 2):
+    def __init__(self, root: Path, index_path: Path, workers: int = 2, limits: WalkLimits = WalkLimits()):
         self.root = Path(root)
         self.index_path = Path(index_path)
         self.workers = workers
+        self.limits = limits
         self._indexed = False
         self._lock = threading.Lock()
 
@@ -36,7 +37,7 @@ class FolderArchive:
                 return
             if not self.root.is_dir():
                 raise RetrievalError("archive", "archive_unreachable", "archive folder does not exist")
-            build_index(self.root, self.index_path, workers=self.workers)
+            build_index(self.root, self.index_path, workers=self.workers, limits=self.limits)
             self._indexed = True
 
     def use_existing_index(self) -> None:
@@ -52,7 +53,8 @@ class FolderArchive:
         # one short-lived connection per call: safe across threads
         con = quiet_connect()
         try:
-            return con.execute(query.replace("IDX", f"read_parquet('{self.index_path}')"), params).fetchall()
+            idx = "'" + str(self.index_path).replace("'", "''") + "'"
+            return con.execute(query.replace("IDX", f"read_parquet({idx})"), params).fetchall()
         finally:
             con.close()
 
@@ -73,7 +75,7 @@ class FolderArchive:
 
     def fetch(self, study: StudyRef, dest: Path) -> list[Path]:
         # folder archive: read in place, nothing is copied
-        files = [Path(r[0]) for r in self._sql("SELECT path FROM IDX WHERE study_key = ? ORDER BY path", [study.key])]
+        files = [Path(decode_path(r[0])) for r in self._sql("SELECT path FROM IDX WHERE study_key = ? ORDER BY path", [study.key])]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise RetrievalError("archive", "archive_unreachable", f"{len(missing)} indexed files vanished")

@@ -19,34 +19,19 @@ import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
 
+from tasks.curation import phi_terms
+from tasks.curation.phi_terms import tokens
+
 __all__ = ["Identifiers", "collect_identifiers", "sidecar_identifiers", "tokens"]
 
-# Dotted numbers (UIDs, dotted dates) are one token; otherwise runs of ASCII letters/digits.
-# \x1e (ASCII record separator, scanners.ROW_SEP) is a token of its own: the values of a table column
-# are joined with it, so no phrase matches across two rows ("…-01-01" + "1900-…" is no birth date).
-_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+)+|[a-z0-9]+|\x1e")
-_STANDARD_UID_ROOT = "1.2.840.10008."
-_NAME_KEYWORDS = {"PatientName", "PatientBirthName", "PatientMotherBirthName", "OtherPatientNames",
-                  "ResponsiblePerson", "PersonName"}
-_KIND_BY_KEYWORD = {
-    "PatientID": "mrn", "OtherPatientIDs": "mrn", "MedicalRecordLocator": "mrn",
-    "PatientBirthDate": "birth date", "PatientAddress": "address", "PatientTelephoneNumbers": "phone",
-    "AccessionNumber": "accession", "RequestedProcedureID": "accession", "StudyID": "accession",
-    "ScheduledProcedureStepID": "accession", "PerformedProcedureStepID": "accession",
-    "InstitutionName": "institution", "InstitutionAddress": "institution",
-    "StationName": "device", "DeviceSerialNumber": "device",
-}
-_NOT_IDENTIFYING_UIDS = {"TransferSyntaxUID", "ImplementationClassUID", "CodingSchemeUID"}
-_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS", "AE", "UN", "OB"}
+# The tokeniser, the variants, the distinctiveness rule and which header elements identify are
+# shared with de-identification (tasks/curation/phi_terms.py): what this audit would flag in a
+# de-identified header is what de-identification removed.
+_STANDARD_UID_ROOT = phi_terms.STANDARD_UID_ROOT
+_NAME_KEYWORDS = phi_terms.NAME_KEYWORDS
+_KIND_BY_KEYWORD = phi_terms.KIND_BY_KEYWORD
+_NOT_IDENTIFYING_UIDS = phi_terms.NOT_IDENTIFYING_UIDS
 _REPORT_NAME = re.compile(r"\b[A-Z][A-Za-z'\-]+, [A-Z][A-Za-z'\-]+(?: [A-Z]\.?)?")
-_FLOAT = re.compile(r"[+-]?\d*\.?\d+(?:[eE][+-]?\d+)?")
-
-
-def tokens(data: bytes | str) -> list[bytes]:
-    """Lower-case tokens of ``data`` (UTF-8 for text; non-ASCII bytes separate tokens)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", "replace")
-    return _TOKEN.findall(data.lower())
 
 
 @dataclass
@@ -112,128 +97,19 @@ class Identifiers:
         return found
 
 
-# placeholder values archives put in identifying fields: not identifiers, and they occur in
-# ordinary headers (ImageType ...\NONE) and in Prefect's own tables
-_PLACEHOLDERS = {b"none", b"null", b"unknown", b"anonymous", b"anon", b"test", b"default", b"patient",
-                 b"other", b"empty", b"missing", b"undefined", b"unnamed", b"nobody"}
-# words of the output layout and file formats: a PatientID "DICOM" or "RESEARCH" names no one,
-# and every research path holds these words
-_LAYOUT_WORDS = {b"research", b"restricted", b"dicom", b"nifti", b"catalog", b"state", b"work", b"staging",
-                 b"exams", b"series", b"slices", b"models", b"features", b"labelled", b"evaluations", b"cache",
-                 b"volumes", b"prefect", b"mrifoundry", b"phantom", b"sample", b"demo", b"image", b"images"}
-_PRUNABLE_KINDS = {"private", "institution", "device", "mrn", "accession"}
-# technical attributes whose values are vocabulary, not identity (kept by the de-id profile)
-_VOCABULARY_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "ImageType", "FrameType", "SequenceName",
-                        "PulseSequenceName", "ScanningSequence", "SequenceVariant", "ScanOptions",
-                        "MRAcquisitionType", "BodyPartExamined", "Modality", "SoftwareVersions",
-                        "ReceiveCoilName", "TransmitCoilName", "PatientPosition", "PhotometricInterpretation"}
-
-
-def _distinctive(toks: tuple[bytes, ...]) -> bool:
-    """Long enough not to occur by chance: digits-only ≥ 6, other single tokens ≥ 4 characters,
-    and not a placeholder word."""
-    if not toks:
-        return False
-    if len(toks) == 1:
-        t = toks[0]
-        if t in _PLACEHOLDERS or t in _LAYOUT_WORDS:
-            return False
-        return len(t) >= 6 if t.replace(b".", b"").isdigit() and b"." not in t else len(t) >= 4
-    return sum(len(t) for t in toks) >= 4
-
-
-def _name_parts(s: str) -> list[str]:
-    if "^" in s:
-        return [p.strip() for p in s.split("=")[0].split("^")[:3]]
-    if "," in s:
-        family, rest = s.split(",", 1)
-        return [family.strip(), *rest.split()[:2]]
-    words = s.split()
-    return [words[-1], *words[:-1][:2]] if words else []
-
-
-def _variants(s: str, kind: str) -> list[str]:
-    out = [s]
-    if kind in ("name", "physician"):
-        parts = [p for p in _name_parts(s) if p]
-        if len(parts) >= 2:   # DOE^JOHN^Q, "DOE, JOHN Q", "JOHN Q DOE", "JOHN DOE", "DOE JOHN"
-            family, given, middle = parts[0], parts[1], parts[2] if len(parts) > 2 else ""
-            out += [f"{family} {given} {middle}", f"{given} {middle} {family}", f"{given} {family}",
-                    f"{family} {given}"]
-        else:
-            out = []   # a one-word name ("WHITE") occurs in ordinary text: too many false hits
-    elif kind == "birth date":
-        m = re.fullmatch(r"(\d{4})-?(\d{2})-?(\d{2})|(\d{1,2})/(\d{1,2})/(\d{4})", s)
-        if m:
-            y, mo, d = m.group(1, 2, 3) if m.group(1) else (m.group(6), m.group(4).zfill(2), m.group(5).zfill(2))
-            out = [f"{y}{mo}{d}", f"{y}-{mo}-{d}", f"{mo}/{d}/{y}", f"{int(mo)}/{int(d)}/{y}", f"{d}/{mo}/{y}",
-                   f"{y}.{mo}.{d}", f"{d}.{mo}.{y}"]
-    elif kind == "phone":
-        out.append(re.sub(r"\D", "", s))
-    elif kind in ("address", "institution"):
-        out += [p for p in s.split("^") if len(p.split()) >= 2]   # the street line alone
-    return out
-
-
-def _private_text(elem) -> str | None:
-    """Text value of a private data element (not a private creator), or None."""
-    if elem.tag.element < 0x1000 or elem.VR not in _TEXT_VRS:
-        return None
-    v = elem.value
-    if isinstance(v, bytes):
-        v = v.decode("latin-1")
-        if not v.strip("\0 ").isprintable():
-            return None
-    s = str(v).strip("\0 ")
-    return None if len(s) < 4 or _FLOAT.fullmatch(s) else s
-
-
-def _private_identifier(text: str) -> tuple[str, str] | None:
-    """(value, kind) when a private text has the shape of an identifier, else None.
-
-    Vendors fill private tags with vocabulary (``RESEARCH``, ``SENSE``, ``FMRI``, sequence
-    names, coil names): a private word is no identifier. What is: a person name (``^``
-    components), an id-like token (≥ 6 characters with a digit, e.g. a copied MRN or
-    accession), or a sentence (≥ 5 words: free text that may quote anything). A copy of a
-    standard identifier (PatientID in a private tag) is collected from the standard tag anyway.
-    """
-    if "^" in text and sum(1 for p in text.split("^") if p.strip().isalpha()) >= 2:
-        return text, "name"
-    toks = tokens(text)
-    if len(toks) == 1 and len(toks[0]) >= 6 and any(c in b"0123456789" for c in toks[0]):
-        return text, "private"
-    if len(toks) >= 5:
-        return text, "private"
-    return None
+_PLACEHOLDERS = phi_terms.PLACEHOLDERS
+_LAYOUT_WORDS = phi_terms.LAYOUT_WORDS
+_PRUNABLE_KINDS = phi_terms.PRUNABLE_KINDS
+_VOCABULARY_KEYWORDS = phi_terms.VOCABULARY_KEYWORDS
+_distinctive = phi_terms.distinctive
+_name_parts = phi_terms.name_parts
+_variants = phi_terms.variants
+_private_text = phi_terms.private_text
+_private_identifier = phi_terms.private_identifier
 
 
 def _collect_dataset(ds: Dataset, ids: Identifiers) -> None:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                _collect_dataset(item, ids)
-            continue
-        if elem.tag.is_private:
-            text = _private_text(elem)
-            found = _private_identifier(text) if text else None
-            if found:
-                ids.add(*found)
-            continue
-        kw = elem.keyword
-        if kw in _VOCABULARY_KEYWORDS or elem.VR == "CS":
-            for v in (elem.value if elem.VM > 1 else [elem.value]):
-                ids.add_vocabulary(v)
-        values = elem.value if elem.VM > 1 else [elem.value]
-        if elem.VR == "PN":
-            kind = "name" if kw in _NAME_KEYWORDS else "physician"
-        elif elem.VR == "UI":
-            kind = "uid" if not (kw.endswith("ClassUID") or kw in _NOT_IDENTIFYING_UIDS) else None
-            values = [v for v in values if not str(v).startswith(_STANDARD_UID_ROOT)]
-        else:
-            kind = _KIND_BY_KEYWORD.get(kw)
-        if kind:
-            for v in values:
-                ids.add(v, kind)
+    phi_terms.walk_identifiers(ds, ids.add, ids.add_vocabulary)
 
 
 def sidecar_identifiers(sidecar: dict) -> list[tuple[str, str]]:

@@ -34,14 +34,34 @@ class Hit:
 
 
 class PhiLeakError(Exception):
-    """Identifiers of the restricted zone were found outside it. ``report`` names where;
-    fix the stage that wrote the place (or delete it) and audit again."""
+    """Identifiers of the restricted zone were found outside it. ``report`` names where (the
+    Markdown report at ``report_path`` when one was written; ``quarantine`` says what was moved to
+    restricted/quarantine/); fix the stage that wrote the place (or delete it) and audit again.
+    The message holds counts and the report path only: no value and no place."""
 
-    def __init__(self, report: "AuditReport"):
-        self.report = report
-        places = sorted({h.place for h in report.hits} | {p for p, _ in report.errors})
-        super().__init__(f"PHI audit failed: {len(report.hits)} hit(s), {len(report.errors)} unreadable "
-                         f"place(s) in {places[:10]}")
+    def __init__(self, report: "AuditReport", report_path: Path | None = None, quarantine=None):
+        self.report, self.report_path, self.quarantine = report, report_path, quarantine
+        places = {h.place for h in report.hits} | {p for p, _ in report.errors}
+        msg = (f"PHI audit failed: {len(report.hits)} hit(s) in {len(places)} place(s), "
+               f"{len(report.errors)} unreadable place(s)")
+        if quarantine is not None:
+            msg += (f"; {len(quarantine.exams)} exam(s) quarantined, {len(quarantine.moved)} research path(s) "
+                    f"moved to restricted/quarantine/, {len(quarantine.not_moved)} place(s) not movable")
+            if quarantine.after is not None:
+                msg += f"; research zone after quarantine: {len(quarantine.after.hits)} hit(s)"
+        msg += f"; report: {report_path}" if report_path else "; see the report (mrifoundry phi-audit)"
+        super().__init__(msg)
+
+    def __reduce__(self):
+        # pickled (Prefect, process pools) with its report, which pickles without its identifiers
+        return _restore_leak_error, (str(self), self.report, self.report_path, self.quarantine)
+
+
+def _restore_leak_error(message: str, report, report_path, quarantine) -> "PhiLeakError":
+    err = PhiLeakError.__new__(PhiLeakError)
+    Exception.__init__(err, message)
+    err.report, err.report_path, err.quarantine = report, report_path, quarantine
+    return err
 
 
 @dataclass
@@ -52,11 +72,17 @@ class AuditReport:
     identifiers: dict[str, int] = field(default_factory=dict)      # kind -> number of phrases
     unreadable_sources: int = 0                                    # source files skipped (not DICOM)
     seconds: float = 0.0
+    # the identifiers searched (for the quarantine's row scan and its re-audit); never printed
+    identifier_index: Identifiers | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         """No hit and every place could be read."""
         return not self.hits and not self.errors
+
+    def __getstate__(self) -> dict:
+        # the identifier index holds the restricted zone's values: it never leaves this process
+        return {**self.__dict__, "identifier_index": None}
 
     def raise_if_leaks(self) -> "AuditReport":
         """Raises: PhiLeakError when not :attr:`ok`."""
@@ -143,7 +169,8 @@ def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),
     out = Path(out)
     if not (out / "research").is_dir():
         raise FileNotFoundError(f"{out / 'research'} not found: nothing to audit")
-    rep = AuditReport(identifiers=dict(identifiers.kinds()), unreadable_sources=identifiers.unreadable_sources)
+    rep = AuditReport(identifiers=dict(identifiers.kinds()), unreadable_sources=identifiers.unreadable_sources,
+                      identifier_index=identifiers)
     roots = [out / "research", out / "state", *map(Path, log_dirs), *map(Path, extra_paths)]
     if prefect_db is not None:
         prefect_db = Path(prefect_db)

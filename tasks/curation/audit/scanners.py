@@ -202,12 +202,20 @@ def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
         con.close()
 
 
+#: Prefect's own catalogue of block types and their JSON schemas, written by the server at start-up
+#: from Prefect's code (its examples name a user "johndoe"): no run writes there. Block *documents*
+#: (values a user stores) are scanned.
+PREFECT_STATIC_TABLES = frozenset({"block_schema", "block_type", "block_schema_reference", "alembic_version"})
+
+
 def _sqlite_chunks(path: Path, ids: Finder) -> Chunks:
     """Every column of every table; a column with a hit is re-scanned row by row to name the row."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for t in tables:
+            if t in PREFECT_STATIC_TABLES:
+                continue
             cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
             key = "id" if "id" in cols else "rowid"
             for c in cols:

@@ -19,7 +19,11 @@ from mrifoundry.errors import CurationError
 from tasks.curation.continuity import series_meta
 from tasks.curation.deid.frames import image_type
 from tasks.curation.continuity.pixels import check_pixels, remove_duplicate_copies
-from tasks.curation.continuity.screens import Reject, check_format, ipp, spacing, valid_position
+from tasks.curation.continuity.screens import (
+    MalformedHeader, Reject, check_format, header_floats, header_get, header_int, header_texts, header_time,
+    header_values, ipp, spacing, valid_position,
+)
+from tasks.curation.continuity.screens import iop as iop_of
 
 LOCALIZER_MAX_IMAGES = 3  # as dicom2nifti: an orientation group of < 4 images may be a localizer
 ORTHOGONAL_COS = math.cos(math.radians(45.0))  # minority normal this far off the majority's = localizer-like
@@ -71,8 +75,9 @@ def check_series(series_id: str, files: list[Path], cfg: ContinuityConfig = Cont
         cfg: thresholds.
 
     Returns:
-        ``status="ok"`` with >= 1 :class:`Volume`, or ``"rejected"`` with a reason code.
-        ``removed`` lists instance-level removals either way.
+        ``status="ok"`` with >= 1 :class:`Volume`, or ``"rejected"`` with a reason code
+        (``malformed_header`` when a value the volume needs cannot be read as its type; the
+        message names the attribute). ``removed`` lists instance-level removals either way.
 
     Raises:
         CurationError: reason ``continuity_error`` on an unexpected error (retried on re-run).
@@ -92,7 +97,7 @@ def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> Non
         raise Reject("too_few_slices", "the series has no images")
     imgs = [_Img(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in files]
     result.meta = series_meta.derive_meta(imgs[0].ds)
-    if any(str(i.ds.get("Modality", "")).upper() != "MR" for i in imgs):
+    if any(str(header_get(i.ds, "Modality", "")).upper() != "MR" for i in imgs):
         raise Reject("non_mr_modality", "Modality is not MR")
     imgs = remove_duplicate_copies(imgs, result.removed)
     check_format([i.ds for i in imgs])
@@ -137,6 +142,8 @@ def _is_diffusion_map(ds: Dataset) -> bool:
 
 def _remove_flagged(imgs: list[_Img], cfg: ContinuityConfig, removed: list) -> list[_Img]:
     """Whole-series and instance-level localizers and derived images, by ImageType."""
+    for img in imgs:
+        header_texts(img.ds, "ImageType")   # a number or bytes under a wrong VR: malformed_header
     if all(_is_localizer(i.ds) for i in imgs):
         raise Reject("localizer_series", "every image is a localizer (ImageType)")
     kept = _split_off(imgs, _is_localizer, "localizer_removed", removed)
@@ -154,7 +161,7 @@ def _split_off(imgs: list[_Img], flagged, reason: str, removed: list) -> list[_I
 
 
 def _normal(ds: Dataset) -> np.ndarray:
-    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    iop = iop_of(ds)
     n = np.cross(iop[:3], iop[3:])
     return n / np.linalg.norm(n)
 
@@ -166,7 +173,7 @@ def _orientation_groups(imgs: list[_Img], tol: float) -> list[list[_Img]]:
             raise Reject("missing_geometry", "an image lacks ImageOrientationPatient/ImagePositionPatient")
         if not valid_position(img.ds):
             raise Reject("missing_geometry", "ImagePositionPatient/ImageOrientationPatient non-finite or degenerate")
-        iop = np.array([float(v) for v in img.ds.ImageOrientationPatient])
+        iop = iop_of(img.ds)
         for ref, members in groups:
             if np.max(np.abs(ref - iop)) <= tol:
                 members.append(img)
@@ -201,7 +208,8 @@ def _check_geometry(imgs: list[_Img]) -> None:
     spacings = [spacing(i.ds) for i in imgs]
     if None in spacings:
         raise Reject("missing_geometry", "PixelSpacing missing, non-finite or not positive")
-    keys = {(i.ds.get("Rows"), i.ds.get("Columns"), tuple(round(v, 4) for v in sp)) for i, sp in zip(imgs, spacings)}
+    keys = {(header_int(i.ds, "Rows"), header_int(i.ds, "Columns"), tuple(round(v, 4) for v in sp))
+            for i, sp in zip(imgs, spacings)}
     if len(keys) > 1 or None in next(iter(keys)):
         raise Reject("inconsistent_geometry", "Rows, Columns or PixelSpacing differ or are missing")
 
@@ -229,30 +237,28 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
     projs = sorted(i.proj for i in imgs)
     if all(not _same(a, b, cfg) for a, b in zip(projs, projs[1:])):
         return [imgs]
-    tpi = [i.ds.get("TemporalPositionIdentifier") for i in imgs]
+    tpi = [header_int(i.ds, "TemporalPositionIdentifier") for i in imgs]
     if None not in tpi and len(set(tpi)) > 1:
-        return _group_by(imgs, [int(v) for v in tpi])
+        return _group_by(imgs, tpi)
     for keyword in ("EchoNumbers", "AcquisitionTime", "TriggerTime"):
-        values = [i.ds.get(keyword) for i in imgs]
-        if None in values or "" in values or len(set(map(str, values))) < 2:
+        values = [header_values(i.ds, keyword) for i in imgs]
+        if None in values or len(set(map(str, values))) < 2:
             continue
-        sortable = [_sortable(keyword, v) for v in values]
-        if None in sortable:
-            continue
-        groups = _group_by(imgs, sortable)
+        # present on every image and varying: this key would group the series, so a value
+        # that is not a number (a time) is malformed_header rather than a silent fallback
+        groups = _group_by(imgs, [_sortable(keyword, i.ds) for i in imgs])
         if all(len(g) >= 2 and _unique_positions(g, cfg) for g in groups):
             return groups
     return _split_by_occurrence(imgs, cfg)
 
 
-def _sortable(keyword: str, value):
-    """Echo numbers and trigger times sort as numbers, acquisition times as text (HHMMSS.ffffff)."""
-    if keyword == "AcquisitionTime":
-        return str(value)
-    try:
-        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
-    except (TypeError, ValueError, IndexError):
-        return None
+def _sortable(keyword: str, ds: Dataset):
+    """Echo numbers and trigger times sort as numbers (the first of several echo numbers),
+    acquisition times as text (HHMMSS.ffffff). Raises MalformedHeader."""
+    value = header_time(ds, keyword) if keyword == "AcquisitionTime" else header_floats(ds, keyword)
+    if value is None:   # blank on some images only: cannot order them
+        raise MalformedHeader(keyword, "blank on some images")
+    return value if keyword == "AcquisitionTime" else value[0]
 
 
 def _group_by(imgs: list[_Img], keys: list) -> list[list[_Img]]:
@@ -268,7 +274,7 @@ def _unique_positions(group: list[_Img], cfg: ContinuityConfig) -> bool:
 
 
 def _split_by_occurrence(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]:
-    ordered = sorted(imgs, key=lambda i: int(i.ds.get("InstanceNumber") or 0))
+    ordered = sorted(imgs, key=lambda i: header_int(i.ds, "InstanceNumber") or 0)
     centers: list[float] = []
     counts: list[int] = []
     groups: list[list[_Img]] = []

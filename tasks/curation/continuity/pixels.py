@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
-from tasks.curation.continuity.screens import FLOAT_PIXELS, Reject, check_format
+from tasks.curation.continuity.screens import FLOAT_PIXELS, Reject, check_format, header_get, header_int
 
 _JPEG_FAMILY = frozenset(pydicom.uid.JPEGTransferSyntaxes + pydicom.uid.JPEGLSTransferSyntaxes
                          + pydicom.uid.JPEG2000TransferSyntaxes)
@@ -30,14 +30,18 @@ T = TypeVar("T", bound=Instance)
 
 
 def _expected_bytes(ds: Dataset) -> int:
-    frames = int(ds.get("NumberOfFrames") or 1)
-    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8 * frames
+    """Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x frames (absent counts as 0, 1 or 1)."""
+    frames = header_int(ds, "NumberOfFrames") or 1
+    samples = header_int(ds, "SamplesPerPixel")
+    return ((header_int(ds, "Rows") or 0) * (header_int(ds, "Columns") or 0) * (1 if samples is None else samples)
+            * (header_int(ds, "BitsAllocated") or 0) // 8 * frames)
 
 
 def _stream_truncated(ds: Dataset) -> bool:
     """Heuristic for an encapsulated stream cut short: a missing end marker or RLE segment."""
+    n_frames = header_int(ds, "NumberOfFrames") or 1
     try:
-        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
     except Exception:  # noqa: BLE001 - the encapsulation itself is broken off
         return True
     if not frames:
@@ -60,7 +64,7 @@ def remove_duplicate_copies(imgs: list[T], removed: list) -> list[T]:
     rejected (``duplicate_instance``): which one is right cannot be told."""
     by_uid: dict[str, list[T]] = {}
     for img in imgs:
-        by_uid.setdefault(str(img.ds.get("SOPInstanceUID", "")), []).append(img)
+        by_uid.setdefault(str(header_get(img.ds, "SOPInstanceUID", "")), []).append(img)
     if all(len(copies) == 1 for uid, copies in by_uid.items() if uid):
         return imgs
     drop: set[Path] = set()
@@ -93,8 +97,9 @@ def read_pixels(path: Path) -> np.ndarray:
         raise Reject("truncated_file", "a file ends inside its pixel data") from e
     if any(k in ds for k in FLOAT_PIXELS):
         raise Reject("unsupported_pixel_format", "float pixel data (FloatPixelData/DoubleFloatPixelData)")
-    if "PixelData" not in ds:
-        # deid writes a file cut inside its pixel data header-only: the two look alike here
+    if "PixelData" not in ds or not ds.PixelData:
+        # deid writes a file cut inside its pixel data header-only: the two look alike here;
+        # a file cut right after the PixelData header reads as an empty value
         raise Reject("truncated_file", "an image has no PixelData")
     compressed = ds.file_meta.TransferSyntaxUID.is_compressed
     if not compressed and len(ds.PixelData) < _expected_bytes(ds):

@@ -3,7 +3,9 @@
 Rules are documented in ``docs/conversion.md`` ("Series metadata"). They use
 descriptive text (SeriesDescription, ProtocolName) first, because vendors name
 protocols consistently, then the physics (ScanningSequence, SequenceVariant,
-ScanOptions, TR/TE/TI) as a fallback. Nothing here logs or raises header values.
+ScanOptions, TR/TE/TI) as a fallback. Nothing here logs or raises header values, and nothing
+here rejects: a value that cannot be read as its type (text in TR, a number in a description,
+a value pydicom cannot decode) counts as unknown (None), as NaN/inf do.
 """
 from __future__ import annotations
 
@@ -66,34 +68,50 @@ _CONTRAST = re.compile(_A + r"(POST|GAD|GD|C\+|\+C|CE|CONTRAST|DOTAREM|GADAVIST|
 _NO_CONTRAST = re.compile(r"\b(PRE|WITHOUT|NON[-_ ]?CONTRAST|W/?O)\b")
 
 
+def _get(ds: Dataset, keyword: str):
+    """``ds.get(keyword)``, None when pydicom cannot decode the stored value."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - raw values are converted on access and may raise anything
+        return None
+
+
 def _text(ds: Dataset, *keywords: str) -> str:
-    return " ".join(str(ds.get(k, "") or "") for k in keywords).upper()
+    return " ".join(str(_get(ds, k) or "") for k in keywords).upper()
+
+
+def _str(ds: Dataset, keyword: str) -> str | None:
+    """A text value (VM 1) as str; None when absent, blank or not text."""
+    value = _get(ds, keyword)
+    return str(value) if isinstance(value, str) and value.strip() else None
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
+    value = _get(ds, keyword)
+    if value is None or isinstance(value, (str, bytes)) and not value.strip():
+        return None
+    if isinstance(value, (bytes, bytearray)):
         return None
     if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     try:
         number = float(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return number if math.isfinite(number) else None  # NaN/inf in a header means "unknown"
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     value = _float(ds, keyword)
-    return int(value) if value is not None else None
+    return int(value) if value is not None and abs(value) < 2 ** 63 else None   # the catalog's int64
 
 
 def _multi(ds: Dataset, keyword: str) -> set[str]:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None:
         return set()
-    values = [value] if isinstance(value, str) else list(value)
-    return {str(v).strip().upper() for v in values}
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return {str(v).strip().upper() for v in values if isinstance(v, str)}   # a number is no code string
 
 
 def sequence_type(ds: Dataset, n_timepoints: int = 1) -> str:
@@ -160,7 +178,7 @@ def _physics_type(ds: Dataset) -> str:
 
 def is_contrast(ds: Dataset) -> bool:
     """True when ContrastBolusAgent is set or the series text says post-contrast."""
-    if str(ds.get("ContrastBolusAgent", "") or "").strip():
+    if str(_get(ds, "ContrastBolusAgent") or "").strip():
         return True
     text = _text(ds, "SeriesDescription", "ProtocolName")
     return bool(_CONTRAST.search(text)) and not _NO_CONTRAST.search(text)
@@ -174,7 +192,7 @@ def orientation(iop) -> str | None:
     """
     try:
         v = np.asarray([float(x) for x in iop], dtype=float)
-    except (TypeError, ValueError):  # absent, single-valued or not numeric
+    except (TypeError, ValueError, OverflowError):  # absent, single-valued or not numeric
         return None
     if v.shape != (6,):
         return None
@@ -209,7 +227,7 @@ def _pair(value) -> tuple[float | None, float | None]:
     """Two finite floats of a 2-valued DS (PixelSpacing), else (None, None)."""
     try:
         a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None, None
     return (a, b) if math.isfinite(a) and math.isfinite(b) else (None, None)
 
@@ -225,18 +243,18 @@ def derive_meta(ds: Dataset, *, n_slices: int | None = None, n_timepoints: int |
     Returns:
         A dict with every contract key; None where unknown.
     """
-    spacing = _pair(ds.get("PixelSpacing"))
-    iop = ds.get("ImageOrientationPatient")
+    spacing = _pair(_get(ds, "PixelSpacing"))
+    iop = _get(ds, "ImageOrientationPatient")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    description = ds.get("SeriesDescription")
+    description = _get(ds, "SeriesDescription")
     return {
-        "modality": ds.get("Modality"),
+        "modality": _str(ds, "Modality"),
         "sequence_type": sequence_type(ds, n_timepoints or 1),
         "orientation": orientation(iop),
         "body_part": body_part(ds),
         "series_description": str(description) if description is not None else None,
-        "manufacturer": ds.get("Manufacturer") or None,
-        "model": ds.get("ManufacturerModelName") or None,
+        "manufacturer": _str(ds, "Manufacturer"),
+        "model": _str(ds, "ManufacturerModelName"),
         "field_strength": _float(ds, "MagneticFieldStrength"),
         "rows": _int(ds, "Rows"),
         "cols": _int(ds, "Columns"),

@@ -22,11 +22,13 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from catalog.reasons import REASONS
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
 from tasks.curation.continuity.checks import Volume
+from tasks.curation.continuity.screens import MalformedHeader, header_floats, header_int, rescale
 
 CONVERTER = "dicom2nifti"
 # dicom2nifti keeps its switches in module globals: pin the ones we rely on while converting.
@@ -94,23 +96,72 @@ def _dicom2nifti_settings():
 def _finite(value) -> bool:
     try:
         return math.isfinite(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _texts(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, MultiValue) and all(map(_text, value)))
+
+
+# Values dicom2nifti reads that the volume does not need (TR/TE go to db_name, which we blank;
+# SliceThickness only for a single slice; vendor detection; its own localizer filter): an
+# unreadable one is dropped from the in-memory dataset (it crashes dicom2nifti otherwise).
+_DROP_UNREADABLE = {"RepetitionTime": _finite, "EchoTime": _finite, "SliceThickness": _finite,
+                    "Manufacturer": _text, "ImageType": _texts}
+# Values the volume needs (geometry, pixel module): an unreadable one is malformed_header.
+_NEEDED_FLOATS = (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2))
+_NEEDED_INTS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel")
+
+
+def _readable(ds: pydicom.Dataset, keyword: str, check) -> bool:
+    try:
+        return bool(check(ds.get(keyword)))
+    except Exception:  # noqa: BLE001 - pydicom converts raw values on access and may raise anything
+        return False
+
+
+def _screen_header(ds: pydicom.Dataset) -> None:
+    """Make one dataset safe for dicom2nifti, in memory.
+
+    Raises:
+        MalformedHeader: a geometry or pixel-module value that cannot be read as its type.
+    """
+    for keyword, n in _NEEDED_FLOATS:
+        header_floats(ds, keyword, n)
+    for keyword in _NEEDED_INTS:
+        header_int(ds, keyword)
+    rescale(ds)
+    for tag in list(ds.keys()):   # anything else pydicom cannot decode: dicom2nifti would trip over it
+        try:
+            ds[tag]
+        except Exception:  # noqa: BLE001 - pydicom's decoders raise many types
+            del ds[tag]
+    for keyword, check in _DROP_UNREADABLE.items():
+        if keyword in ds and not _readable(ds, keyword, check):
+            del ds[keyword]
+    stored = header_int(ds, "BitsStored")
+    if stored is not None and not _readable(ds, "HighBit", lambda v: isinstance(v, int)):
+        if "HighBit" in ds:
+            del ds["HighBit"]   # a fresh US element: setting the value would keep a wrong VR
+        ds.HighBit = stored - 1   # dicom2nifti compares it when BitsStored < BitsAllocated
+
+
 def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
+    """Raises MalformedHeader (see :func:`_screen_header`)."""
     datasets = []
     for i, path in enumerate(files):
         ds = pydicom.dcmread(path)
+        _screen_header(ds)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()  # in memory; dicom2nifti expects native pixel data
         # our order is the checked slice order; dicom2nifti groups by InstanceNumber and
         # would take interleaved or slice-major numbering for a second stack
         ds.InstanceNumber = i + 1
-        for keyword in ("RepetitionTime", "EchoTime"):
-            # dicom2nifti formats TR/TE into db_name (which we blank) and crashes on inf/NaN
-            if keyword in ds and not _finite(ds.get(keyword)):
-                delattr(ds, keyword)
         datasets.append(ds)
     return datasets
 
@@ -254,6 +305,8 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
 
     Raises:
         InsufficientDiskSpace: reason ``disk_full``.
+        RejectedItem: a dicom2nifti validation code (``d2n_*``), or ``malformed_header`` for a
+            geometry/pixel value that cannot be read (continuity normally rejects those first).
         CurationError: reason ``convert_error`` for anything else (dicom2nifti errors included).
     """
     out_path = Path(out_path)
@@ -270,6 +323,8 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         img = resample(img, cfg)
         data = output_dtype(np.asarray(img.dataobj), source_integer)
         img = clean_image(data, img.affine, f"mrifoundry {CONVERTER} {version}")
+    except MalformedHeader as e:
+        raise RejectedItem(item, e.reason, e.message) from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise InsufficientDiskSpace(item, "disk_full", "no space left while converting") from e

@@ -15,8 +15,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from mrifoundry.errors import CurationError, InsufficientDiskSpace
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
 from tasks.curation.continuity.checks import Volume
+from tasks.curation.continuity.screens import MalformedHeader, rescale
 
 
 @dataclass
@@ -40,15 +41,16 @@ def read_slice(path: Path) -> np.ndarray:
 
     Raises:
         ValueError: the image is not a single 2D grayscale frame.
+        MalformedHeader: RescaleSlope/RescaleIntercept is not one finite number.
     """
     ds = pydicom.dcmread(path)
+    slope, intercept = rescale(ds)   # before decoding: a malformed header is no decoder error
     arr = ds.pixel_array
     if arr.ndim != 2:
         raise ValueError(f"expected one 2D grayscale frame, got {arr.ndim} dimensions")
     arr = arr.astype(np.float64)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None or intercept is not None:
-        arr = arr * float(slope if slope is not None else 1.0) + float(intercept or 0.0)
+        arr = arr * (slope if slope is not None else 1.0) + (intercept or 0.0)
     return arr
 
 
@@ -83,6 +85,8 @@ def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
 
     Raises:
         InsufficientDiskSpace: reason ``disk_full``.
+        RejectedItem: reason ``malformed_header`` (RescaleSlope/Intercept unreadable; the
+            continuity screens normally reject such a series first).
         CurationError: reason ``convert_error`` for any other failure.
     """
     out_dir = Path(out_dir)
@@ -97,6 +101,8 @@ def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
             records.append(SliceRecord(index, volume.temporal_index, float(position), target,
                                        width=int(arr.shape[1]), height=int(arr.shape[0]),
                                        min_value=float(arr.min()), max_value=float(arr.max())))
+    except MalformedHeader as e:
+        raise RejectedItem(item, e.reason, e.message) from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise InsufficientDiskSpace(item, "disk_full", "no space left while writing PNG slices") from e

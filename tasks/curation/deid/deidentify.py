@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from mrifoundry import ids
 from mrifoundry.sqlite_wal import connect_wal
-from mrifoundry.errors import CurationError
+from mrifoundry.errors import is_disk_full, where
+from tasks.curation.archive.folder_index import looks_like_dicom
 from tasks.curation.deid import frames
 from tasks.curation.deid.profile import (
-    DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_pattern, remap_uid,
-    shift_date,
+    DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_terms_of,
+    remap_uid, shift_date,
 )
 
 __all__ = [
@@ -80,6 +82,9 @@ class DeidRejection:
     reason: str                 # unreadable_file | non_image_object | burned_in_annotation, or a frame-split reason
     n_files: int
     instance: str | None = None  # set when one source file is dropped and its series goes on
+    failed: bool = False         # an error (ledger ``failed``, retried), not a data-quality decision
+    detail: str | None = None    # for a failure: the exception and where (no values)
+    traceback: str | None = None  # for a failure: the full traceback (restricted: may quote values)
 
 
 @dataclass
@@ -204,8 +209,11 @@ def deidentify_dataset(ds: Dataset, cfg: DeidConfig, store: PseudonymStore, exam
     key = _patient_key(ds)
     pseudonym = store.patient_pseudonym(key)
     sop_class = str(ds.get("SOPClassUID", "*"))
+    # the dataset's own identifiers are scrubbed from every kept or cleaned text (docs/deid.md)
+    pattern, dotted = phi_terms_of(ds)
     ctx = ActionContext(build_action_map(cfg.options, sop_class), cfg.salt,
-               store.date_shift_days(key, cfg.max_date_shift_days), phi_pattern(ds), frozenset(cfg.safe_private))
+                        store.date_shift_days(key, cfg.max_date_shift_days), pattern, frozenset(cfg.safe_private),
+                        dotted)
     out = clean_dataset(ds, ctx)
     out.PatientName = pseudonym
     out.PatientID = pseudonym
@@ -238,22 +246,56 @@ def deidentify_dataset(ds: Dataset, cfg: DeidConfig, store: PseudonymStore, exam
 # --------------------------------------------------------------------------- exam level
 def _read_header(path: Path) -> Dataset | None:
     """Header (no pixels) of a DICOM file, or None when it is not parseable DICOM."""
+    if not looks_like_dicom(str(path)):   # constant time: a forced parse of zeros or text can take minutes
+        return None
     try:
-        hdr = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        hdr = drop_undecodable(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+        return hdr if hdr.get("SeriesInstanceUID") and hdr.get("SOPClassUID") else None
     except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
         return None
-    return hdr if hdr.get("SeriesInstanceUID") and hdr.get("SOPClassUID") else None
+
+
+def drop_undecodable(ds: Dataset) -> Dataset:
+    """Remove, in place and recursively (file meta included), every element whose value pydicom
+    cannot decode: an unknown VR from overwritten bytes, a binary value of ragged length, an IS
+    that overflows, a trailing element read from bytes after the pixel data. Such a value cannot be
+    checked for PHI, so it does not reach research/ (fail closed); a geometry element dropped here
+    is then ``missing_geometry`` in continuity, like any absent one."""
+    for d in ([ds.file_meta] if getattr(ds, "file_meta", None) is not None else []) + [ds]:
+        bad = []
+        for tag in list(d.keys()):
+            try:
+                elem = d[tag]
+                if elem.VR == "SQ":
+                    for item in elem.value or []:
+                        drop_undecodable(item)
+                else:
+                    _ = elem.VM, str(elem.value)[:0]
+            except Exception:  # noqa: BLE001 - pydicom raises many types for a value it cannot read
+                bad.append(tag)
+        for tag in bad:
+            del d[tag]
+    return ds
 
 
 def _read_full(path: Path, header: Dataset) -> Dataset:
     """Whole file; a file truncated inside its pixel data falls back to the header only, so the
     continuity stage (not this one) rejects it as ``truncated_file``."""
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = drop_undecodable(pydicom.dcmread(path, force=True))
     except Exception:  # noqa: BLE001
         return header
     # a forced read of a file cut short can "succeed" with fewer elements than its header had
     return ds if "SOPClassUID" in ds else header
+
+
+def _parse_date(value) -> dt.date | None:
+    """The first DA value as a date; None when it is not one (two values, garbage)."""
+    text = str(value[0] if isinstance(value, pydicom.multival.MultiValue) and len(value) else value).strip()
+    try:
+        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _is_image_class(sop_class: str) -> bool | None:
@@ -266,8 +308,7 @@ def _burned_in(hdr: Dataset) -> bool:
     """Pixels that may show text: flagged, Secondary Capture, a capture device (ConversionType),
     or a screenshot by ImageType (GE "SCREEN SAVE", "SCREENSHOT", "CAPTURE"). DERIVED\\SECONDARY
     alone (MPR reformats) is left to continuity (``derived_series``)."""
-    image_type = hdr.get("ImageType") or []
-    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
+    image_type = frames.image_type(hdr)
     return (str(hdr.get("BurnedInAnnotation", "")).upper() == "YES"
             or str(hdr.SOPClassUID) in SECONDARY_CAPTURE_CLASSES
             or bool(str(hdr.get("ConversionType", "") or "").strip())
@@ -306,7 +347,9 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
     Re-running overwrites the same names and leaves no stale or temporary files.
 
     Raises:
-        CurationError: ``deid_error`` on an unexpected failure (message names no header value).
+        OSError: the disk is full (the caller stops the run). Any other error in one series is
+            returned as a ``failed`` :class:`DeidRejection` of that series (with its traceback for
+            the restricted log); the exam's other series go on.
     """
     out_dir = Path(out_dir)
     by_series: dict[str, list[tuple[Path, Dataset]]] = {}
@@ -357,7 +400,7 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     clean.save_as(parts[key] / f"{counts[key]:04d}.dcm", enforce_file_format=True)
                     counts[key] += 1
                     if study_date is None and clean.get("StudyDate"):
-                        study_date = dt.datetime.strptime(clean.StudyDate, "%Y%m%d").date()
+                        study_date = _parse_date(clean.StudyDate)
                     study_description = study_description or str(clean.get("StudyDescription", "") or "") or None
             if non_image:
                 rejected.append(DeidRejection(sid, "non_image_object", non_image))
@@ -373,8 +416,16 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                 dest = out_dir / part_id
                 _swap_in(parts[key], dest)
                 series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key))
-        except Exception as e:
-            raise CurationError(exam_id, "deid_error", f"{type(e).__name__} in series {sid}") from e
+        except Exception as e:  # noqa: BLE001 — one series must not take its exam down
+            if is_disk_full(e):
+                raise
+            part_ids = {sid} | {ids.series_id(f"{uid}/{k}", cfg.salt) for k in parts if k}
+            series = [x for x in series if x.series_id not in part_ids]
+            rejected = [r for r in rejected if r.series_id != sid]
+            rejected.append(DeidRejection(sid, "deid_error", len(members), failed=True, detail=where(e),
+                                          traceback=traceback.format_exc()))
+            for part_id in part_ids:
+                shutil.rmtree(out_dir / part_id, ignore_errors=True)
         finally:
             for folder in parts.values():
                 shutil.rmtree(folder, ignore_errors=True)

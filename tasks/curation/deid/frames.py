@@ -56,7 +56,9 @@ class FrameSplitError(Exception):
 def image_type(ds: Dataset) -> list[str]:
     """ImageType values, stripped and upper-cased (a single string is one value)."""
     value = ds.get("ImageType") or []
-    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)]
+    if isinstance(value, (str, bytes, int, float)):   # one string, or garbage a number (continuity rejects it)
+        value = [value]
+    return [str(v).strip().upper() for v in value]
 
 
 def is_mosaic(ds: Dataset) -> bool:

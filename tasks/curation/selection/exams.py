@@ -15,8 +15,8 @@ from catalog.schema import REPORTS, to_arrow
 from catalog.store import write_parquet_atomic
 from mrifoundry import ids
 from mrifoundry.settings import CurateParams
-from tasks.curation.archive import open_archive
-from tasks.curation.archive.folder_index import unattributed_files
+from tasks.curation.archive import open_archive, walk_limits
+from tasks.curation.archive.folder_index import archive_sources, unattributed_files
 from tasks.curation.selection.reports import ReportRules, filter_reports
 from tasks.curation.selection.sampling import sample_exams
 from tasks.curation.workspace import Workspace
@@ -31,6 +31,10 @@ SELECTION_SCHEMA = pa.schema([
 class Selection:
     exam_ids: list[str]
     counts: dict[str, int] = field(default_factory=dict)     # safe to log: no PHI
+    space: tuple[int, int] = (0, 0)    # (bytes this run may write, bytes free under OUT): a pre-flight estimate
+
+#: research-zone bytes per archive byte: de-identified copy (≈1) + PNG slices + NIfTI (≈0.5 together)
+OUTPUT_PER_INPUT = 1.6
 
 
 def select_exams(ws: Workspace, params: CurateParams) -> Selection:
@@ -39,7 +43,8 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
     Raises:
         FileNotFoundError: the report export does not exist.
     """
-    archive = open_archive(params.archive, ws.restricted, workers=params.workers)
+    archive = open_archive(params.archive, ws.restricted, workers=params.workers,
+                           limits=walk_limits(params))
     counts: dict[str, int] = {}
     if params.reports:
         rules = ReportRules.load(Path(params.rules) if params.rules else None, params.date_start, params.date_end)
@@ -65,28 +70,56 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
     merged = _merge_selection(ws.selection_path, selection)
     write_parquet_atomic(pa.Table.from_pylist(merged, schema=SELECTION_SCHEMA), ws.selection_path)
     exam_ids = [s["exam_id"] for s in selection]
-    if params.rerun == "failed":  # only exams with a failed item in the ledger
-        failed = ws.ledger.failed_exams()
-        exam_ids = [e for e in exam_ids if e in failed]
+    if params.rerun == "failed":  # exams with a failed item, or not finished (never started, cut short)
+        todo = ws.ledger.unfinished_exams(exam_ids)
+        exam_ids = [e for e in exam_ids if e in todo]
         counts["exams_with_failures"] = len(exam_ids)
-    return Selection(exam_ids, counts)
+    return Selection(exam_ids, counts, _space_needed(ws, archive, selection, set(exam_ids)))
+
+
+def _space_needed(ws: Workspace, archive, selection: list[dict], todo: set[str]) -> tuple[int, int]:
+    """Estimated output bytes of the exams to do (archive file sizes × OUTPUT_PER_INPUT; folder
+    archives only) and the free bytes under OUT."""
+    import shutil
+    free = shutil.disk_usage(ws.out).free
+    index = getattr(archive, "index_path", None)
+    done = ws.ledger.exams_with("catalog", "done")
+    keys = [s["study_key"] for s in selection if s["exam_id"] in todo and s["exam_id"] not in done]
+    if index is None or not Path(index).exists() or not keys:
+        return 0, free
+    from mrifoundry.duck import quiet_connect
+    con = quiet_connect()
+    try:
+        con.execute("CREATE TEMP TABLE k (study_key VARCHAR)")
+        con.executemany("INSERT INTO k VALUES (?)", [[k] for k in keys])
+        idx = "'" + str(index).replace("'", "''") + "'"
+        total = con.execute(f"SELECT coalesce(sum(size), 0) FROM read_parquet({idx}) JOIN k USING (study_key)"
+                            ).fetchone()[0]
+    finally:
+        con.close()
+    return int(total * OUTPUT_PER_INPUT), free
 
 
 def _ledger_unattributed(ws: Workspace, index_path: Path | None) -> int:
-    """One ``rejected`` row per archive file that no study can claim (not DICOM, alone in its
-    folder, or a container that does not open); their paths go to the restricted zone only."""
+    """One ledger row per archive entry that no study claims: files that are not DICOM and alone
+    in their folder (``unattributed_file``), and what the walk did not index (special files, links
+    out of the archive, unreadable or refused containers — and a ``done`` row per expanded
+    container). Paths go to ``restricted/unattributed_files.csv`` only; the ledger holds opaque ids.
+    Returns the number of entries rejected."""
     if index_path is None or not Path(index_path).exists():
         return 0
-    paths = unattributed_files(Path(index_path))
-    rows = []
-    for path in paths:
-        item = "file:" + ids.opaque_id("file", path, ws.salt)
-        rows.append(f"{item},{path}")
-        ws.ledger.record(item, "retrieve", "rejected", exam_id="archive", item_kind="file",
-                         reason="unattributed_file", message="not DICOM, and no study in its folder")
+    entries = [dict(path=p, kind="file", status="rejected", reason="unattributed_file",
+                    message="not DICOM, and no study in its folder") for p in unattributed_files(Path(index_path))]
+    entries += [dict(r, message=r["message"] or "") for r in archive_sources(Path(index_path))]
+    lines = []
+    for e in entries:
+        item = f"{e['kind']}:" + ids.opaque_id(e["kind"], e["path"], ws.salt)
+        lines.append(f"{item},{e['reason'] or 'expanded'},{e['path']}")
+        ws.ledger.record(item, "retrieve", e["status"], exam_id="archive", item_kind=e["kind"],
+                         reason=e["reason"], message=e["message"])
     listing = ws.restricted / "unattributed_files.csv"
-    listing.write_text("item_id,path\n" + "".join(r + "\n" for r in rows))
-    return len(paths)
+    listing.write_text("item_id,reason,path\n" + "".join(r + "\n" for r in lines))
+    return sum(e["status"] == "rejected" for e in entries)
 
 
 def _merge_selection(path: Path, new: list[dict]) -> list[dict]:
