@@ -10,7 +10,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     # retrieve
     "accession_not_found": ("retrieve", "rejected", "the archive holds no study with this accession number"),
     "archive_unreachable": ("retrieve", "failed", "the archive could not be reached (folder missing, PACS down)"),
-    "unattributed_file": ("retrieve", "rejected", "an archive file that is not DICOM, has no StudyInstanceUID, or is a container that does not open, in a folder without a study: nothing curates it; its path is in restricted/unattributed_files.csv"),
+    "unattributed_file": ("retrieve", "rejected", "an archive file that is not DICOM or has no StudyInstanceUID, in a folder without a study: nothing curates it; its path is in restricted/unattributed_files.csv"),
     "special_file": ("retrieve", "rejected", "an archive entry that is not a regular file (FIFO, socket, device, or a symlink to one): never opened"),
     "outside_archive": ("retrieve", "rejected", "a symlink whose target lies outside the archive folder: not followed (curate --follow-symlinks opts in)"),
     "file_too_large": ("retrieve", "rejected", "an archive file larger than max_file_mb: not read"),

@@ -1,0 +1,9 @@
+"""The curation DAG's stages (selection, archive, deid, continuity, convert, audit, ingest).
+
+pydicom's validation messages quote header values ("Invalid value for VR PN: 'DOE^JOHN…'"), which
+may be PHI, and a worker's console ends up in log files: below ERROR they are not emitted by any
+process that curates. Decisions about such values are the stages' own (reason codes, no values).
+"""
+import logging as _logging
+
+_logging.getLogger("pydicom").setLevel(_logging.ERROR)

@@ -7,20 +7,11 @@ folder and writes the index sorted by study key, so a lookup by key reads one ro
 """
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
 import os
-import signal
-import threading
 import shutil
 import stat as _stat
-import tarfile
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +19,10 @@ import pydicom
 
 from catalog.store import write_parquet_atomic as write_parquet
 from mrifoundry.duck import quiet_connect
-from mrifoundry.errors import is_disk_full
+from tasks.curation.archive.containers import CONTAINER_SUFFIXES, expand_container  # noqa: F401 - re-exported
+from tasks.curation.archive.files import (  # noqa: F401 - re-exported
+    READ_SECONDS, WalkLimits, decode_path, encode_path, looks_like_dicom, time_limit,
+)
 
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
 _INDEX_TAGS = ["AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
@@ -42,210 +36,10 @@ PARSED_SCHEMA = pa.schema([f for f in INDEX_SCHEMA if f.name not in ("size", "mt
 STAT_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                          ("folder", pa.string())])
 CHUNK = 5000
-CONTAINER_SUFFIXES = (".zip", ".gz", ".tgz", ".tar")
 SOURCES_SCHEMA = pa.schema([
     ("path", pa.string()), ("kind", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("message", pa.string()), ("n_members", pa.int64()),
 ])
-
-
-@dataclass(frozen=True)
-class WalkLimits:
-    """What the archive walk opens, and how much a container may expand (docs/bad-input.md)."""
-    follow_symlinks: bool = False                # symlinks to outside the archive are refused unless set
-    max_file_bytes: int = 8 << 30                # a larger file is not read (file_too_large)
-    max_expanded_bytes: int = 64 << 30           # one container's whole expansion, nested members included
-    max_ratio: float = 100.0                     # expanded bytes per compressed byte (zip bombs) …
-    ratio_slack_bytes: int = 32 << 20            # … once past this much (tiny archives compress well)
-    max_depth: int = 3                           # containers inside containers
-    max_members: int = 200_000
-
-
-class ContainerRefused(Exception):
-    """The container's expansion broke the budget; the message names the rule, never a member name."""
-
-
-# -- bytes-safe paths ------------------------------------------------------------------
-# A file name is bytes on POSIX: Latin-1 / Shift-JIS names from Windows exports decode to lone
-# surrogates, which Arrow and DuckDB cannot store. Such a path is stored percent-encoded behind a
-# prefix no absolute path has; every reader goes through decode_path().
-_ENC = "fsb:"
-
-
-def encode_path(path: str) -> str:
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return _ENC + quote_from_bytes(os.fsencode(path), safe="/")
-
-
-def decode_path(stored: str) -> str:
-    return os.fsdecode(unquote_to_bytes(stored[len(_ENC):])) if stored.startswith(_ENC) else stored
-
-
-def looks_like_dicom(path: str) -> bool:
-    """Cheap sniff before any parse: a Part-10 preamble, or a raw dataset whose first tag is a
-    plausible group (ACR-NEMA / implicit VR files). Rejects zero-filled and text files in
-    constant time, however large (a forced pydicom parse of 256 MiB of zeros takes minutes)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    if len(head) == 132 and head[128:132] == b"DICM":
-        return True
-    if len(head) < 8:
-        return False
-    group_le, group_be = int.from_bytes(head[0:2], "little"), int.from_bytes(head[0:2], "big")
-    # the first element of a raw dataset is in one of the low, even groups (0008,0005) …
-    return any(0x0002 <= g <= 0x0030 and g % 2 == 0 for g in (group_le, group_be))
-
-
-# -- containers ------------------------------------------------------------------------
-class _Budget:
-    def __init__(self, compressed: int, limits: WalkLimits):
-        self.limits, self.compressed, self.written, self.members = limits, max(compressed, 1), 0, 0
-
-    def add(self, n: int) -> None:
-        self.written += n
-        lim = self.limits
-        if self.written > lim.max_expanded_bytes:
-            raise ContainerRefused(f"expands past {lim.max_expanded_bytes >> 20} MiB")
-        if self.written > lim.ratio_slack_bytes and self.written > lim.max_ratio * self.compressed:
-            raise ContainerRefused(f"expands more than {lim.max_ratio:g}x its size (a zip bomb?)")
-
-
-def _safe_member_name(i: int, name: str) -> str:
-    """A flat, short, printable file name for a member: nothing lands outside the folder and no
-    member name (254 characters, control characters, '..') fails the container."""
-    base = os.path.basename(name.replace("\\", "/").rstrip("/")) or "member"
-    base = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in base).lstrip(".") or "member"
-    raw = base.encode("utf-8", "surrogateescape")
-    if len(raw) > 80:   # keep the suffix (.dcm, .zip) that says what the member is
-        stem, ext = os.path.splitext(base)
-        base = stem.encode("utf-8", "surrogateescape")[:60].decode("utf-8", "ignore") + "~" + ext[-12:]
-    return f"{i:05d}_{encode_path(base).replace(_ENC, '')}"
-
-
-def _copy_member(src, out_path: Path, budget: _Budget) -> bool:
-    """Stream one member to ``out_path`` under the budget. False (nothing kept) for a blank member:
-    empty or only zero bytes, which no DICOM is."""
-    nonblank = False
-    with open(out_path, "wb") as out:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            budget.add(len(chunk))
-            nonblank = nonblank or chunk.count(0) != len(chunk)
-            out.write(chunk)
-    if not nonblank:
-        out_path.unlink()
-    return nonblank
-
-
-def _members(path: str):
-    """(name, opener) of a zip, tar (any compression) or gzip file. Raises when it is none."""
-    if zipfile.is_zipfile(path):
-        zf = zipfile.ZipFile(path)
-        return [(m.filename, lambda m=m: zf.open(m)) for m in zf.infolist() if not m.is_dir()], zf
-    if tarfile.is_tarfile(path):
-        tf = tarfile.open(path)
-        return [(m.name, lambda m=m: tf.extractfile(m)) for m in tf.getmembers() if m.isfile()], tf
-    with gzip.open(path, "rb") as probe:
-        probe.read(1)   # raises unless it is a gzip stream
-    name = os.path.basename(path)
-    return [(name[:-3] if name.lower().endswith(".gz") else name, lambda: gzip.open(path, "rb"))], None
-
-
-def _extract(path: str, dest: Path, budget: _Budget, depth: int) -> None:
-    if depth > budget.limits.max_depth:
-        raise ContainerRefused(f"containers nested deeper than {budget.limits.max_depth}")
-    members, handle = _members(path)
-    try:
-        for i, (name, opener) in enumerate(members):
-            budget.members += 1
-            if budget.members > budget.limits.max_members:
-                raise ContainerRefused(f"more than {budget.limits.max_members} members")
-            out = dest / _safe_member_name(i, name)
-            with opener() as src:
-                if not _copy_member(src, out, budget):
-                    continue
-            if out.name.lower().endswith(CONTAINER_SUFFIXES) and not looks_like_dicom(str(out)):
-                sub = dest / f"{out.name}.d"
-                sub.mkdir()
-                try:
-                    _extract(str(out), sub, budget, depth + 1)
-                except ContainerRefused:
-                    raise
-                except Exception:  # noqa: BLE001 - not a container after all: keep the member as a file
-                    shutil.rmtree(sub, ignore_errors=True)
-                    continue
-                out.unlink()
-    finally:
-        if handle is not None:
-            handle.close()
-
-
-def expand_container(path: str, size: int, mtime_ns: int, root: Path,
-                     limits: WalkLimits = WalkLimits()) -> tuple[list[str] | None, str, str | None, str]:
-    """Expand a zip, tar (any compression) or gzip file once under ``root/<key>/`` (restricted
-    zone; key = hash of path, size and mtime, so a changed container is expanded anew), within one
-    budget for the container and everything nested in it.
-
-    Returns:
-        (member paths or None, status, reason, message): ``done`` with the members; ``rejected``
-        ``container_refused`` (budget), ``container_empty`` (no non-blank member) or
-        ``container_unreadable`` (does not open as a container; members None).
-    """
-    key = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
-    dest = root / key
-    if not dest.is_dir():
-        tmp = root / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            _extract(path, tmp, _Budget(size, limits), 1)
-        except ContainerRefused as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return None, "rejected", "container_refused", str(e)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(e):
-                raise
-            return None, "rejected", "container_unreadable", f"{type(e).__name__} while expanding"
-        except Exception as e:  # noqa: BLE001 - corrupt, or not a container at all
-            shutil.rmtree(tmp, ignore_errors=True)
-            return None, "rejected", "container_unreadable", f"does not open as zip, tar or gzip ({type(e).__name__})"
-        os.replace(tmp, dest)
-    members = sorted(str(p) for p in dest.rglob("*") if p.is_file())
-    if not members:
-        return [], "rejected", "container_empty", "no member with content (empty, or only zero bytes)"
-    return members, "done", None, f"expanded {len(members)} file(s)"
-
-
-#: a header that takes longer than this to parse (a crafted file, a stalled mount) is not DICOM here
-READ_SECONDS = 30.0
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Raise TimeoutError in the block after ``seconds`` (SIGALRM: the index's worker processes and
-    a main thread; elsewhere — a Prefect worker thread — no limit can be set and none is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _alarm(signum, frame):
-        raise TimeoutError("header read took too long")
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def study_key(acc: str, uid: str) -> str:

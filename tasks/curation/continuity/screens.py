@@ -104,18 +104,25 @@ def header_float(ds: Dataset, keyword: str) -> float | None:
     return None if values is None else values[0]
 
 
+def _single(ds: Dataset, keyword: str):
+    """The one value of ``keyword``; None when absent. Raises MalformedHeader for several."""
+    values = header_values(ds, keyword)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise MalformedHeader(keyword, f"expected 1 value, found {len(values)}")
+    return values[0]
+
+
 def header_int(ds: Dataset, keyword: str) -> int | None:
     """A single-valued integer (US/IS; an integral DS such as ``2.0`` too); None when absent.
 
     Raises:
         MalformedHeader: not a single value, not a number, or not a whole number.
     """
-    values = header_values(ds, keyword)
-    if values is None:
+    value = _single(ds, keyword)
+    if value is None:
         return None
-    if len(values) != 1:
-        raise MalformedHeader(keyword, f"expected 1 value, found {len(values)}")
-    value = values[0]
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
     number = _number(keyword, value, "not an integer")
@@ -143,12 +150,9 @@ def header_time(ds: Dataset, keyword: str) -> str | None:
     Raises:
         MalformedHeader: not a single value, or not a time.
     """
-    values = header_values(ds, keyword)
-    if values is None:
+    value = _single(ds, keyword)
+    if value is None:
         return None
-    if len(values) != 1:
-        raise MalformedHeader(keyword, f"expected 1 value, found {len(values)}")
-    value = values[0]
     if not isinstance(value, str) or not _TM.fullmatch(value.strip()):
         raise MalformedHeader(keyword, "not a time (HHMMSS.ffffff)")
     return value.strip().replace(":", "")
