@@ -100,8 +100,10 @@ def _extract(path: str, dest: Path, budget: _Budget, depth: int) -> None:
                     _extract(str(out), sub, budget, depth + 1)
                 except ContainerRefused:
                     raise
-                except Exception:  # noqa: BLE001 - not a container after all: keep the member as a file
+                except Exception as e:  # noqa: BLE001 - not a container after all: keep the member as a file
                     shutil.rmtree(sub, ignore_errors=True)
+                    if is_disk_full(e):
+                        raise
                     continue
                 out.unlink()
     finally:
