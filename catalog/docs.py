@@ -27,17 +27,22 @@ HEADER = """# The catalog
 
 The `curate` flow writes one Parquet file per table under `OUT/research/catalog/<table>/`
 and a DuckDB database `OUT/research/catalog/catalog.duckdb` whose views read them by
-absolute path, so it opens from any working directory:
+absolute path, so it opens from any working directory and in any DuckDB client:
 
 ```sh
 mrifoundry sql "SELECT body_part, COUNT(*) FROM exams GROUP BY 1" --out OUT
-duckdb -readonly OUT/research/catalog/catalog.duckdb "SELECT COUNT(*) FROM slices"
 ```
 ```python
-import duckdb
-con = duckdb.connect("OUT/research/catalog/catalog.duckdb", read_only=True)
+from catalog.views import connect            # or duckdb.connect("OUT/research/catalog/catalog.duckdb", read_only=True)
+con = connect(Path("OUT/research"))
 con.sql("SELECT * FROM training_slices LIMIT 5").df()
 ```
+
+An output folder can move or be copied (another server, another mount point): the views record
+the root they were built for, and `mrifoundry sql` / `catalog.views.connect` rebuild them where
+the catalog is now (on a read-only mount they open in-memory views of the same). A copy therefore
+never reads the original's files. A plain DuckDB client opening a moved catalog before either has
+run still sees the old paths.
 
 Path columns are stored relative to `OUT/research`; the views add absolute `png_file`,
 `dicom_folder` and `nifti_file` columns. Extra views: `training_slices` (slices of converted

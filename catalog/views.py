@@ -1,13 +1,17 @@
 """The DuckDB database of views over the Parquet tables.
 
-Views use absolute paths so the database opens from any working directory (DuckDB CLI:
-``duckdb -readonly OUT/research/catalog/catalog.duckdb``). Path columns are stored relative
-to the research root in Parquet and exposed as absolute ``*_file`` columns by the views.
+Views use absolute paths so the database opens from any working directory, in any DuckDB client.
+Path columns are stored relative to the research root in Parquet and exposed as absolute
+``*_file`` columns by the views. The root the views were built for is recorded (a comment on the
+``exams`` view): :func:`connect` finds a catalog that was moved or copied and rebuilds its views
+where it is now (or, on a read-only mount, opens in-memory views of the same), so a moved output
+folder is queried where it is and a copy never reads the original's files.
 """
 from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import duckdb
@@ -49,27 +53,50 @@ def _view_sql(research: Path, name: str) -> str:
     return f"SELECT *{extra} FROM {src}"
 
 
+_ROOT_MARK = "research_root="
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, research: Path) -> None:
+    for t in RESEARCH_TABLES + DERIVED_TABLES:
+        con.execute(f"CREATE VIEW {t.name} AS {_view_sql(research, t.name)}")
+    con.execute(
+        "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "
+        "FROM stage_results WHERE status <> 'done' GROUP BY ALL ORDER BY n DESC")
+    con.execute(
+        "CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
+        "r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
+        "JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
+    con.execute(f"COMMENT ON VIEW exams IS {_q(_ROOT_MARK + _root(research))}")
+
+
+def _root(research: Path) -> str:
+    return str(Path(research).resolve()) + "/"
+
+
 def build_research_db(research: Path) -> Path:
     """(Re)create ``catalog.duckdb`` with one view per research table, plus helper views."""
     db = catalog_dir(research) / DB_NAME
-    tmp = db.with_name(f".{DB_NAME}.tmp{os.getpid()}")
+    tmp = db.with_name(f".{DB_NAME}.tmp{os.getpid()}.{threading.get_ident()}")
     tmp.unlink(missing_ok=True)
     ensure_derived_tables(research)
     con = duckdb.connect(str(tmp))
     try:
-        for t in RESEARCH_TABLES + DERIVED_TABLES:
-            con.execute(f"CREATE VIEW {t.name} AS {_view_sql(research, t.name)}")
-        con.execute(
-            "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "
-            "FROM stage_results WHERE status <> 'done' GROUP BY ALL ORDER BY n DESC")
-        con.execute(
-            "CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
-            "r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
-            "JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
+        _create_views(con, research)
     finally:
         con.close()
     os.replace(tmp, db)
     return db
+
+
+def built_root(research: Path) -> str | None:
+    """The research root the catalog's views were built for (None for a catalog older than the record)."""
+    con = duckdb.connect(str(catalog_dir(research) / DB_NAME), read_only=True)
+    try:
+        row = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'exams'").fetchone()
+    finally:
+        con.close()
+    text = (row[0] if row else None) or ""
+    return text[len(_ROOT_MARK):] if text.startswith(_ROOT_MARK) else None
 
 
 def build_restricted_db(restricted: Path) -> Path:
@@ -96,6 +123,13 @@ def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection
     db = catalog_dir(research) / DB_NAME
     if not db.exists():
         raise FileNotFoundError(f"{db} not found: run `mrifoundry curate` (flow curate) first")
+    if built_root(research) != _root(research):   # moved or copied since the views were built
+        try:
+            build_research_db(research)
+        except OSError:   # a read-only mount: the same views, in memory, for this connection
+            con = duckdb.connect(":memory:")
+            _create_views(con, research)
+            return con
     return duckdb.connect(str(db), read_only=read_only)
 
 
@@ -181,5 +215,5 @@ def query_dicts(research: Path, sql: str) -> tuple[list[str], list[dict]]:
         con.close()
 
 
-__all__ = ["RefusedStatement", "build_research_db", "build_restricted_db", "check_read_query", "connect",
+__all__ = ["RefusedStatement", "build_research_db", "build_restricted_db", "built_root", "check_read_query", "connect",
            "connect_confined", "query_dicts"]

@@ -176,7 +176,7 @@ def drop_undecodable(ds: Dataset) -> Dataset:
                     for item in elem.value or []:
                         drop_undecodable(item)
                 else:
-                    _ = elem.VM, str(elem.value)[:0]
+                    _ = elem.VM, elem.value   # converts a raw element: raises when it cannot
             except Exception:  # noqa: BLE001 - pydicom raises many types for a value it cannot read
                 bad.append(tag)
         for tag in bad:
