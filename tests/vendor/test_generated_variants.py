@@ -47,6 +47,31 @@ def test_isotropic_dwi_trace_is_its_own_series(tmp_path):
     assert sets[""].shape == sets["trace"].shape   # one volume each, not a 2-time-point series
 
 
+def test_philips_b0_stays_in_the_dwi_series(tmp_path):
+    """Philips marks b=0 with the isotropic 'I' too (2001,1004): the b=0 volume belongs to the DWI
+    series (as dcm2niix keeps it), only the b>0 isotropic image is the trace (issue 20)."""
+    from catalog.views import connect
+    uid, study = generate_uid(), generate_uid()
+    base = {"SeriesInstanceUID": uid, "StudyInstanceUID": study, "SeriesDescription": "DWI"}
+    for sub, direction, b, t in (("b0", "I", 0.0, "100000"), ("x", "X", 1000.0, "100100"),
+                                 ("iso", "I", 1000.0, "100200")):
+        for path in _series(tmp_path / "a" / sub, extra=dict(base, AcquisitionTime=t)):
+            ds = pydicom.dcmread(path)
+            block = ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
+            block.add_new(0x04, "CS", direction)
+            block.add_new(0x03, "FL", b)
+            ds.save_as(path)
+    res = vendor_check.curate_case(tmp_path / "a", tmp_path / "out")
+    sets = {s.image_set: s for s in res.series}
+    assert set(sets) == {"", "trace"} and {s.status for s in res.series} == {"ok"}
+    con = connect(tmp_path / "out" / "research")
+    try:
+        n_t = dict(con.execute("SELECT coalesce(image_set, ''), n_timepoints FROM series").fetchall())
+    finally:
+        con.close()
+    assert n_t[""] == 2 and n_t["trace"] in (None, 1)   # b=0 + one direction; the trace alone
+
+
 def test_converter_rejection_keeps_exam_rows_with_its_code(tmp_path):
     """dicom2nifti refuses 3 slices (TOO_FEW_SLICES/LOCALIZER) that min_slices=3 lets through:
     the series row stays, with the converter's code, and the exam is in the catalog."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 
 import numpy as np
 import pydicom
@@ -95,10 +96,34 @@ def image_set(ds: Dataset) -> str:
         return "imaginary"
     directionality = str(ds.get("DiffusionDirectionality", "") or "").strip().upper()
     philips_direction = ds.get((0x2001, 0x1004))
-    philips_iso = philips_direction is not None and _text(philips_direction.value) == "I"
+    # Philips marks the b=0 image with the same 'I' as the isotropic trace: b=0 stays in the DWI
+    # series (dcm2niix keeps it there too); an unknown b-value keeps the old reading (trace)
+    b = b_value(ds)
+    philips_iso = (philips_direction is not None and _text(philips_direction.value) == "I"
+                   and (b is None or b > 0))
     if directionality == "ISOTROPIC" or philips_iso or "ISOTROPIC" in tokens:
         return "trace"
     return ""
+
+
+def b_value(ds: Dataset) -> float | None:
+    """The diffusion b-value: DiffusionBValue (0018,9087), else Philips' private (2001,1003) FL;
+    None when neither reads as a number."""
+    for tag in ((0x0018, 0x9087), (0x2001, 0x1003)):
+        elem = ds.get(tag)
+        if elem is None:
+            continue
+        try:
+            value = elem.value
+            if isinstance(value, bytes):   # private FL read without its dictionary: little-endian float32
+                value = struct.unpack("<f", value[:4])[0]
+            value = value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
+            number = float(value)
+        except (TypeError, ValueError, struct.error, IndexError):
+            continue
+        if math.isfinite(number):
+            return number
+    return None
 
 
 def _text(value) -> str:
