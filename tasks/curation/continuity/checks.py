@@ -229,10 +229,11 @@ def _same(a: float, b: float, cfg: ContinuityConfig) -> bool:
 def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]:
     """Groups of one time point each (a single group for 3D).
 
-    TemporalPositionIdentifier is trusted when it varies; else AcquisitionTime or
-    TriggerTime when they split the series into groups of >= 2 images with unique
-    positions; else the k-th occurrence of a position in InstanceNumber order is time
-    point k (works for time-major and slice-major numbering alike).
+    TemporalPositionIdentifier is trusted when it varies; else EchoNumbers, AcquisitionTime or
+    TriggerTime when they split the series into groups of >= 2 images with unique positions
+    that each cover the slab (all positions, one missing at most: multiband shots do not);
+    else the k-th occurrence of a position in InstanceNumber order is time point k (works for
+    time-major and slice-major numbering alike).
     """
     projs = sorted(i.proj for i in imgs)
     if all(not _same(a, b, cfg) for a, b in zip(projs, projs[1:])):
@@ -247,9 +248,18 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
         # present on every image and varying: this key would group the series, so a value
         # that is not a number (a time) is malformed_header rather than a silent fallback
         groups = _group_by(imgs, [_sortable(keyword, i.ds) for i in imgs])
-        if all(len(g) >= 2 and _unique_positions(g, cfg) for g in groups):
+        # a time point covers the slab: with simultaneous multi-slice (multiband) the slices
+        # excited together share one AcquisitionTime, so a "group" of MB slices is a shot, not a
+        # volume; then the k-th occurrence of each position (InstanceNumber order) is the volume
+        n_pos = _n_positions(projs, cfg)
+        if all(len(g) >= 2 and _unique_positions(g, cfg) and len(g) >= n_pos - 1 for g in groups):
             return groups
     return _split_by_occurrence(imgs, cfg)
+
+
+def _n_positions(sorted_projs: list[float], cfg: ContinuityConfig) -> int:
+    """Distinct slice positions of the series (projections along the normal, sorted)."""
+    return 1 + sum(not _same(a, b, cfg) for a, b in zip(sorted_projs, sorted_projs[1:]))
 
 
 def _sortable(keyword: str, ds: Dataset):

@@ -301,6 +301,29 @@ def _volume_key(frame: Dataset) -> tuple:
     return (get("TemporalPositionIdentifier"), get("EchoTime"), get("EchoNumbers"), get("DiffusionBValue"), gradient)
 
 
+def _acquisition_order(frames: list[Dataset], keys: list[tuple], distinct: list[tuple]) -> list[tuple]:
+    """The volumes in acquisition order, as a classic export numbers them (dcm2niix too): by the
+    frames' TemporalPositionIndex when it is a number, then by their earliest acquisition
+    date-time when every frame has one, then by first appearance in frame order. (Sorting the
+    keys themselves put a DTI's b=0 first and volume "10" before "2".)"""
+    first: dict[tuple, int] = {}
+    when: dict[tuple, str] = {}
+    for n, (f, key) in enumerate(zip(frames, keys)):
+        first.setdefault(key, n)
+        t = f"{f.get('AcquisitionDate', '') or ''}{f.get('AcquisitionTime', '') or ''}".strip()
+        if t:
+            when[key] = min(when.get(key, t), t)
+    timed = len(when) == len(distinct)
+
+    def order(key: tuple):
+        try:
+            tpi = float(key[0])
+        except (TypeError, ValueError):
+            tpi = float("inf")
+        return tpi, when[key] if timed else "", first[key]
+    return sorted(distinct, key=order)
+
+
 def _split_enhanced(ds: Dataset) -> list[Dataset]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared = ds.get("SharedFunctionalGroupsSequence")
@@ -329,11 +352,12 @@ def _split_enhanced(ds: Dataset) -> list[Dataset]:
             if keyword in out:
                 delattr(out, keyword)
         frames.append(_finish(out, ds, k, arr[k]))
-    keys = sorted({_volume_key(f) for f in frames})
-    if len(keys) > 1:   # explicit volume numbers: the continuity split needs no guessing
-        index = {key: i + 1 for i, key in enumerate(keys)}
-        for f in frames:
-            f.TemporalPositionIdentifier = index[_volume_key(f)]
+    keys = [_volume_key(f) for f in frames]
+    distinct = list(dict.fromkeys(keys))
+    if len(distinct) > 1:   # explicit volume numbers: the continuity split needs no guessing
+        index = {key: i + 1 for i, key in enumerate(_acquisition_order(frames, keys, distinct))}
+        for f, key in zip(frames, keys):
+            f.TemporalPositionIdentifier = index[key]
     else:
         for f in frames:
             if "TemporalPositionIdentifier" in f:
