@@ -102,12 +102,16 @@ class Ledger:
                             (item_id, stage)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def has_failed_items(self, exam_id: str, stage: str) -> bool:
-        """Whether a sub-item (series, instance) of the exam failed in this stage."""
+    def exam_stages(self, exam_id: str) -> dict[str, tuple[str | None, float | None, bool]]:
+        """Per stage of one exam, in one query: (the exam's own status, its finish time, whether a
+        sub-item — a series, an instance — failed in that stage)."""
         with self._conn() as c:
-            row = c.execute("SELECT 1 FROM stage_results WHERE exam_id=? AND stage=? AND item_id<>? "
-                            "AND status='failed' LIMIT 1", (exam_id, stage, exam_id)).fetchone()
-        return row is not None
+            rows = c.execute(
+                "SELECT stage, max(status) FILTER (WHERE item_id = exam_id), "
+                "max(finished) FILTER (WHERE item_id = exam_id), "
+                "coalesce(max(status = 'failed') FILTER (WHERE item_id <> exam_id), 0) "
+                "FROM stage_results WHERE exam_id = ? GROUP BY stage", (exam_id,)).fetchall()
+        return {stage: (status, finished, bool(failed)) for stage, status, finished, failed in rows}
 
     def unfinished_exams(self, exam_ids: list[str], last_stage: str = "catalog") -> set[str]:
         """Exams that are neither through ``last_stage`` nor rejected as a whole at some stage:

@@ -92,9 +92,13 @@ def built_root(research: Path) -> str | None:
     """The research root the catalog's views were built for (None for a catalog older than the record)."""
     con = duckdb.connect(str(catalog_dir(research) / DB_NAME), read_only=True)
     try:
-        row = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'exams'").fetchone()
+        return _recorded_root(con)
     finally:
         con.close()
+
+
+def _recorded_root(con: duckdb.DuckDBPyConnection) -> str | None:
+    row = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'exams'").fetchone()
     text = (row[0] if row else None) or ""
     return text[len(_ROOT_MARK):] if text.startswith(_ROOT_MARK) else None
 
@@ -123,13 +127,16 @@ def connect(research: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection
     db = catalog_dir(research) / DB_NAME
     if not db.exists():
         raise FileNotFoundError(f"{db} not found: run `mrifoundry curate` (flow curate) first")
-    if built_root(research) != _root(research):   # moved or copied since the views were built
-        try:
-            build_research_db(research)
-        except OSError:   # a read-only mount: the same views, in memory, for this connection
-            con = duckdb.connect(":memory:")
-            _create_views(con, research)
-            return con
+    con = duckdb.connect(str(db), read_only=read_only)
+    if _recorded_root(con) == _root(research):
+        return con
+    con.close()   # moved or copied since the views were built: rebuild them where the catalog is now
+    try:
+        build_research_db(research)
+    except OSError:   # a read-only mount: the same views, in memory, for this connection
+        con = duckdb.connect(":memory:")
+        _create_views(con, research)
+        return con
     return duckdb.connect(str(db), read_only=read_only)
 
 

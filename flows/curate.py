@@ -7,6 +7,7 @@ run, so ``prefect flow-run retry`` re-executes only the tasks that failed.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections import Counter, defaultdict
@@ -101,6 +102,18 @@ def finalize_task(out: str, run_id: str) -> dict:
     return finalize_catalog(Workspace(Path(out), run_id))
 
 
+@contextlib.contextmanager
+def _stops_on_full_disk(out_dir: Path, where: str):
+    """A full disk in the block ends the run as DiskFull (one line, exit 28), its temp files swept."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            sweep_temp(out_dir)
+            raise DiskFull(where) from None
+        raise
+
+
 def _run_id() -> str:
     from prefect.runtime import flow_run
     return str(flow_run.id) if flow_run.id else "local"
@@ -184,13 +197,8 @@ def curate(
     with RunLock(out_dir / "state"):
         reset_disk_full()
         sweep_temp(out_dir)    # what a killed or disk-full run left
-        try:
+        with _stops_on_full_disk(out_dir, "archive index"):
             sel = select_task(str(out_dir), run_id, params)
-        except Exception as e:
-            if is_disk_full(e):
-                sweep_temp(out_dir)
-                raise DiskFull("archive index") from None
-            raise
         exam_ids, sel_counts = sel["exam_ids"], sel["counts"]
         logger.info("selection: %s", ", ".join(f"{k}={v}" for k, v in sel_counts.items()))
         need, free = sel["space"]
@@ -199,16 +207,11 @@ def curate(
                            "a full disk stops the run cleanly and a re-run finishes it", free >> 20, need >> 20)
         stages = curate_exams.with_options(task_runner=make_task_runner(runner, workers))(
             str(out_dir), run_id, params, exam_ids)
-        if any(c.get("disk_full") for c in stages.values()):
-            sweep_temp(out_dir)
-            raise DiskFull("exam outputs")
-        try:
+        with _stops_on_full_disk(out_dir, "exam outputs"):
+            if any(c.get("disk_full") for c in stages.values()):
+                raise DiskFull("exam outputs")
+        with _stops_on_full_disk(out_dir, "catalog merge"):
             counts = finalize_task(str(out_dir), run_id)
-        except Exception as e:
-            if is_disk_full(e):
-                sweep_temp(out_dir)
-                raise DiskFull("catalog merge") from None
-            raise
         md, montage = run_summary(Workspace(out_dir, run_id), sel_counts, counts, stages)
         create_markdown_artifact(md, key="curate-summary", description="curation run summary")
         if montage:

@@ -201,6 +201,18 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                                                              **({"series_failed": failed} if failed else {})})
 
 
+def _series_outcome(sid: str, checked: dict, converted: dict, refused: dict) -> tuple[str, str | None]:
+    """(status, reason) of a series in the catalog: continuity's decision first, then convert's
+    (a series continuity passed but convert neither wrote nor refused failed there)."""
+    if checked["status"] != "ok":
+        return ("failed" if checked["status"] == "failed" else "rejected"), checked["reason"]
+    if sid in converted:
+        return "ok", None
+    if sid in refused:
+        return "rejected", refused[sid]
+    return "failed", "convert_error"
+
+
 def _majority(values):
     vals = [v for v in values if v]
     return Counter(vals).most_common(1)[0][0] if vals else None
@@ -225,12 +237,10 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
         m = s["meta"] or {}
         c = conv.get(sid, {})
         n = c.get("nifti") or {}
+        status, reason = _series_outcome(sid, s, conv, conv_rejected)
         series_rows.append(dict(
             series_id=sid, exam_id=exam_id, image_set=image_sets.get(sid, ""),
-            status="ok" if sid in conv else (
-                "failed" if s["status"] == "failed" or (s["status"] == "ok" and sid not in conv_rejected)
-                else "rejected"),
-            reason=s["reason"] if s["status"] != "ok" else (None if sid in conv else conv_rejected.get(sid, "convert_error")),
+            status=status, reason=reason,
             series_description=m.get("series_description"), sequence_type=m.get("sequence_type"),
             orientation=m.get("orientation"), body_part=m.get("body_part"), contrast=m.get("contrast"),
             manufacturer=m.get("manufacturer"), model=m.get("model"), field_strength=m.get("field_strength"),

@@ -88,24 +88,23 @@ def must_run(ws: Workspace, params: CurateParams, exam_id: str, stage: str) -> s
     before it finished later (it was redone, so this stage's output is stale)."""
     if disk_full(ws):
         return "disk_full"
+    states = ws.ledger.exam_stages(exam_id)     # one query for every stage of the exam
     idx = STAGE_ORDER.index(stage)
-    prev = None
-    if idx > 0:
-        prev = ws.ledger.state(exam_id, STAGE_ORDER[idx - 1])
-        if prev is None or prev[0] != "done":
-            return f"upstream {STAGE_ORDER[idx - 1]} {prev[0] if prev else 'not run'}"
+    prev = states.get(STAGE_ORDER[idx - 1]) if idx > 0 else None
+    if idx > 0 and (prev is None or prev[0] != "done"):
+        return f"upstream {STAGE_ORDER[idx - 1]} {prev[0] if prev and prev[0] else 'not run'}"
     if params.rerun == "all":
         return None
-    if ws.ledger.status(exam_id, "audit") == "rejected":   # phi_quarantined: a person looks first
+    if states.get("audit", (None,))[0] == "rejected":   # phi_quarantined: a person looks first
         return "phi_quarantined"
-    cur = ws.ledger.state(exam_id, stage)
-    if cur is None or cur[0] == "failed":
+    status, finished, failed_items = states.get(stage, (None, None, False))
+    if status is None or status == "failed":
         return None
-    if cur[0] == "rejected":
+    if status == "rejected":
         return "rejected"
-    if ws.ledger.has_failed_items(exam_id, stage):
+    if failed_items:
         return None
-    if prev is not None and prev[1] is not None and cur[1] is not None and prev[1] > cur[1]:
+    if prev is not None and prev[1] is not None and finished is not None and prev[1] > finished:
         return None
     return "done"
 
@@ -150,22 +149,33 @@ def guarded(stage: str):
     return wrap
 
 
+_TEMP_MARKS = (".tmp", ".old", ".build")
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file or folder of ours: ``.<name>.tmp…``, ``.<name>.old…``, ``.<name>.build…``."""
+    return name.startswith(".") and any(m in name for m in _TEMP_MARKS)
+
+
+def _remove(path: str | Path) -> bool:
+    try:
+        (shutil.rmtree if os.path.isdir(path) and not os.path.islink(path) else os.remove)(path)
+        return True
+    except OSError:
+        return False
+
+
 def _sweep_exam(ws: Workspace, exam_id: str) -> None:
     """Remove the temp files and folders a stage of this exam left when a write failed."""
-    def temp(name: str) -> bool:
-        return name.startswith(".") and (".tmp" in name or ".old" in name)
     # research/dicom holds every exam: only this exam's own temp folders there
-    places = [(ws.dicom_dir(exam_id).parent, lambda n: n.startswith(f".{exam_id}.") and temp(n))]
-    places += [(b, temp) for b in (ws.dicom_dir(exam_id), ws.research / "png" / exam_id,
-                                   ws.research / "nifti" / exam_id, ws.work(exam_id), ws.staging(exam_id))]
+    places = [(ws.dicom_dir(exam_id).parent, lambda n: n.startswith(f".{exam_id}.") and _is_temp(n))]
+    places += [(b, _is_temp) for b in (ws.dicom_dir(exam_id), ws.research / "png" / exam_id,
+                                       ws.research / "nifti" / exam_id, ws.work(exam_id), ws.staging(exam_id))]
     for base, match in places:
         if base.is_dir():
             for p in list(base.iterdir()):
                 if match(p.name):
-                    try:
-                        (shutil.rmtree if p.is_dir() else os.remove)(p)
-                    except OSError:
-                        pass
+                    _remove(p)
 
 
 def sweep_temp(out: Path) -> int:
@@ -173,20 +183,10 @@ def sweep_temp(out: Path) -> int:
     what a killed or disk-full run left. Only call it under the run lock. Returns how many."""
     n = 0
     for zone in ("research", "restricted", "state"):
-        root = Path(out) / zone
-        if not root.is_dir():
-            continue
-        for dirpath, dirs, files in os.walk(root):
-            for name in list(dirs) + files:
-                if name.startswith(".") and any(m in name for m in (".tmp", ".old", ".build")):
-                    p = os.path.join(dirpath, name)
-                    try:
-                        (shutil.rmtree if os.path.isdir(p) and not os.path.islink(p) else os.remove)(p)
-                        n += 1
-                    except OSError:
-                        pass
-                    if name in dirs:
-                        dirs.remove(name)
+        for dirpath, dirs, files in os.walk(Path(out) / zone):
+            for name in [d for d in dirs if _is_temp(d)] + [f for f in files if _is_temp(f)]:
+                n += _remove(os.path.join(dirpath, name))
+            dirs[:] = [d for d in dirs if not _is_temp(d)]
     return n
 
 

@@ -12,7 +12,7 @@ Two tests: the archive files mutated and the whole exam curated (``curate_exam``
 de-identified files mutated and ``check_series`` / ``volume_to_png`` / ``volumes_to_nifti``
 called directly. Both take every kind of garbage. The first once left out the inputs that
 crashed de-identification (``DEID_CRASHES``); de-identification now drops an element it cannot
-decode (``deidentify.drop_undecodable``), and ``@example``s pin each of those crashes.
+decode (``tasks.curation.dicom_values.drop_undecodable``), and ``@example``s pin each of those crashes.
 
 Seeded (``derandomize=True``) and bounded: 60 examples through the pipeline, 150 through the
 cheap direct calls, the file well under 60 s on 2 cores. Hypothesis prints the falsifying

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from mrifoundry.errors import is_disk_full
-from tasks.curation.archive.files import _ENC, WalkLimits, encode_path, looks_like_dicom
+from tasks.curation.archive.files import WalkLimits, looks_like_dicom
 
 CONTAINER_SUFFIXES = (".zip", ".gz", ".tgz", ".tar")
 
@@ -46,7 +46,7 @@ def _safe_member_name(i: int, name: str) -> str:
     if len(raw) > 80:   # keep the suffix (.dcm, .zip) that says what the member is
         stem, ext = os.path.splitext(base)
         base = stem.encode("utf-8", "surrogateescape")[:60].decode("utf-8", "ignore") + "~" + ext[-12:]
-    return f"{i:05d}_{encode_path(base).replace(_ENC, '')}"
+    return f"{i:05d}_{base}"   # undecodable bytes (lone surrogates) were replaced with the non-printables
 
 
 def _copy_member(src, out_path: Path, budget: _Budget) -> bool:
@@ -133,14 +133,11 @@ def expand_container(path: str, size: int, mtime_ns: int, root: Path,
         except ContainerRefused as e:
             shutil.rmtree(tmp, ignore_errors=True)
             return None, "rejected", "container_refused", str(e)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - corrupt, or not a container at all
             shutil.rmtree(tmp, ignore_errors=True)
             if is_disk_full(e):
                 raise
-            return None, "rejected", "container_unreadable", f"{type(e).__name__} while expanding"
-        except Exception as e:  # noqa: BLE001 - corrupt, or not a container at all
-            shutil.rmtree(tmp, ignore_errors=True)
-            return None, "rejected", "container_unreadable", f"does not open as zip, tar or gzip ({type(e).__name__})"
+            return None, "rejected", "container_unreadable", f"does not expand as zip, tar or gzip ({type(e).__name__})"
         os.replace(tmp, dest)
     members = sorted(str(p) for p in dest.rglob("*") if p.is_file())
     if not members:

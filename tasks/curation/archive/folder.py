@@ -8,7 +8,7 @@ from pathlib import Path
 from mrifoundry.duck import quiet_connect
 from mrifoundry.errors import RetrievalError
 from tasks.curation.archive.base import StudyRef
-from tasks.curation.archive.folder_index import WalkLimits, build_index, decode_path
+from tasks.curation.archive.folder_index import WalkLimits, build_index, decode_path, sql_literal
 
 
 class FolderArchive:
@@ -53,8 +53,7 @@ class FolderArchive:
         # one short-lived connection per call: safe across threads
         con = quiet_connect()
         try:
-            idx = "'" + str(self.index_path).replace("'", "''") + "'"
-            return con.execute(query.replace("IDX", f"read_parquet({idx})"), params).fetchall()
+            return con.execute(query.replace("IDX", f"read_parquet({sql_literal(self.index_path)})"), params).fetchall()
         finally:
             con.close()
 
@@ -72,6 +71,13 @@ class FolderArchive:
     def find(self, accession_number: str) -> list[StudyRef]:
         """Also accepts the ``uid:<StudyInstanceUID>`` keys of studies without an accession number."""
         return self._refs(self._sql(self._STUDY.format(where="AND study_key = ?"), [accession_number.strip()]))
+
+    def total_size(self, study_keys: list[str]) -> int:
+        """Bytes of the archive files of these studies (a pre-flight estimate of a run's output)."""
+        if not study_keys:
+            return 0
+        return int(self._sql("SELECT coalesce(sum(size), 0) FROM IDX WHERE list_contains(?, study_key)",
+                             [study_keys])[0][0])
 
     def fetch(self, study: StudyRef, dest: Path) -> list[Path]:
         # folder archive: read in place, nothing is copied

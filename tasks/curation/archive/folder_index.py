@@ -92,7 +92,7 @@ def unattributed_files(index_path: Path) -> list[str]:
     con = quiet_connect()
     try:
         return [r[0] for r in con.execute(
-            f"SELECT path FROM read_parquet({_q(index_path)}) WHERE parsed = false AND study_key IS NULL "
+            f"SELECT path FROM read_parquet({sql_literal(index_path)}) WHERE parsed = false AND study_key IS NULL "
             "ORDER BY path").fetchall()]
     finally:
         con.close()
@@ -102,7 +102,8 @@ def _read_headers(paths: list[str]) -> list[dict]:
     return [read_header(p) for p in paths]
 
 
-def _q(p: Path | str) -> str:
+def sql_literal(p: Path | str) -> str:
+    """A path or text as a quoted SQL string literal."""
     return "'" + str(p).replace("'", "''") + "'"
 
 
@@ -194,9 +195,9 @@ def build_index(root: Path, index_path: Path, workers: int = 2, limits: WalkLimi
             pq.write_table(STAT_SCHEMA.empty_table(), work / "stat" / "000000.parquet")
         write_parquet(pa.Table.from_pylist(sources, schema=SOURCES_SCHEMA), sources_path(index_path))
         con = quiet_connect()
-        stat = f"read_parquet({_q(work / 'stat' / '*.parquet')})"
+        stat = f"read_parquet({sql_literal(work / 'stat' / '*.parquet')})"
         # an index written before the folder column existed is rebuilt from scratch
-        prev = (f"read_parquet({_q(index_path)})" if index_path.exists()
+        prev = (f"read_parquet({sql_literal(index_path)})" if index_path.exists()
                 and "folder" in pq.read_schema(index_path).names else None)
         todo_sql = (f"SELECT s.path FROM {stat} s LEFT JOIN {prev} p ON p.path = s.path "
                     f"AND p.size = s.size AND p.mtime_ns = s.mtime_ns WHERE p.path IS NULL"
@@ -217,15 +218,13 @@ def build_index(root: Path, index_path: Path, workers: int = 2, limits: WalkLimi
         finally:
             if pool:
                 pool.shutdown()
-        parsed_glob = work / "parsed" / "*.parquet"
-        parsed = (f"SELECT s.path, s.size, s.mtime_ns, s.folder, r.* EXCLUDE (path) FROM read_parquet({_q(parsed_glob)}) r "
-                  f"JOIN {stat} s USING (path)") if list((work / "parsed").glob("*.parquet")) else None
+        if not any((work / "parsed").iterdir()):   # nothing new to parse: an empty part keeps the query typed
+            pq.write_table(PARSED_SCHEMA.empty_table(), work / "parsed" / "000000.parquet")
+        parsed = (f"SELECT s.path, s.size, s.mtime_ns, s.folder, r.* EXCLUDE (path) "
+                  f"FROM read_parquet({sql_literal(work / 'parsed' / '*.parquet')}) r JOIN {stat} s USING (path)")
         reused = (f"SELECT p.* FROM {prev} p JOIN {stat} s ON p.path = s.path AND p.size = s.size "
                   f"AND p.mtime_ns = s.mtime_ns") if prev else None
-        parts = [q for q in (parsed, reused) if q]
-        empty = ", ".join(f"NULL::{'BIGINT' if f.type == pa.int64() else 'BOOLEAN' if f.type == pa.bool_() else 'VARCHAR'}"
-                          f" AS {f.name}" for f in INDEX_SCHEMA)
-        union = " UNION ALL ".join(f"({q})" for q in parts) if parts else f"SELECT {empty} WHERE false"
+        union = " UNION ALL ".join(f"({q})" for q in (parsed, reused) if q)
         tmp = index_path.with_name(f".{index_path.name}.tmp{os.getpid()}")
         index_path.parent.mkdir(parents=True, exist_ok=True)
         # a file that does not parse is attributed to its folder's study when exactly one study lives there
@@ -238,8 +237,8 @@ def build_index(root: Path, index_path: Path, workers: int = 2, limits: WalkLimi
                                   AS study_key)
               FROM f LEFT JOIN d USING (folder)
               ORDER BY study_key NULLS LAST, path
-            ) TO {_q(tmp)} (FORMAT parquet, ROW_GROUP_SIZE 20000)""")
-        n = con.execute(f"SELECT COUNT(*) FROM read_parquet({_q(tmp)})").fetchone()[0]
+            ) TO {sql_literal(tmp)} (FORMAT parquet, ROW_GROUP_SIZE 20000)""")
+        n = con.execute(f"SELECT COUNT(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
         con.close()
         os.replace(tmp, index_path)
         return n

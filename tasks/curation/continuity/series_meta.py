@@ -16,6 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from tasks.curation.dicom_values import value_or_none
+
 SEQUENCE_TYPES = ("T1", "T2", "PD", "STIR", "FLAIR", "DWI", "DTI", "ADC", "DIXON", "DCE", "SWI", "BOLD", "GRE",
                   "OTHER")
 # A plane is named when the slice normal is within this angle of a patient axis.
@@ -68,26 +70,18 @@ _CONTRAST = re.compile(_A + r"(POST|GAD|GD|C\+|\+C|CE|CONTRAST|DOTAREM|GADAVIST|
 _NO_CONTRAST = re.compile(r"\b(PRE|WITHOUT|NON[-_ ]?CONTRAST|W/?O)\b")
 
 
-def _get(ds: Dataset, keyword: str):
-    """``ds.get(keyword)``, None when pydicom cannot decode the stored value."""
-    try:
-        return ds.get(keyword)
-    except Exception:  # noqa: BLE001 - raw values are converted on access and may raise anything
-        return None
-
-
 def _text(ds: Dataset, *keywords: str) -> str:
-    return " ".join(str(_get(ds, k) or "") for k in keywords).upper()
+    return " ".join(str(value_or_none(ds, k) or "") for k in keywords).upper()
 
 
 def _str(ds: Dataset, keyword: str) -> str | None:
     """A text value (VM 1) as str; None when absent, blank or not text."""
-    value = _get(ds, keyword)
+    value = value_or_none(ds, keyword)
     return str(value) if isinstance(value, str) and value.strip() else None
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
-    value = _get(ds, keyword)
+    value = value_or_none(ds, keyword)
     if value is None or isinstance(value, (str, bytes)) and not value.strip():
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -107,7 +101,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _multi(ds: Dataset, keyword: str) -> set[str]:
-    value = _get(ds, keyword)
+    value = value_or_none(ds, keyword)
     if value is None:
         return set()
     values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
@@ -178,7 +172,7 @@ def _physics_type(ds: Dataset) -> str:
 
 def is_contrast(ds: Dataset) -> bool:
     """True when ContrastBolusAgent is set or the series text says post-contrast."""
-    if str(_get(ds, "ContrastBolusAgent") or "").strip():
+    if str(value_or_none(ds, "ContrastBolusAgent") or "").strip():
         return True
     text = _text(ds, "SeriesDescription", "ProtocolName")
     return bool(_CONTRAST.search(text)) and not _NO_CONTRAST.search(text)
@@ -243,10 +237,10 @@ def derive_meta(ds: Dataset, *, n_slices: int | None = None, n_timepoints: int |
     Returns:
         A dict with every contract key; None where unknown.
     """
-    spacing = _pair(_get(ds, "PixelSpacing"))
-    iop = _get(ds, "ImageOrientationPatient")
+    spacing = _pair(value_or_none(ds, "PixelSpacing"))
+    iop = value_or_none(ds, "ImageOrientationPatient")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    description = _get(ds, "SeriesDescription")
+    description = value_or_none(ds, "SeriesDescription")
     return {
         "modality": _str(ds, "Modality"),
         "sequence_type": sequence_type(ds, n_timepoints or 1),

@@ -29,6 +29,7 @@ from mrifoundry.digest import voxel_sha256
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
 from tasks.curation.continuity.checks import Volume
 from tasks.curation.continuity.screens import MalformedHeader, header_floats, header_int, rescale
+from tasks.curation.dicom_values import drop_undecodable, value_or_none
 
 CONVERTER = "dicom2nifti"
 # dicom2nifti keeps its switches in module globals: pin the ones we rely on while converting.
@@ -119,10 +120,7 @@ _NEEDED_INTS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresen
 
 
 def _readable(ds: pydicom.Dataset, keyword: str, check) -> bool:
-    try:
-        return bool(check(ds.get(keyword)))
-    except Exception:  # noqa: BLE001 - pydicom converts raw values on access and may raise anything
-        return False
+    return bool(check(value_or_none(ds, keyword)))
 
 
 def _screen_header(ds: pydicom.Dataset) -> None:
@@ -136,11 +134,7 @@ def _screen_header(ds: pydicom.Dataset) -> None:
     for keyword in _NEEDED_INTS:
         header_int(ds, keyword)
     rescale(ds)
-    for tag in list(ds.keys()):   # anything else pydicom cannot decode: dicom2nifti would trip over it
-        try:
-            ds[tag]
-        except Exception:  # noqa: BLE001 - pydicom's decoders raise many types
-            del ds[tag]
+    drop_undecodable(ds)   # anything else pydicom cannot decode: dicom2nifti would trip over it
     for keyword, check in _DROP_UNREADABLE.items():
         if keyword in ds and not _readable(ds, keyword, check):
             del ds[keyword]

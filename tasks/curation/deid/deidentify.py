@@ -27,6 +27,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from mrifoundry import ids
 from mrifoundry.errors import is_disk_full, where
 from tasks.curation.archive.files import looks_like_dicom
+from tasks.curation.dicom_values import drop_undecodable
 from tasks.curation.deid import frames
 from tasks.curation.deid.pseudonyms import PseudonymStore
 from tasks.curation.deid.profile import (
@@ -159,29 +160,6 @@ def _read_header(path: Path) -> Dataset | None:
         return hdr if hdr.get("SeriesInstanceUID") and hdr.get("SOPClassUID") else None
     except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
         return None
-
-
-def drop_undecodable(ds: Dataset) -> Dataset:
-    """Remove, in place and recursively (file meta included), every element whose value pydicom
-    cannot decode: an unknown VR from overwritten bytes, a binary value of ragged length, an IS
-    that overflows, a trailing element read from bytes after the pixel data. Such a value cannot be
-    checked for PHI, so it does not reach research/ (fail closed); a geometry element dropped here
-    is then ``missing_geometry`` in continuity, like any absent one."""
-    for d in ([ds.file_meta] if getattr(ds, "file_meta", None) is not None else []) + [ds]:
-        bad = []
-        for tag in list(d.keys()):
-            try:
-                elem = d[tag]
-                if elem.VR == "SQ":
-                    for item in elem.value or []:
-                        drop_undecodable(item)
-                else:
-                    _ = elem.VM, elem.value   # converts a raw element: raises when it cannot
-            except Exception:  # noqa: BLE001 - pydicom raises many types for a value it cannot read
-                bad.append(tag)
-        for tag in bad:
-            del d[tag]
-    return ds
 
 
 def _read_full(path: Path, header: Dataset) -> Dataset:

@@ -5,6 +5,7 @@ accession numbers) and returns only opaque exam ids and counts.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,26 +79,15 @@ def select_exams(ws: Workspace, params: CurateParams) -> Selection:
 
 
 def _space_needed(ws: Workspace, archive, selection: list[dict], todo: set[str]) -> tuple[int, int]:
-    """Estimated output bytes of the exams to do (archive file sizes × OUTPUT_PER_INPUT; folder
-    archives only) and the free bytes under OUT."""
-    import shutil
+    """Estimated output bytes of the exams to do (archive file sizes × OUTPUT_PER_INPUT; archives
+    that know their sizes only, i.e. folders) and the free bytes under OUT."""
     free = shutil.disk_usage(ws.out).free
-    index = getattr(archive, "index_path", None)
+    total_size = getattr(archive, "total_size", None)
+    if total_size is None:
+        return 0, free
     done = ws.ledger.exams_with("catalog", "done")
     keys = [s["study_key"] for s in selection if s["exam_id"] in todo and s["exam_id"] not in done]
-    if index is None or not Path(index).exists() or not keys:
-        return 0, free
-    from mrifoundry.duck import quiet_connect
-    con = quiet_connect()
-    try:
-        con.execute("CREATE TEMP TABLE k (study_key VARCHAR)")
-        con.executemany("INSERT INTO k VALUES (?)", [[k] for k in keys])
-        idx = "'" + str(index).replace("'", "''") + "'"
-        total = con.execute(f"SELECT coalesce(sum(size), 0) FROM read_parquet({idx}) JOIN k USING (study_key)"
-                            ).fetchone()[0]
-    finally:
-        con.close()
-    return int(total * OUTPUT_PER_INPUT), free
+    return int(total_size(keys) * OUTPUT_PER_INPUT), free
 
 
 def _ledger_unattributed(ws: Workspace, index_path: Path | None) -> int:
