@@ -57,8 +57,9 @@ REASONS: dict[str, tuple[str, str, str]] = {
     # continuity (instance level: removed, the series goes on)
     "localizer_removed": ("continuity", "rejected", "a localizer image mixed into the series was removed"),
     "derived_removed": ("continuity", "rejected", "a derived image mixed into the series was removed"),
-    "duplicate_removed": ("continuity", "rejected", "a second copy of an instance (same SOPInstanceUID, equal pixels) was removed"),
+    "duplicate_removed": ("continuity", "rejected", "a second copy of an image was removed: same SOPInstanceUID, or the same image under another UID (a classic and an enhanced copy: same position, orientation, time point, acquisition time, echo, b-value, gradient and ASL context), equal pixels"),
     # convert
+    "duplicate_series": ("convert", "rejected", "the same voxels as another series of the exam (same content_sha256, NIfTI shape and affine, time points, image set, SeriesDescription and TR/TE/flip angle; a classic and an enhanced copy under two SeriesInstanceUIDs): the series converted first in series-id order is kept, this one's NIfTI, sidecars and PNGs are removed; the message names the kept series"),
     "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
     "disk_full": ("any", "failed", "no space left on the device (any stage, the ledger, the catalog merge): the run stopped; free space and re-run, unfinished exams are picked up"),
     # convert: dicom2nifti refused a series that passed our checks (its own validation name)

@@ -96,13 +96,20 @@ SERIES = Table(
         Column("nifti_path", S, "NIfTI file (RAS, resampled) relative to the research root; null if not converted"),
         Column("nifti_shape", S, "NIfTI shape, e.g. '240x240x80'"),
         Column("nifti_zooms", S, "NIfTI voxel size in mm, e.g. '1.0x1.0x1.0'"),
-        Column("nifti_timepoint", I, "time point written to NIfTI (middle one for 4D)"),
+        Column("nifti_timepoint", I, "time point written to NIfTI (the middle one of a 4D series; null when nifti_timepoints=all wrote every one)"),
         Column("converter", S, "NIfTI converter (dicom2nifti)"),
         Column("converter_version", S, "converter version"),
         Column("conversion_params", S, "JSON of the conversion parameters (voxel size, shape, order, reorientation)"),
         Column("content_sha256", S, "digest of the voxels before resampling (mrifoundry.digest.voxel_sha256: RAS, "
                                     "float32): equal for one image however it is stored; de-duplication and the "
                                     "overlap check"),
+        Column("sidecar_path", S, "BIDS-style JSON sidecar beside the NIfTI (phase encoding, multiband, slice "
+                                  "times, time points held); .bval/.bvec and _aslcontext.tsv sit beside it when they apply"),
+        Column("phase_encoding_direction", S, "BIDS PhaseEncodingDirection in the NIfTI's voxel axes (i, j, k, '-' = "
+                                              "reversed); the axis alone when the vendor does not record polarity"),
+        Column("multiband_factor", I, "simultaneous-multislice (multiband) factor when the header records it"),
+        Column("b_values", S, "distinct diffusion b-values of the series (s/mm², comma-separated); null if not diffusion"),
+        Column("asl_context", S, "ASL: label/control/m0scan of every time point in order; null otherwise"),
         Column("bids_entities", S, "ingested BIDS series: JSON of the entities other than sub/ses (datatype, suffix, "
                                    "acq, ce, run …); null otherwise"),
     ),

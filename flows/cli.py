@@ -26,7 +26,7 @@ def _cmd_curate(a) -> int:
                  date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
                  n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
-                 write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner,
+                 nifti_timepoints=a.nifti_timepoints, write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner,
                  phi_audit=not a.no_phi_audit, follow_symlinks=a.follow_symlinks, max_file_mb=a.max_file_mb,
                  max_container_mb=a.max_container_mb, max_container_ratio=a.max_container_ratio)
     print(json.dumps(res, indent=1, default=str))
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--min-slices", type=int, default=5)
     c.add_argument("--voxel-size", type=float, default=1.0, help="isotropic mm; 0 keeps native spacing")
     c.add_argument("--nifti-shape", help="e.g. 256x256x128 (Triad)")
+    c.add_argument("--nifti-timepoints", choices=("middle", "all"), default="middle",
+                   help="4D series: the middle time point (default) or all of them in one 4D NIfTI")
     c.add_argument("--no-png", action="store_true")
     c.add_argument("--no-nifti", action="store_true")
     c.add_argument("--rerun", choices=["missing", "failed", "all"], default="missing")

@@ -175,6 +175,7 @@ def curate(
     min_slices: int = 5,
     voxel_size_mm: float | None = 1.0,
     nifti_shape: list[int] | None = None,
+    nifti_timepoints: Literal["middle", "all"] = "middle",
     write_png: bool = True,
     write_nifti: bool = True,
     rerun: Literal["missing", "failed", "all"] = "missing",

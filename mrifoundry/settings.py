@@ -54,6 +54,9 @@ class CurateParams(BaseModel):
     min_slices: int = Field(5, ge=1)
     voxel_size_mm: float | None = Field(1.0, description="isotropic NIfTI resampling; None keeps native spacing")
     nifti_shape: tuple[int, int, int] | None = Field(None, description="fixed NIfTI shape, e.g. [256,256,128] (Triad)")
+    nifti_timepoints: Literal["middle", "all"] = Field(
+        "middle", description="4D series: middle writes the middle time point (3D corpus); all writes every "
+                              "time point as one 4D NIfTI (diffusion, fMRI, ASL work)")
     write_png: bool = True
     write_nifti: bool = True
     rerun: Literal["missing", "failed", "all"] = Field(

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
-from scipy import ndimage
 
 from mrifoundry import ids
-from mrifoundry.vendor_corpus import build, by_name
+from mrifoundry import vendor_corpus, vendor_variants
 
 
 @dataclass
@@ -38,6 +36,8 @@ class SeriesResult:
     reason: str | None
     nifti: str | None
     shape: str | None
+    n_slices: int | None = None
+    n_timepoints: int | None = None
 
 
 @dataclass
@@ -70,8 +70,8 @@ def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     report = audit_output(out, prefect_home=Path(out) / "no-prefect", log_dirs=[])
     con = connect(ws.research)
     try:
-        rows = con.execute("SELECT series_id, coalesce(image_set, ''), status, reason, nifti_path, nifti_shape "
-                           "FROM series ORDER BY series_id").fetchall()
+        rows = con.execute("SELECT series_id, coalesce(image_set, ''), status, reason, nifti_path, nifti_shape, "
+                           "n_slices, n_timepoints FROM series ORDER BY series_id").fetchall()
         dropped = dict(con.execute("SELECT reason, count(*) FROM stage_results WHERE status <> 'done' AND item_kind IN "
                                    "('instance', 'file', 'container', 'symlink', 'folder') GROUP BY 1 ORDER BY 1"
                                    ).fetchall())
@@ -93,31 +93,9 @@ def run_dcm2niix(archive: Path, out: Path) -> dict[str, Path]:
                 gz.with_suffix("").write_bytes(fh.read())
             gz.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([dcm2niix.bin, "-b", "y", "-ba", "n", "-z", "n", "-f", "%j", "-o", str(out), str(src)],
+        subprocess.run([dcm2niix.bin, "-b", "y", "-ba", "n", "-z", "n", "-f", "%j_%s", "-o", str(out), str(src)],
                        capture_output=True, timeout=600, check=False)
     return {p.name[:-4]: p for p in sorted(out.glob("*.nii"))}
-
-
-def world_correlation(ours: Path, ref: Path, timepoint: int | None = None) -> tuple[float, int]:
-    """Pearson r between our volume and ``ref`` sampled at our voxel centres (where both have
-    data), and the number of voxels compared. ``timepoint`` picks ref's volume (default middle)."""
-    a = nib.load(ours)
-    b = nib.load(ref)
-    data_b = np.asarray(b.dataobj, dtype=np.float32)
-    if data_b.ndim == 4:
-        data_b = data_b[..., data_b.shape[3] // 2 if timepoint is None else timepoint]
-    data_b = data_b.reshape(data_b.shape[:3])
-    data_a = np.asarray(a.dataobj, dtype=np.float32)
-    ijk = np.indices(data_a.shape[:3]).reshape(3, -1)
-    world = a.affine[:3, :3] @ ijk + a.affine[:3, 3:4]
-    vox = np.linalg.inv(b.affine)[:3, :3] @ world + np.linalg.inv(b.affine)[:3, 3:4]
-    inside = np.all((vox >= -0.5) & (vox <= np.array(data_b.shape)[:, None] - 0.5), axis=0)
-    sampled = ndimage.map_coordinates(data_b, vox[:, inside], order=1, mode="nearest")
-    mine = data_a.reshape(-1)[inside]
-    keep = mine != 0   # our voxels outside the acquired slab are 0
-    if keep.sum() < 100 or np.std(mine[keep]) == 0 or np.std(sampled[keep]) == 0:
-        return float("nan"), int(keep.sum())
-    return float(np.corrcoef(mine[keep], sampled[keep])[0, 1]), int(keep.sum())
 
 
 def _uid_of(stem: str) -> str:
@@ -125,44 +103,97 @@ def _uid_of(stem: str) -> str:
     return m.group(0) if m else stem
 
 
+def _our_set(path: Path, stem: str, reversed_sets: bool) -> str | None:
+    """Which of our image sets a dcm2niix output is: '' , 'phase', 'reversed' (GE pepolar
+    volumes dcm2niix numbers SeriesNumber + 1000), or None for its derived ``_ADC`` copy."""
+    rest = stem[len(_uid_of(stem)):]
+    if rest.endswith("_ADC"):
+        return None
+    if "_ph" in rest:
+        return "phase"
+    side = path.with_suffix(".json")
+    number = json.loads(side.read_text()).get("SeriesNumber", 0) if side.exists() else 0
+    return "reversed" if reversed_sets and int(number or 0) >= 1000 else ""
+
+
 def check_case(name: str, archive: Path, work: Path) -> CaseResult:
-    res = curate_case(archive, work / "out")
+    """Curate (every time point written) and run dcm2niix; compare each of its outputs with the
+    series of ours it corresponds to (same SeriesInstanceUID and image set)."""
+    from mrifoundry.vendor_compare import compare_outputs
+    res = curate_case(archive, work / "out", nifti_timepoints="all")
     outputs = run_dcm2niix(archive, work / "dcm2niix")
     res.dcm2niix = {stem: tuple(int(s) for s in nib.load(p).shape) for stem, p in outputs.items()}
     from mrifoundry.settings import load_salt
     salt = load_salt(work / "out")   # restricted: this tool runs where the archive is
     ours = {s.series_id: s for s in res.series}
+    reversed_sets = any(s.image_set == "reversed" for s in res.series)
     for stem, path in outputs.items():
-        phase = "_ph" in stem[len(_uid_of(stem)):]
-        sid = ids.series_id(_uid_of(stem), salt) if salt else None
-        if phase and sid:
-            sid = ids.series_id(f"{_uid_of(stem)}/phase", salt)
+        which = _our_set(path, stem, reversed_sets)
+        match = {"dcm2niix": stem, "shape": res.dcm2niix[stem], "series_id": None, "status": "absent",
+                 "reason": None, "r": None}
+        if which is None:   # dcm2niix's ADC/trace copy of a DWI: ours is the trace image set
+            match.update(status="derived", reason="dcm2niix _ADC copy")
+            res.matches.append(match)
+            continue
+        uid = _uid_of(stem)
+        sid = (ids.series_id(f"{uid}/{which}" if which else uid, salt) if salt else None)
         s = ours.get(sid)
-        match = {"dcm2niix": stem, "shape": res.dcm2niix[stem], "series_id": sid,
-                 "status": s.status if s else "absent", "reason": s.reason if s else None, "r": None}
+        match.update(series_id=sid, status=s.status if s else "absent", reason=s.reason if s else None)
         if s and s.status == "ok" and s.nifti:
-            r, n = world_correlation(work / "out" / "research" / s.nifti, path)
-            match.update(r=round(r, 4), voxels=n)
+            match.update(compare_outputs(work / "out" / "research" / s.nifti, path, s.n_slices))
+            match["r"] = match.get("r_min")
         res.matches.append(match)
     return res
 
 
+def _describe(name: str) -> tuple[str, str]:
+    try:
+        case = vendor_corpus.by_name(name)
+    except StopIteration:
+        case = vendor_variants.by_name(name)
+    return case.vendor, case.kind
+
+
+def _measures(m: dict) -> str:
+    """The differential measures of one matched output, short."""
+    if m.get("timepoints") is None:
+        return "—"
+    parts = [f"t {m['timepoints'][0]}/{m['timepoints'][1]}", f"z {m['slices'][0]}/{m['slices'][1]}",
+             f"r ≥ {m['r_min']:.3f}" if m.get("r_min") is not None else "r —"]
+    if m.get("bvals"):
+        parts.append("bvals " + ("=" if m.get("bval_ok") else f"≠ ({m['bvals'][0]} / {m['bvals'][1]})"))
+    if m.get("bvec_max_deg") is not None:
+        parts.append(f"bvecs ≤ {m['bvec_max_deg']:.2f}°")
+    pe = m.get("pe") or (None, None, None)
+    if pe[0] or pe[1]:
+        parts.append(f"PE {pe[0] or '—'}/{pe[1] or '—'}" + ("" if pe[2] is not False else " ✗"))
+    return (" · ".join(parts)) + (" ✓" if m.get("ok") else " ✗")
+
+
 def markdown(results: list[CaseResult], missing: list[str]) -> str:
     lines = ["| case | vendor | kind | dcm2niix outputs (shape) | ours: series (status / reason) | "
-             "dropped files | r vs dcm2niix | PHI audit |", "|---|---|---|---|---|---|---|---|"]
+             "dropped files | ours vs dcm2niix (t, z: ours/theirs; r at every time point) | PHI audit |",
+             "|---|---|---|---|---|---|---|---|"]
     for res in results:
-        case = by_name(res.case)
+        vendor, kind = _describe(res.case)
         d2x = "<br>".join(f"{'×'.join(map(str, m['shape']))}" for m in res.matches) or "none"
         mine = "<br>".join(f"{s.status}{' ' + s.image_set if s.image_set else ''}"
                            f"{' ' + (s.shape or '') if s.status == 'ok' else ' / ' + str(s.reason)}"
                            for s in res.series) or "none"
         dropped = ", ".join(f"{k} {v}" for k, v in res.dropped.items()) or "—"
-        rs = ", ".join(f"{m['r']:.3f}" for m in res.matches if m.get("r") is not None) or "—"
-        lines.append(f"| {case.name} | {case.vendor} | {case.kind} | {d2x} | {mine} | {dropped} | {rs} | "
+        measures = "<br>".join(_measures(m) for m in res.matches if m.get("timepoints")) or "—"
+        lines.append(f"| {res.case} | {vendor} | {kind} | {d2x} | {mine} | {dropped} | {measures} | "
                      f"{'pass' if res.audit_ok else f'FAIL ({res.audit_hits})'} |")
     if missing:
         lines.append(f"\nNot run (source package not installed): {', '.join(missing)}.")
     return "\n".join(lines) + "\n"
+
+
+def build_all(dest: Path, names: list[str] | None = None) -> tuple[dict[str, Path], list[str]]:
+    """The real cases, then the generated variants, one archive folder each."""
+    built, missing = vendor_corpus.build(dest, names)
+    more, missing_variants = vendor_variants.build_variants(dest, names)
+    return {**built, **more}, missing + missing_variants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", action="append", help="only these cases")
     a = ap.parse_args(argv)
     work = Path(a.out or tempfile.mkdtemp(prefix="vendor-check-"))
-    archives, missing = build(work / "archives", a.case)
+    archives, missing = build_all(work / "archives", a.case)
     results = [check_case(name, folder, work / "runs" / name) for name, folder in archives.items()]
     table = markdown(results, missing)
     print(table)

@@ -12,6 +12,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
+
 from catalog.store import write_exam_parts
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
@@ -20,6 +22,7 @@ from tasks.curation.archive import open_archive, walk_limits
 from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
 from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 from tasks.curation.convert.png import volume_to_png
+from tasks.curation.convert.sidecar import write_sidecars
 from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 from tasks.curation.selection import exams as selection
 from tasks.curation.stages import StageOutcome, failure_message, guarded, log_restricted, log_text, replace_dir
@@ -89,7 +92,8 @@ def run_deid(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     for s in res.series:
         files = [ws.rel(out_dir / Path(f).relative_to(tmp)) if Path(f).is_relative_to(tmp) else ws.rel(f)
                  for f in s.files]
-        series.append({"series_id": s.series_id, "files": files, "image_set": s.image_set})
+        series.append({"series_id": s.series_id, "files": files, "image_set": s.image_set,
+                       "acquisition": s.acquisition})
         ws.ledger.record(s.series_id, "deid", "done", exam_id=exam_id, item_kind="series",
                          message=f"{len(files)} file(s)")
     ws.write_artifact(exam_id, "deid", {
@@ -146,7 +150,10 @@ def run_continuity(ws: Workspace, params: CurateParams, exam_id: str) -> StageOu
 def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutcome:
     """PNG slices (per-slice min-max) and a RAS, resampled NIfTI per continuous series."""
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
-    ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape)
+    ncfg = NiftiConfig(voxel_size_mm=params.voxel_size_mm, shape=params.nifti_shape, timepoints=params.nifti_timepoints)
+    deid = ws.read_artifact(exam_id, "deid", made_by="deid")
+    acquisitions = {s["series_id"]: s.get("acquisition") or {} for s in deid["series"]}
+    signatures = _acquisition_signatures(deid, cont)
     ws.ledger.forget_exam_stage(exam_id, "convert")
     out, rejected, n_slices, failed = {}, {}, 0, 0
     for sid, s in cont["series"].items():
@@ -175,7 +182,11 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                                 "axcodes": nrec.axcodes, "converter": nrec.converter,
                                 "converter_version": nrec.converter_version, "params": nrec.params,
                                 "content_sha256": nrec.content_sha256,
-                                "timepoint": len(vols) // 2}
+                                "timepoint": len(vols) // 2 if len(nrec.params["timepoints"]) == 1 else None}
+                extra = write_sidecars(nrec.path, vols, nrec.params["timepoints"], acquisitions.get(sid, {}),
+                                       nib.load(nrec.path).affine)
+                rec["nifti"]["sidecar"] = ws.rel(extra.pop("sidecars")[0])
+                rec["nifti"].update(extra)
         except RejectedItem as e:   # the converter's validation refused the series: rows kept, reason named
             rejected[sid] = e.reason
             shutil.rmtree(ws.png_dir(exam_id, sid), ignore_errors=True)   # no slices of a rejected series
@@ -192,6 +203,17 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             ws.ledger.record(sid, "convert", "failed", exam_id=exam_id, item_kind="series",
                              reason=reason, message=failure_message(e.__cause__ or e))
             continue
+        kept = _copy_of(ws, sid, rec, out, signatures)
+        if kept is not None:
+            nii = ws.nifti_path(exam_id, sid)
+            for path in [nii] + [nii.with_name(sid + x) for x in (".json", ".bval", ".bvec", "_aslcontext.tsv")]:
+                path.unlink(missing_ok=True)
+            shutil.rmtree(ws.png_dir(exam_id, sid), ignore_errors=True)
+            n_slices -= len(rec["slices"])
+            rejected[sid] = "duplicate_series"
+            ws.ledger.record(sid, "convert", "rejected", exam_id=exam_id, item_kind="series",
+                             reason="duplicate_series", message=f"same voxels as series {kept}")
+            continue
         ws.ledger.record(sid, "convert", "done", exam_id=exam_id, item_kind="series",
                          outputs=[x for x in [rec["nifti"] and rec["nifti"]["path"]] if x])
         out[sid] = rec
@@ -199,6 +221,36 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     # a failed series has its own ledger row (rerun=failed redoes the exam); the others go on to the catalog
     return StageOutcome(exam_id, "convert", "done", counts={"series": len(out), "slices": n_slices,
                                                              **({"series_failed": failed} if failed else {})})
+
+
+def _acquisition_signatures(deid: dict, cont: dict) -> dict[str, tuple]:
+    """Per series: image set, time points, description and TR/TE/flip angle (synthetic exams
+    repeat one set of pixels in series of other protocols: equal voxels alone are no copy)."""
+    sets = {x["series_id"]: x.get("image_set") or "" for x in deid["series"]}
+    keys = ("series_description", "repetition_time", "echo_time", "flip_angle")
+    return {sid: (sets.get(sid), len(c["volumes"])) + tuple(
+                round(v, 2) if isinstance(v, float) else v for v in ((c["meta"] or {}).get(k) for k in keys))
+            for sid, c in cont["series"].items()}
+
+
+def _copy_of(ws: Workspace, sid: str, rec: dict, converted: dict, signatures: dict) -> str | None:
+    """The series already converted in this exam that ``sid`` copies (a classic and an enhanced
+    export of one acquisition under two SeriesInstanceUIDs), or None: same voxels
+    (content_sha256), shape, affine (the digest leaves it out) and acquisition signature.
+    The loop runs in the continuity artifact's (series id) order and the copy converted first
+    is kept: after deid the frames of an enhanced object are classic images, and nothing cheap
+    and honest tells the two apart."""
+    mine = rec["nifti"] or {}
+    if not mine.get("content_sha256"):
+        return None
+    for other, r in converted.items():
+        theirs = r["nifti"] or {}
+        if (theirs.get("content_sha256") == mine["content_sha256"] and theirs["shape"] == mine["shape"]
+                and signatures[other] == signatures[sid]
+                and abs(nib.load(ws.research / theirs["path"]).affine
+                        - nib.load(ws.research / mine["path"]).affine).max() <= 0.05):
+            return other
+    return None
 
 
 def _series_outcome(sid: str, checked: dict, converted: dict, refused: dict) -> tuple[str, str | None]:
@@ -254,7 +306,9 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             nifti_timepoint=n.get("timepoint"), converter=n.get("converter"),
             converter_version=n.get("converter_version"),
             conversion_params=json.dumps(n["params"], sort_keys=True) if n else None,
-            content_sha256=n.get("content_sha256")))
+            content_sha256=n.get("content_sha256"), sidecar_path=n.get("sidecar"),
+            phase_encoding_direction=n.get("phase_encoding_direction"), multiband_factor=n.get("multiband_factor"),
+            b_values=n.get("b_values"), asl_context=n.get("asl_context")))
         for sl in c.get("slices", []):
             slice_rows.append(dict(slice_id=f"{sid}_t{sl['temporal_index']:02d}_z{sl['slice_index']:04d}",
                                    series_id=sid, exam_id=exam_id, **sl))

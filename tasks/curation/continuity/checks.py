@@ -227,7 +227,8 @@ def _same(a: float, b: float, cfg: ContinuityConfig) -> bool:
 
 
 def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]:
-    """Groups of one time point each (a single group for 3D).
+    """Groups of one time point each (a single group for 3D); ASL label and control images
+    (``ASLContext``, made public at de-identification) are time points of their own.
 
     TemporalPositionIdentifier is trusted when it varies; else EchoNumbers, AcquisitionTime or
     TriggerTime when they split the series into groups of >= 2 images with unique positions
@@ -235,6 +236,16 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
     else the k-th occurrence of a position in InstanceNumber order is time point k (works for
     time-major and slice-major numbering alike).
     """
+    projs = sorted(i.proj for i in imgs)
+    if all(not _same(a, b, cfg) for a, b in zip(projs, projs[1:])):
+        return [imgs]
+    contexts = [str(header_get(i.ds, "ASLContext", "") or "").strip().upper() for i in imgs]
+    if len(set(contexts)) > 1:
+        return _split_asl(imgs, contexts, cfg)
+    return _split_temporal_plain(imgs, cfg)
+
+
+def _split_temporal_plain(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]:
     projs = sorted(i.proj for i in imgs)
     if all(not _same(a, b, cfg) for a, b in zip(projs, projs[1:])):
         return [imgs]
@@ -255,6 +266,20 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
         if all(len(g) >= 2 and _unique_positions(g, cfg) and len(g) >= n_pos - 1 for g in groups):
             return groups
     return _split_by_occurrence(imgs, cfg)
+
+
+def _split_asl(imgs: list[_Img], contexts: list[str], cfg: ContinuityConfig) -> list[list[_Img]]:
+    """ASL: label and control images of one time point lie at the same positions. Each context's
+    images are split into repeats on their own; the volumes are then put in acquisition order
+    (repeat, then the first InstanceNumber of each volume), keeping the label/control pairs as
+    time points as dcm2niix does (the sidecar's aslcontext records which is which)."""
+    keyed = []
+    for context in dict.fromkeys(contexts):
+        members = [i for i, c in zip(imgs, contexts) if c == context]
+        for repeat, group in enumerate(_split_temporal_plain(members, cfg)):
+            first = min(header_int(i.ds, "InstanceNumber") or 0 for i in group)
+            keyed.append(((repeat, first), group))
+    return [g for _, g in sorted(keyed, key=lambda kg: kg[0])]
 
 
 def _n_positions(sorted_projs: list[float], cfg: ContinuityConfig) -> int:

@@ -1,5 +1,6 @@
 """Pixel-level continuity checks: decode every kept image (truncated or undecodable pixel
-data, a blank series) and collapse duplicate copies of one instance.
+data, a blank series) and collapse duplicate copies of one image (same SOPInstanceUID, or the
+same image under another UID: a classic and an enhanced copy of one acquisition).
 
 Used by :func:`tasks.curation.continuity.checks.check_series` after the header checks.
 """
@@ -14,7 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
-from tasks.curation.continuity.screens import FLOAT_PIXELS, Reject, check_format, header_get, header_int
+from tasks.curation.continuity.screens import (
+    FLOAT_PIXELS, Reject, check_format, header_floats, header_get, header_int, header_texts, header_time,
+)
 
 _JPEG_FAMILY = frozenset(pydicom.uid.JPEGTransferSyntaxes + pydicom.uid.JPEGLSTransferSyntaxes
                          + pydicom.uid.JPEG2000TransferSyntaxes)
@@ -58,6 +61,12 @@ def _stream_truncated(ds: Dataset) -> bool:
 
 
 def remove_duplicate_copies(imgs: list[T], removed: list) -> list[T]:
+    """Collapse copies of one image: first copies of one SOPInstanceUID
+    (:func:`_remove_same_uid`), then copies under different UIDs (:func:`_remove_same_image`)."""
+    return _remove_same_image(_remove_same_uid(imgs, removed), removed)
+
+
+def _remove_same_uid(imgs: list[T], removed: list) -> list[T]:
     """Archives hold copies of one instance (a re-send, a partial transfer, another encoding).
     Copies whose pixels are equal collapse to one; a broken copy is removed with its own
     reason when a good copy remains. Good copies with different pixels stay, and the series is
@@ -80,12 +89,95 @@ def remove_duplicate_copies(imgs: list[T], removed: list) -> list[T]:
                 bad.append((img, rej.reason))
         if not good:
             continue
-        if any(arr.shape != good[0][1].shape or not np.array_equal(arr, good[0][1]) for _, arr in good[1:]):
+        if any(not _equal(arr, good[0][1]) for _, arr in good[1:]):
             continue
         drop.update(img.path for img, _ in good[1:])
         removed.extend((img.path, "duplicate_removed") for img, _ in good[1:])
         drop.update(img.path for img, _ in bad)
         removed.extend((img.path, reason) for img, reason in bad)
+    return [img for img in imgs if img.path not in drop]
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _seconds(hhmmss: str | None) -> float | None:
+    """A TM value (colons already removed) as seconds of the day, rounded to 0.1 ms."""
+    if hhmmss is None:
+        return None
+    h, m, s = int(hhmmss[:2]), int(hhmmss[2:4] or 0), float(hhmmss[4:] or 0)
+    return round(3600 * h + 60 * m + s, 4)
+
+
+def _rounded(values: tuple[float, ...] | None, digits: int) -> tuple[float, ...] | None:
+    return None if values is None else tuple(round(v, digits) for v in values)
+
+
+def image_key(ds: Dataset) -> tuple | None:
+    """What makes two images the same image of an acquisition, whatever their UIDs: position and
+    orientation (~1e-3 mm / 1e-4), acquisition time, echo, b-value, gradient, ASL
+    label/control, and ImageType's ORIGINAL/DERIVED, PRIMARY/SECONDARY and LOCALIZER (a localizer
+    or derived image is removed as such, never as a copy). None (never a copy of another image)
+    when the position or orientation is absent, not finite, or any of these values cannot be read."""
+    try:
+        kind = [v.strip().upper() for v in header_texts(ds, "ImageType")]
+        position = _rounded(header_floats(ds, "ImagePositionPatient", 3), 3)
+        orientation = _rounded(header_floats(ds, "ImageOrientationPatient", 6), 4)
+        if position is None or orientation is None or not all(map(math.isfinite, position + orientation)):
+            return None
+        seq = header_get(ds, "DiffusionGradientDirectionSequence")
+        gradient = _rounded(header_floats(seq[0], "DiffusionGradientOrientation", 3), 4) if seq else None
+        echo_time = _rounded(header_floats(ds, "EchoTime", 1), 4)
+        # the echo time names the echo when present (enhanced frames carry no EchoNumbers)
+        echo = ("te", echo_time) if echo_time is not None else ("n", _rounded(header_floats(ds, "EchoNumbers"), 0))
+        # no TemporalPositionIdentifier here: a classic 3D export may number its one volume while
+        # the frames of its enhanced copy carry none (frames.py keeps volume numbers only for 4D);
+        # two numbers that differ still say "not a copy" (checked beside the pixels)
+        return (position, orientation, _seconds(header_time(ds, "AcquisitionTime")), echo,
+                _rounded(header_floats(ds, "DiffusionBValue", 1), 3), gradient,
+                tuple(v.strip().upper() for v in header_texts(ds, "ASLContext")), tuple(kind[:2]),
+                "LOCALIZER" in kind)
+    except Exception:  # noqa: BLE001 - MalformedHeader, or a broken sequence item: no key, never collapsed
+        return None
+
+
+def _remove_same_image(imgs: list[T], removed: list) -> list[T]:
+    """One image stored twice under different SOPInstanceUIDs (a classic series and its enhanced
+    copy in one series; the enhanced frames get UIDs of their own at deid). Images with one
+    :func:`image_key` and equal decoded pixels collapse to the first in the given order; the
+    others go to ``removed`` (``duplicate_removed``). Equal keys with different pixels stay (the
+    geometry checks decide). Pixels are decoded only for images whose key collides.
+
+    Constant images (a zero slice outside the anatomy) are equal in every time point of a 4D
+    series whose key tells no time points apart (no TemporalPositionIdentifier, one
+    AcquisitionTime): they collapse only beside a collapsed non-constant image, the evidence
+    that the series holds a second copy."""
+    by_key: dict[tuple, list[T]] = {}
+    for img in imgs:
+        key = image_key(img.ds)
+        if key is not None:
+            by_key.setdefault(key, []).append(img)
+    copies_found: list[tuple[T, bool]] = []   # (the later copy, its pixels are constant)
+    for group in by_key.values():
+        if len(group) < 2:
+            continue
+        kept: list[tuple[np.ndarray, int | None]] = []
+        for img in group:
+            try:
+                check_format([img.ds])
+                arr = read_pixels(img.path)
+                tpi = header_int(img.ds, "TemporalPositionIdentifier")
+            except Reject:   # unreadable: not collapsed here (the pixel check rejects it later)
+                continue
+            if any(_equal(arr, other) and (tpi is None or t is None or tpi == t) for other, t in kept):
+                copies_found.append((img, arr.size == 0 or bool(arr.min() == arr.max())))
+            else:
+                kept.append((arr, tpi))
+    if all(constant for _, constant in copies_found):
+        return imgs
+    removed.extend((img.path, "duplicate_removed") for img, _ in copies_found)
+    drop = {img.path for img, _ in copies_found}
     return [img for img in imgs if img.path not in drop]
 
 

@@ -64,6 +64,7 @@ class NiftiConfig:
     voxel_size_mm: float | None = 1.0          # None = keep native spacing
     shape: tuple[int, int, int] | None = None   # e.g. (256, 256, 128) (Triad)
     interpolation_order: int = 1
+    timepoints: str = "middle"                  # "middle" (3D) or "all" (4D) for a 4D series
 
 
 @dataclass
@@ -237,6 +238,17 @@ def resample(img: nib.Nifti1Image, cfg: NiftiConfig) -> nib.Nifti1Image:
     return out
 
 
+def _stack(middle: nib.Nifti1Image, images: list[nib.Nifti1Image]) -> nib.Nifti1Image:
+    """One 4D image of the time points, on the middle one's grid (a time point whose grid
+    differs, e.g. a volume shifted by the table, is resampled onto it)."""
+    data = []
+    for img in images:
+        if img.shape[:3] != middle.shape[:3] or not np.allclose(img.affine, middle.affine, atol=1e-3):
+            img = nibabel.processing.resample_from_to(img, middle, order=1, mode="constant")
+        data.append(np.asarray(img.dataobj, dtype=np.float32))
+    return nib.Nifti1Image(np.stack(data, axis=-1), middle.affine)
+
+
 def output_dtype(data: np.ndarray, source_integer: bool) -> np.ndarray:
     """int16 when the source was integer and the rounded values fit; float32 otherwise."""
     if np.issubdtype(data.dtype, np.integer):  # not resampled: no rounding pass needed
@@ -308,6 +320,7 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
     if not volumes:
         raise CurationError(item, "convert_error", "no volumes to convert")
     t = len(volumes) // 2  # middle time point (the later of the two middles when even)
+    chosen = list(range(len(volumes))) if cfg.timepoints == "all" else [t]
     version = importlib.metadata.version("dicom2nifti")
     try:
         img = dicom_to_image(volumes[t].files)
@@ -315,6 +328,8 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         # the digest (reorder + SHA-256, GIL released) runs beside resampling and gzip: 0.18 s at 512²×128
         digest = _in_background(voxel_sha256, img)
         img = resample(img, cfg)
+        if len(chosen) > 1:
+            img = _stack(img, [resample(dicom_to_image(volumes[k].files), cfg) if k != t else img for k in chosen])
         data = output_dtype(np.asarray(img.dataobj), source_integer)
         img = clean_image(data, img.affine, f"mrifoundry {CONVERTER} {version}")
     except MalformedHeader as e:
@@ -338,6 +353,7 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
         axcodes="".join(nib.aff2axcodes(img.affine)), converter=CONVERTER, converter_version=version,
         params={"voxel_size_mm": cfg.voxel_size_mm, "shape": list(cfg.shape) if cfg.shape else None,
                 "interpolation_order": cfg.interpolation_order, "temporal_index": volumes[t].temporal_index,
+                "timepoints": chosen,
                 "n_timepoints": len(volumes), "n_slices": len(volumes[t].files),
                 "reorientation": "nibabel.as_closest_canonical", "resampling": "nibabel.processing",
                 "nibabel_version": nib.__version__, "dtype": str(data.dtype)},

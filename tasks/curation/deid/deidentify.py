@@ -16,7 +16,7 @@ import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -28,7 +28,7 @@ from mrifoundry import ids
 from mrifoundry.errors import is_disk_full, where
 from tasks.curation.archive.files import looks_like_dicom
 from tasks.curation.dicom_values import drop_undecodable
-from tasks.curation.deid import frames
+from tasks.curation.deid import acquisition, frames
 from tasks.curation.deid.pseudonyms import PseudonymStore
 from tasks.curation.deid.profile import (
     DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_terms_of,
@@ -73,6 +73,7 @@ class DeidSeries:
     series_id: str              # ids.series_id(original SeriesInstanceUID[/image set])
     files: list[Path]           # de-identified files written under out_dir/<series_id>/
     image_set: str = ""         # "" or phase | real | imaginary | trace (tasks.curation.deid.frames.image_set)
+    acquisition: dict = field(default_factory=dict)   # tasks.curation.deid.acquisition.describe of its first image
 
 
 @dataclass
@@ -262,6 +263,7 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
         uid = str(members[0][1].SeriesInstanceUID)
         parts: dict[str, Path] = {}    # image set -> temp folder, written one file at a time
         counts: Counter = Counter()
+        described: dict[str, dict] = {}
         split_failures: list[DeidRejection] = []
         try:
             non_image = 0
@@ -278,8 +280,15 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     continue
                 for img in images:
                     key = frames.image_set(img)
+                    if acquisition.ge_pepolar_reversed(img):   # stored mirrored: rows back as they lie
+                        frames.mirror_rows(img)
+                        # forward and reversed volumes in one series: two series, as dcm2niix writes them
+                        key = "reversed" if acquisition.ge_pepolar_alternating(img) else key
+                    acquisition.standardize(img, isotropic=key == "trace")   # private values made public first
                     if key not in parts:
                         parts[key] = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=out_dir))
+                        mosaic = frames.is_mosaic(ds)   # a classic image lists every slice time: n = 0
+                        described[key] = acquisition.describe(img, len(images) if mosaic else 0, mosaic=mosaic)
                     clean = deidentify_dataset(img, cfg, store, exam_id)
                     clean.save_as(parts[key] / f"{counts[key]:04d}.dcm", enforce_file_format=True)
                     counts[key] += 1
@@ -299,7 +308,8 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     continue
                 dest = out_dir / part_id
                 _swap_in(parts[key], dest)
-                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key))
+                series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key,
+                                         acquisition=described[key]))
         except Exception as e:  # noqa: BLE001 — one series must not take its exam down
             if is_disk_full(e):
                 raise

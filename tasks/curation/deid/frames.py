@@ -157,6 +157,22 @@ def split_images(ds: Dataset) -> list[Dataset]:
     return [ds]
 
 
+def mirror_rows(ds: Dataset) -> None:
+    """Reverse the image's rows in place (native little-endian pixels; geometry unchanged): a GE
+    reversed-polarity ``epi_pepolar`` image is stored mirrored (tasks/curation/deid/acquisition.py).
+
+    Raises:
+        FrameSplitError: the pixels cannot be decoded.
+    """
+    arr = _pixels(ds)[..., ::-1, :]
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    arr = np.ascontiguousarray(arr)
+    ds.PixelData = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    ds["PixelData"].VR = "OW" if int(ds.get("BitsAllocated", 16)) > 8 else "OB"
+
+
 def _pixels(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise FrameSplitError("multiframe_truncated", "a multi-image object has no pixel data")
@@ -290,7 +306,7 @@ def _flatten(groups: Dataset | None, out: Dataset) -> None:
 
 
 def _volume_key(frame: Dataset) -> tuple:
-    """What tells the volumes of a 4D enhanced object apart: time, echo, b-value, direction."""
+    """What tells the volumes of a 4D enhanced object apart: time, echo, b-value, direction, ASL label/control."""
     def get(keyword):
         v = frame.get(keyword)
         if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
@@ -298,7 +314,8 @@ def _volume_key(frame: Dataset) -> tuple:
         return str(v) if v is not None else ""
     seq = frame.get("DiffusionGradientDirectionSequence")
     gradient = tuple(round(float(x), 4) for x in (seq[0].get("DiffusionGradientOrientation") or [])) if seq else ()
-    return (get("TemporalPositionIdentifier"), get("EchoTime"), get("EchoNumbers"), get("DiffusionBValue"), gradient)
+    return (get("TemporalPositionIdentifier"), get("EchoTime"), get("EchoNumbers"), get("DiffusionBValue"), gradient,
+            get("ASLContext"))
 
 
 def _acquisition_order(frames: list[Dataset], keys: list[tuple], distinct: list[tuple]) -> list[tuple]:
