@@ -25,21 +25,15 @@ TARGET_SHARE = 0.20   # the audit at most a fifth of a run's wall time on real v
 def run(work: Path, cases: list[str] = CASES) -> dict:
     from mrifoundry.settings import CurateParams
     from mrifoundry.vendor_corpus import build
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.finalize import finalize_catalog
     from tasks.curation.audit.identifiers import tokens
     from tasks.curation.audit.phi_audit import audit_output
-    from tasks.curation.selection.exams import select_exams
-    from tasks.curation.workspace import Workspace
+    from tasks.curation.runner import run_curation
 
     built, missing = build(work / "archive", cases)
     out = work / "out"
     t0 = time.perf_counter()
-    ws = Workspace(out)
-    params = CurateParams(archive=str(work / "archive"), reports=None, out=str(out), workers=1)
-    for exam_id in select_exams(ws, params).exam_ids:
-        curate_exam(ws, params, exam_id)
-    finalize_catalog(ws)
+    run_curation(CurateParams(archive=str(work / "archive"), reports=None, out=str(out), workers=1),
+                 phi_audit=False)   # timed on its own below
     curate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rep = audit_output(out, prefect_home=out / "no-prefect", log_dirs=[])

@@ -18,17 +18,27 @@ from flows.console import (  # noqa: F401 - the verbs below call them by these n
 def _cmd_curate(a) -> int:
     _check_inputs({"--archive": a.archive, "--reports": a.reports, "--rules": a.rules})
     _check_not_busy(a.out)
-    from flows.curate import curate
-    _prepare_prefect(a)
     shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
-    res = curate(archive=a.archive, reports=a.reports, out=a.out, rules=a.rules,
-                 date_start=dt.date.fromisoformat(a.date_start) if a.date_start else None,
-                 date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
-                 n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
-                 voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
-                 nifti_timepoints=a.nifti_timepoints, write_png=not a.no_png, write_nifti=not a.no_nifti, rerun=a.rerun, workers=a.workers, runner=a.runner,
-                 phi_audit=not a.no_phi_audit, follow_symlinks=a.follow_symlinks, max_file_mb=a.max_file_mb,
-                 max_container_mb=a.max_container_mb, max_container_ratio=a.max_container_ratio)
+    kwargs = dict(archive=a.archive, reports=a.reports, out=a.out, rules=a.rules,
+                  date_start=dt.date.fromisoformat(a.date_start) if a.date_start else None,
+                  date_end=dt.date.fromisoformat(a.date_end) if a.date_end else None,
+                  n_per_protocol=a.n_per_protocol, seed=a.seed, min_slices=a.min_slices,
+                  voxel_size_mm=None if a.voxel_size == 0 else a.voxel_size, nifti_shape=shape,
+                  nifti_timepoints=a.nifti_timepoints, write_png=not a.no_png, write_nifti=not a.no_nifti,
+                  rerun=a.rerun, workers=a.workers, follow_symlinks=a.follow_symlinks, max_file_mb=a.max_file_mb,
+                  max_container_mb=a.max_container_mb, max_container_ratio=a.max_container_ratio)
+    if a.prefect or a.runner != "threads":   # through the flow: tasks, artifacts, retries, Dask/SLURM
+        from flows.curate import curate
+        _prepare_prefect(a)
+        res = curate(**kwargs, runner=a.runner, phi_audit=not a.no_phi_audit)
+    else:   # the plain runner: no Prefect server to start (tasks/curation/runner.py)
+        from flows.params import resolve
+        from mrifoundry.settings import CurateParams
+        from tasks.curation.runner import run_curation
+        params = resolve(CurateParams(**{k: v for k, v in kwargs.items() if k in CurateParams.model_fields}))
+        tty = sys.stderr.isatty()
+        res = run_curation(params, phi_audit=not a.no_phi_audit,
+                           progress=(lambda line: print(line, file=sys.stderr)) if tty else (lambda line: None))
     print(json.dumps(res, indent=1, default=str))
     return 0
 
@@ -206,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="show the traceback of an expected failure (also MRIFOUNDRY_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("curate", help="run the curate flow on a folder archive (one-off, no deployment)")
+    c = sub.add_parser("curate", help="curate a folder archive or a PACS (one-off: the plain runner, or the "
+                                      "Prefect flow with --prefect)")
     c.add_argument("--archive", required=True, help="folder of DICOM (any layout), 'sample', or a PACS: dicom://AET@host:port?calling=OURAET (docs/pacs.md)")
     c.add_argument("--reports", help="report export CSV; without it every study of the archive is curated")
     c.add_argument("--out", required=True, help="output root")
@@ -225,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--rerun", choices=["missing", "failed", "all"], default="missing")
     c.add_argument("--workers", type=int, default=2, help="concurrent tasks (threads or Dask worker processes)")
     c.add_argument("--no-phi-audit", action="store_true", help="skip the final PHI audit")
-    c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm")
+    c.add_argument("--runner", default="threads", help="threads | dask | dask://host:port | slurm (dask and "
+                                                        "slurm run through the Prefect flow)")
+    c.add_argument("--prefect", action="store_true",
+                   help="run through the Prefect flow (task states, artifacts, `prefect flow-run retry`); "
+                        "default: the plain runner, no server")
     c.add_argument("--follow-symlinks", action="store_true",
                    help="follow symlinks that point outside the archive (default: ledgered outside_archive)")
     c.add_argument("--max-file-mb", type=int, default=8192, help="larger archive files are not read (default 8192)")

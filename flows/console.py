@@ -98,7 +98,7 @@ def _one_line(e: BaseException) -> str:
 
 def _expected_failure(e: BaseException, a) -> tuple[int, str] | None:
     """(exit code, one-line message) of an expected condition; None for a bug (traceback)."""
-    from flows.run_lock import OutputBusy
+    from mrifoundry.run_lock import OutputBusy
     from mrifoundry import errors
     if isinstance(e, OutputBusy):
         return errors.EXIT_BUSY, _one_line(e)
@@ -118,7 +118,7 @@ def _expected_failure(e: BaseException, a) -> tuple[int, str] | None:
                  "(and the run's `phi-audit` artifact)")
         return errors.EXIT_PHI, (f"PHI audit failed: restricted-zone identifiers in {len(places)} place(s) "
                                  f"({len(rep.hits)} hit(s), {len(rep.errors)} unreadable); {where}")
-    if isinstance(e, RuntimeError) and " stage task(s) failed" in str(e):
+    if isinstance(e, RuntimeError) and (" stage task(s) failed" in str(e) or type(e).__name__ == "CurationFailed"):
         return errors.EXIT_FAILED_ITEMS, _one_line(e)
     return None
 
@@ -148,7 +148,7 @@ def _check_inputs(paths: dict[str, str | None]) -> None:
 def _check_not_busy(out: str | None) -> None:
     """Another run holding OUT/state/run.lock fails here, before Prefect starts (the flow takes the lock)."""
     from flows.params import expand_home
-    from flows.run_lock import RunLock
+    from mrifoundry.run_lock import RunLock
     if out and (Path(expand_home(out)) / "state" / "run.lock").exists():
         with RunLock(Path(expand_home(out)) / "state"):
             pass

@@ -7,7 +7,6 @@ run, so ``prefect flow-run retry`` re-executes only the tasks that failed.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from collections import Counter, defaultdict
@@ -20,12 +19,13 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.context import TaskRunContext
 
 from flows.params import resolve
-from flows.run_lock import RunLock
+from mrifoundry.run_lock import RunLock
 from flows.runners import make_task_runner
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full
 from mrifoundry.settings import CurateParams
 from tasks.curation import pipeline
 from tasks.curation.finalize import finalize_catalog, run_summary
+from tasks.curation.runner import audit_or_quarantine, stops_on_full_disk
 from tasks.curation.selection.exams import select_exams
 from tasks.curation.stages import STAGE_ORDER, reset_disk_full, sweep_temp
 from tasks.curation.workspace import Workspace
@@ -80,38 +80,21 @@ def phi_audit_task(out: str, reports: str | None) -> dict:
     outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the research zone is
     audited again, both results go to the artifact and a report file, and the task fails with counts
     and the report path (no values, no places)."""
-    from tasks.curation.audit.phi_audit import PhiLeakError, audit_output
-    from tasks.curation.audit.quarantine import quarantine_leaks, write_report
-    rep = audit_output(Path(out), Path(reports) if reports else None)
-    if rep.ok:
-        create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
-        return {"hits": 0}
+    from tasks.curation.audit.phi_audit import PhiLeakError
     try:
-        quarantine, failed = quarantine_leaks(Path(out), rep), None
-    except Exception as e:  # noqa: BLE001 - the run fails on the leak either way; its message may name a path
-        quarantine, failed = None, type(e).__name__
-    note = f"## Quarantine\n\nFailed ({failed}): move the places above by hand.\n" if failed else ""
-    path = write_report(Path(out), rep, quarantine, note)
-    create_markdown_artifact(path.read_text(), key="phi-audit",
-                             description="PHI audit and quarantine (places only, no values)")
-    raise PhiLeakError(rep, report_path=path, quarantine=quarantine) from None
+        rep = audit_or_quarantine(Path(out), reports)
+    except PhiLeakError as e:
+        if e.report_path:
+            create_markdown_artifact(e.report_path.read_text(), key="phi-audit",
+                                     description="PHI audit and quarantine (places only, no values)")
+        raise
+    create_markdown_artifact(rep.to_markdown(), key="phi-audit", description="PHI audit (places only, no values)")
+    return {"hits": 0}
 
 
 @task(name="finalize-catalog")
 def finalize_task(out: str, run_id: str) -> dict:
     return finalize_catalog(Workspace(Path(out), run_id))
-
-
-@contextlib.contextmanager
-def _stops_on_full_disk(out_dir: Path, where: str):
-    """A full disk in the block ends the run as DiskFull (one line, exit 28), its temp files swept."""
-    try:
-        yield
-    except Exception as e:
-        if is_disk_full(e):
-            sweep_temp(out_dir)
-            raise DiskFull(where) from None
-        raise
 
 
 def _run_id() -> str:
@@ -198,7 +181,7 @@ def curate(
     with RunLock(out_dir / "state"):
         reset_disk_full()
         sweep_temp(out_dir)    # what a killed or disk-full run left
-        with _stops_on_full_disk(out_dir, "archive index"):
+        with stops_on_full_disk(out_dir, "archive index"):
             sel = select_task(str(out_dir), run_id, params)
         exam_ids, sel_counts = sel["exam_ids"], sel["counts"]
         logger.info("selection: %s", ", ".join(f"{k}={v}" for k, v in sel_counts.items()))
@@ -208,10 +191,10 @@ def curate(
                            "a full disk stops the run cleanly and a re-run finishes it", free >> 20, need >> 20)
         stages = curate_exams.with_options(task_runner=make_task_runner(runner, workers))(
             str(out_dir), run_id, params, exam_ids)
-        with _stops_on_full_disk(out_dir, "exam outputs"):
+        with stops_on_full_disk(out_dir, "exam outputs"):
             if any(c.get("disk_full") for c in stages.values()):
                 raise DiskFull("exam outputs")
-        with _stops_on_full_disk(out_dir, "catalog merge"):
+        with stops_on_full_disk(out_dir, "catalog merge"):
             counts = finalize_task(str(out_dir), run_id)
         md, montage = run_summary(Workspace(out_dir, run_id), sel_counts, counts, stages)
         create_markdown_artifact(md, key="curate-summary", description="curation run summary")

@@ -14,7 +14,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.curate import _run_id, finalize_task, phi_audit_task
 from flows.params import expand_home, research_dir
-from flows.run_lock import RunLock
+from mrifoundry.run_lock import RunLock
 
 
 @task(name="ingest-files")

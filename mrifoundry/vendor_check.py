@@ -56,17 +56,16 @@ def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     override :class:`mrifoundry.settings.CurateParams` defaults."""
     from catalog.views import connect
     from mrifoundry.settings import CurateParams
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.finalize import finalize_catalog
     from tasks.curation.audit.phi_audit import audit_output
-    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.runner import CurationFailed, run_curation
     from tasks.curation.workspace import Workspace
 
     ws = Workspace(out)
     params = CurateParams(**{"archive": str(archive), "reports": None, "out": str(out), "workers": 1, **params})
-    for exam_id in select_exams(ws, params).exam_ids:
-        curate_exam(ws, params, exam_id)
-    finalize_catalog(ws)
+    try:
+        run_curation(params, phi_audit=False)   # audited below, without Prefect's database
+    except CurationFailed:
+        pass   # failed items are rows of the table like any other outcome
     report = audit_output(out, prefect_home=Path(out) / "no-prefect", log_dirs=[])
     con = connect(ws.research)
     try:

@@ -94,9 +94,7 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog — one brain and two body exams, PNG only,
     curated by the plain stage functions (no Prefect) — for the model and evaluation tests."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.runner import run_curation
     from tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
@@ -110,12 +108,9 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
         patients.add(e["patient_mrn"])
     archive, out = tmp_path_factory.mktemp("small-archive"), tmp_path_factory.mktemp("small-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
-    ws = Workspace(out)
-    params = CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_nifti=False)
-    for exam_id in select_exams(ws, params).exam_ids:
-        curate_exam(ws, params, exam_id)
-    finalize_catalog(ws)
-    return ws.research
+    run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_nifti=False),
+                 phi_audit=False)
+    return Workspace(out).research
 
 
 @pytest.fixture(scope="session")
@@ -123,9 +118,7 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog with NIfTI volumes — two brain exams (T1, T2,
     FLAIR) and one body exam at 3 mm (small volumes, fast tests) — for the volume recipes."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.selection.exams import select_exams
+    from tasks.curation.runner import run_curation
     from tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
@@ -138,13 +131,9 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
         patients.add(e["patient_mrn"])
     archive, out = tmp_path_factory.mktemp("volume-archive"), tmp_path_factory.mktemp("volume-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
-    ws = Workspace(out)
-    params = CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_png=False,
-                          voxel_size_mm=3.0)
-    for exam_id in select_exams(ws, params).exam_ids:
-        curate_exam(ws, params, exam_id)
-    finalize_catalog(ws)
-    return ws.research
+    run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_png=False,
+                              voxel_size_mm=3.0), phi_audit=False)
+    return Workspace(out).research
 
 
 @pytest.fixture(scope="session", autouse=True)

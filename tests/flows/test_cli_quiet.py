@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import flows.cli as cli
-from flows.run_lock import OutputBusy, RunLock
+from mrifoundry.run_lock import OutputBusy, RunLock
 from mrifoundry import errors
 from tasks.curation.audit.phi_audit import AuditReport, Hit, PhiLeakError
 
@@ -122,15 +122,17 @@ def test_cli_module_does_not_import_prefect(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_user_env(tmp_path), timeout=120).returncode == 0
 
 
-def test_curate_run_is_quiet(tmp_path):
-    """A real run with Prefect's temporary server (one tiny exam, ~15 s): only the result on the console."""
+@pytest.mark.parametrize("through", [[], ["--prefect"]], ids=["plain", "prefect"])
+def test_curate_run_is_quiet(tmp_path, through):
+    """A real run, by the plain runner (default) and through the flow with Prefect's temporary
+    server (~15 s): one tiny exam, only the result on the console."""
     from tests.dicom_factory import write_series
     archive = tmp_path / "archive"
     write_series(archive / "study1" / "series1", n_slices=6, extra=dict(
         PatientID="MRN0001", PatientName="Doe^Jane", StudyDate="20180305", AccessionNumber="ACC0001",
         BodyPartExamined="BRAIN", StudyDescription="MRI BRAIN"))
     p = subprocess.run([sys.executable, "-m", "flows.cli", "curate", "--archive", str(archive),
-                        "--out", str(tmp_path / "out"), "--workers", "1"],
+                        "--out", str(tmp_path / "out"), "--workers", "1", *through],
                        cwd=tmp_path, env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
     both = p.stdout + p.stderr
     assert p.returncode == 0, both[-3000:]
@@ -138,4 +140,18 @@ def test_curate_run_is_quiet(tmp_path):
         assert noise.lower() not in both.lower(), both[-3000:]
     assert p.stderr.strip() == "", p.stderr[-3000:]
     assert json.loads(p.stdout)["catalog"]["exams"] == 1
-    assert (tmp_path / "home" / "logs" / "prefect-server.log").exists()
+    # the flow's temporary server logs to its file, not the console; the plain runner starts none
+    assert (tmp_path / "home" / "logs" / "prefect-server.log").exists() == bool(through)
+
+
+def test_plain_curate_never_imports_prefect(tmp_path, monkeypatch):
+    """The one-off CLI's default path: the plain runner, so no server and no Prefect import."""
+    from tests.dicom_factory import write_series
+    write_series(tmp_path / "archive" / "s", n_slices=6, extra=dict(PatientID="MRN0002", StudyDate="20180305"))
+    code = ("import sys, flows.cli; rc = flows.cli.main(['curate', '--archive', sys.argv[1], '--out', sys.argv[2], "
+            "'--workers', '1']); sys.exit(rc or 10 * ('prefect' in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "archive"), str(tmp_path / "out")], cwd=REPO,
+                       env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["catalog"]["series"] == 1
+    assert not (tmp_path / "home" / "logs" / "prefect-server.log").exists()

@@ -168,7 +168,7 @@ def test_out_of_space_stops_the_run_cleanly_then_rerun(prefect_server, archive, 
 
 def test_second_run_on_the_same_output_refuses(prefect_server, archive, tmp_path):
     from flows.curate import curate
-    from flows.run_lock import RunLock
+    from mrifoundry.run_lock import RunLock
     src, _ = archive
     out = _out(tmp_path, "locked")
     with RunLock(out / "state"):

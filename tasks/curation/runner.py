@@ -1,0 +1,136 @@
+"""The curation run without Prefect: select → five stages per exam → catalog → summary → PHI audit.
+
+What the ``curate`` flow does with Prefect tasks, as plain calls: the one-off CLI (``mrifoundry
+curate``, no server to start), the vendor check, the benchmarks and the tests run it. Exams go
+through :func:`tasks.curation.pipeline.curate_exam` on ``params.workers`` threads; the ledger makes
+a re-run pick up what is missing or failed exactly as the flow's does (``params.rerun``). A full
+disk stops new exams and ends the run with :class:`mrifoundry.errors.DiskFull`; a PHI hit
+quarantines the leaking exams and raises :class:`~tasks.curation.audit.phi_audit.PhiLeakError`;
+failed items raise :class:`CurationFailed` after the catalog is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from mrifoundry.errors import DiskFull, is_disk_full
+from mrifoundry.run_lock import RunLock
+from mrifoundry.settings import CurateParams
+from tasks.curation.finalize import finalize_catalog, run_summary
+from tasks.curation.pipeline import curate_exam
+from tasks.curation.selection.exams import select_exams
+from tasks.curation.stages import disk_full, reset_disk_full, sweep_temp
+from tasks.curation.workspace import Workspace
+
+__all__ = ["CurationFailed", "audit_or_quarantine", "run_curation", "stops_on_full_disk"]
+log = logging.getLogger(__name__)
+
+
+class CurationFailed(RuntimeError):
+    """Some items failed (their rows are in stage_results); ``rerun=failed`` redoes them."""
+
+
+@contextlib.contextmanager
+def stops_on_full_disk(out_dir: Path, where: str):
+    """A full disk in the block ends the run as DiskFull (one line, exit 28), its temp files swept."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            sweep_temp(out_dir)
+            raise DiskFull(where) from None
+        raise
+
+
+def run_curation(params: CurateParams, run_id: str = "local", *, phi_audit: bool = True,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Curate ``params.archive`` into ``params.out`` (paths already resolved, see
+    :func:`mrifoundry.settings.resolve_params`). Returns ``{"selection", "catalog", "stages",
+    "summary"}``: selection counts, catalog row counts, outcome counts per stage, and the run
+    summary's path (markdown; the QC montage beside it).
+
+    Raises:
+        mrifoundry.run_lock.OutputBusy: another run holds the output folder.
+        DiskFull: the output disk filled; a re-run after freeing space finishes the work.
+        PhiLeakError: the audit found an identifier outside the restricted zone.
+        CurationFailed: items failed; the catalog of the others is written.
+    """
+    out_dir = Path(params.out)
+    say = progress or (lambda line: log.info("%s", line))
+    ws = Workspace(out_dir, run_id)
+    with RunLock(out_dir / "state"):
+        reset_disk_full()
+        sweep_temp(out_dir)    # what a killed or disk-full run left
+        with stops_on_full_disk(out_dir, "archive index"):
+            sel = select_exams(ws, params)
+        say("selection: " + ", ".join(f"{k}={v}" for k, v in sel.counts.items()))
+        stages = _run_exams(ws, params, sel.exam_ids, say)
+        if stages.pop("_stopped", None):
+            sweep_temp(out_dir)
+            raise DiskFull("exam outputs")
+        with stops_on_full_disk(out_dir, "catalog merge"):
+            counts = finalize_catalog(ws)
+        md, montage = run_summary(ws, sel.counts, counts, stages, params.qc_per_body_part)
+        summary = ws.research / "qc" / "summary.md"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(md)
+        say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if phi_audit:
+            audit_or_quarantine(out_dir, params.reports)
+        failed_exams = ws.ledger.failed_exams() & set(sel.exam_ids)
+    failed = sum(c.get("failed", 0) for c in stages.values())
+    if failed or failed_exams:
+        raise CurationFailed(f"{failed} stage(s) failed, {len(failed_exams)} exam(s) with failed items; see "
+                             "stage_results. Re-run with rerun=failed (--rerun failed).")
+    return {"selection": sel.counts, "catalog": counts, "stages": stages, "summary": str(summary),
+            "montage": str(montage) if montage else None}
+
+
+def _run_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:
+    """Every exam through the five stages on ``params.workers`` threads; outcome counts per stage.
+    After a full disk no new exam starts (``_stopped`` is then set)."""
+    outcomes: dict = defaultdict(Counter)
+    total, t0, done = len(exam_ids), time.time(), 0
+
+    def one(exam_id: str):
+        if disk_full(ws):
+            return None
+        return curate_exam(ws, params, exam_id)
+
+    with ThreadPoolExecutor(max_workers=max(1, params.workers)) as pool:
+        for result in pool.map(one, exam_ids):
+            done += 1
+            if result is None:
+                outcomes["_stopped"]["exams"] += 1
+                continue
+            for o in result:
+                full = o.reason == "disk_full"
+                outcomes[o.stage]["disk_full" if full else o.status] += 1
+                if full:
+                    outcomes["_stopped"]["exams"] += 1
+            if done == total or done % 25 == 0:
+                say(f"{done}/{total} exams ({done / max(time.time() - t0, 1e-6):.2f} exams/s)")
+    return {k: dict(v) for k, v in outcomes.items()}
+
+
+def audit_or_quarantine(out_dir: Path, reports: str | None):
+    """The PHI audit of the whole output; its report when clean. On a hit the leaking exams'
+    research outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the
+    report is written there and PhiLeakError raised (counts and the report path, no values)."""
+    from tasks.curation.audit.phi_audit import PhiLeakError, audit_output
+    from tasks.curation.audit.quarantine import quarantine_leaks, write_report
+    rep = audit_output(out_dir, Path(reports) if reports else None)
+    if rep.ok:
+        return rep
+    try:
+        quarantine, failed = quarantine_leaks(out_dir, rep), None
+    except Exception as e:  # noqa: BLE001 - the run fails on the leak either way; its message may name a path
+        quarantine, failed = None, type(e).__name__
+    note = f"## Quarantine\n\nFailed ({failed}): move the places above by hand.\n" if failed else ""
+    path = write_report(out_dir, rep, quarantine, note)
+    raise PhiLeakError(rep, report_path=path, quarantine=quarantine) from None
