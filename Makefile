@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 venv: $(VENV)/.installed
 
 sample: venv
-	$(ENV) $(PY) -m flows.cli sample
+	$(ENV) $(PY) -m mrifoundry.flows.cli sample
 
 server: venv
 	deploy/server.sh start
@@ -37,15 +37,15 @@ stop:
 ## (real NIfTI from nibabel/nilearn) into the same catalog, print a summary, stop
 demo: venv
 	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop' EXIT; \
-	$(ENV) $(PY) -m flows.cli sample; \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sample; \
 	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
 	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-demo --watch --watch-timeout 900; \
 	$(ENV) $(PY) -m mrifoundry.sample.bids_corpus "$$MRIFOUNDRY_HOME/sample/bids"; \
 	$(ENV) $(VENV)/bin/prefect deployment run ingest/ingest-bids -p bids="$$MRIFOUNDRY_HOME/sample/bids" \
 	  -p dataset=demo-bids -p out="$$MRIFOUNDRY_HOME/demo" --watch --watch-timeout 900; \
-	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT coalesce(e.dataset, 'curated DICOM') AS source, e.body_part, COUNT(DISTINCT e.exam_id) AS exams, COUNT(DISTINCT r.series_id) AS series, COUNT(s.slice_id) AS slices FROM exams e JOIN series r USING (exam_id) LEFT JOIN slices s USING (series_id) WHERE r.status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2"; \
-	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"; \
 	echo "catalog: $$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb"; \
 	echo "summary: $$MRIFOUNDRY_HOME/demo/research/qc/summary.md  montage: $$MRIFOUNDRY_HOME/demo/research/qc/montage.png"
@@ -53,12 +53,12 @@ demo: venv
 ## pacs-demo: the same as demo, but the sample archive is served by a local Orthanc PACS (C-FIND/C-GET)
 pacs-demo: venv
 	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop; deploy/orthanc.sh stop' EXIT; \
-	$(ENV) $(PY) -m flows.cli sample; \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sample; \
 	deploy/orthanc.sh install; deploy/orthanc.sh start 4242 8042; \
 	$(ENV) deploy/orthanc.sh upload "$$MRIFOUNDRY_HOME/sample/archive"; \
 	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
 	$(ENV) $(VENV)/bin/prefect deployment run curate/curate-pacs-demo --watch --watch-timeout 1800; \
-	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/pacs-demo" \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/pacs-demo" \
 	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"
 
 ## demo-pretrain: after `make demo`: the tiny MRI-CORE recipe (40 iterations, CPU) on the demo catalog, then its features
@@ -70,16 +70,16 @@ demo-pretrain: venv
 	$(ENV) $(VENV)/bin/prefect deployment run extract-features/extract-features -p out="$$MRIFOUNDRY_HOME/demo" \
 	  -p pretrained=mri-core-tiny-demo -p "query=SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 500" \
 	  --watch --watch-timeout 900; \
-	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
+	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT model_id, iterations, round(final_loss, 3) AS final_loss, loss_curve_file FROM models"; \
-	$(ENV) $(PY) -m flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" "SELECT feature_set, model, n_slices, dim FROM feature_sets"
+	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" "SELECT feature_set, model, n_slices, dim FROM feature_sets"
 
 ## demo-eval: after `make demo` (and optionally `make demo-pretrain`): probing, zero-shot … on the demo tasks → a report
 demo-eval: venv
 	@set -e; trap 'deploy/server.sh stop' EXIT; \
 	test -f "$$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb" || { echo "run make demo first"; exit 1; }; \
 	deploy/server.sh start; \
-	$(ENV) $(PY) -m flows.cli demo-eval --out "$$MRIFOUNDRY_HOME/demo"; \
+	$(ENV) $(PY) -m mrifoundry.flows.cli demo-eval --out "$$MRIFOUNDRY_HOME/demo"; \
 	echo "report: $$MRIFOUNDRY_HOME/demo/research/evaluations/demo-report.md"
 
 ## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
@@ -91,7 +91,7 @@ bench: venv
 	$(PY) -m bench.run --out docs/benchmarks.md
 
 docs: venv
-	$(PY) -m flows.cli catalog-docs
+	$(PY) -m mrifoundry.flows.cli catalog-docs
 
 ## vendors: curate every real vendor case the packages ship, compare with dcm2niix → the table in docs/vendors.md
 vendors: venv

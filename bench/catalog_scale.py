@@ -57,8 +57,8 @@ def _pick(rng, options, p, n) -> np.ndarray:
 
 def generate(research: Path, scale: float = 1.0, seed: int = 0) -> dict:
     """Write exams/series/slices/stage_results Parquet under ``research/catalog``; row counts."""
-    from catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
-    from catalog.store import table_file, write_parquet_atomic
+    from mrifoundry.catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
+    from mrifoundry.catalog.store import table_file, write_parquet_atomic
 
     rng = np.random.default_rng(seed)
     n_ex, n_se, n_sl = (max(1, int(round(DUKE[k] * scale))) for k in ("exams", "series", "slices"))
@@ -246,7 +246,7 @@ def time_queries(db: Path, runs: int, sid: str) -> list[dict]:
 
 
 def run(scale: float, runs: int) -> dict:
-    from catalog.views import build_research_db
+    from mrifoundry.catalog.views import build_research_db
 
     work = Path(tempfile.mkdtemp(prefix="bench-catalog-"))
     try:

@@ -22,7 +22,7 @@ from bench.series import make_series
 
 def _ours_uncompressed(files: list[Path], out: Path) -> None:
     # mirrors volumes_to_nifti(voxel_size_mm=None) but writes .nii: its temp name forces gzip
-    from tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, dicom_to_image
+    from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, dicom_to_image
     img = dicom_to_image(files)
     integer = np.issubdtype(img.get_data_dtype(), np.integer)
     img = resample(img, NiftiConfig(voxel_size_mm=None))   # no resampling, but the same float32 pass
@@ -33,8 +33,8 @@ def _ours_uncompressed(files: list[Path], out: Path) -> None:
 def _converters(series_dir: Path, files: list[Path], work: Path) -> dict:
     import dcm2niix
     from dicom2nifti.convert_dicom import dicom_series_to_nifti
-    from tasks.curation.continuity.checks import ContinuityConfig, check_series
-    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+    from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
+    from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 
     vols = check_series("bench", files, ContinuityConfig()).volumes
     assert vols, "the generated series must pass the continuity checks"

@@ -28,10 +28,10 @@ DUKE_CORES = 64
 
 def curate_series(files: list[Path], work: Path) -> dict[str, tuple[float, float]]:
     """Run the four stages on one series' files; (cpu_s, wall_s) per stage."""
-    from tasks.curation.continuity.checks import ContinuityConfig, check_series
-    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-    from tasks.curation.convert.png import volume_to_png
-    from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
+    from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
+    from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+    from mrifoundry.tasks.curation.convert.png import volume_to_png
+    from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 
     store = PseudonymStore(work / "restricted" / "pseudonyms.sqlite", SALT)
     out: dict[str, tuple[float, float]] = {}
@@ -111,7 +111,7 @@ def _rss_mb() -> float:
 
 
 def _rss_main(series_dir: Path) -> None:
-    import tasks.curation.continuity.checks, tasks.curation.convert.nifti, tasks.curation.convert.png, tasks.curation.deid.deidentify  # noqa: F401,E401 - baseline
+    import mrifoundry.tasks.curation.continuity.checks, mrifoundry.tasks.curation.convert.nifti, mrifoundry.tasks.curation.convert.png, mrifoundry.tasks.curation.deid.deidentify  # noqa: F401,E401 - baseline
     import dicom2nifti.convert_dicom  # noqa: F401
     base = _rss_mb()
     work = Path(tempfile.mkdtemp(prefix="bench-rss-"))

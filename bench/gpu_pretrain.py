@@ -67,7 +67,7 @@ def _timed(step, device: torch.device, steps: int, warmup: int) -> float:
 
 def bench_vit_step(arch: str, size: int, batch: int, steps: int, warmup: int, device: torch.device,
                    bf16: bool) -> dict:
-    from models.vit import VIT_CONFIGS, DinoVisionTransformer
+    from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer
     cfg = dataclasses.replace(VIT_CONFIGS[arch], img_size=size)
     model = DinoVisionTransformer(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -95,10 +95,10 @@ def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, devic
     """The slice trainer's own DINOv2 objective (tasks.pretraining.slices.DinoObjective) on random crops."""
     import numpy as np
 
-    from models.recipes import recipe
-    from models.ssl.dino import build_backbone
-    from tasks.pretraining.engine import Dist, optimizer_step
-    from tasks.pretraining.slices import DinoObjective, param_groups
+    from mrifoundry.models.recipes import recipe
+    from mrifoundry.models.ssl.dino import build_backbone
+    from mrifoundry.tasks.pretraining.engine import Dist, optimizer_step
+    from mrifoundry.tasks.pretraining.slices import DinoObjective, param_groups
     cfg = recipe(recipe_name, batch_size=batch)
     backbone = build_backbone(cfg)
     d = Dist(device=device)

@@ -41,8 +41,8 @@ def synthetic_batch(cfg, batch: int, device: torch.device, n_body_parts: int = 4
 
 
 def bench_recipe(name: str, batch: int | None, steps: int, warmup: int, device: torch.device) -> dict:
-    from models.recipes import recipe
-    from tasks.pretraining.volumes import build_method
+    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.volumes import build_method
     cfg = recipe(name, **({"batch_size": batch} if batch else {}))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
     data = synthetic_batch(cfg, cfg.batch_size, device)

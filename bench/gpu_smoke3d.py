@@ -41,9 +41,9 @@ def synthetic_rows(root: Path, size: int = 112, seed: int = 0) -> list[dict]:
 
 
 def run(out: Path, iterations: int) -> dict:
-    from models import zoo
-    from models.recipes import recipe
-    from tasks.pretraining.volumes import train_volumes
+    from mrifoundry.models import zoo
+    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.volumes import train_volumes
     cuda = torch.cuda.is_available()
     rows = synthetic_rows(out)
     texts = torch.nn.functional.normalize(torch.randn(len(rows), 384), dim=1).numpy()

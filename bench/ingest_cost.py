@@ -62,9 +62,9 @@ def _reference(files: list[Path], out: Path) -> float:
 
 
 def _ours(root: Path, out: Path) -> float:
-    from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.ingest import IngestParams, ingest_collection
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.finalize import finalize_catalog
+    from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
+    from mrifoundry.tasks.curation.workspace import Workspace
     t = time.perf_counter()
     res = ingest_collection(out, root, IngestParams("bids", "bench", workers=1))
     finalize_catalog(Workspace(out))
@@ -76,8 +76,8 @@ def _ours(root: Path, out: Path) -> float:
 
 def run(n_files: int = 6, runs: int = 2, small: bool = False) -> dict:
     # imported before timing: a collection pays the start-up once, not per file
-    import tasks.curation.finalize  # noqa: F401
-    import tasks.curation.ingest  # noqa: F401
+    import mrifoundry.tasks.curation.finalize  # noqa: F401
+    import mrifoundry.tasks.curation.ingest  # noqa: F401
     ratios, t_ours, t_ref = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)

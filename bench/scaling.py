@@ -116,7 +116,7 @@ def _flows_main(archive: Path, work: Path, reps: int, workers: list[int], result
     import duckdb
     from prefect import flow
 
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
 
     @flow(name="bench-warmup")
     def warmup() -> None:

@@ -39,7 +39,7 @@ def _volumes(folder: Path, n: int, shape: tuple[int, int, int] | None) -> list[d
 
 
 def run(roi: int = 96, n_volumes: int = 4, runs: int = 3, shape: tuple[int, int, int] | None = None) -> dict:
-    from tasks.data.volumes import VolumeDataset
+    from mrifoundry.tasks.data.volumes import VolumeDataset
     with tempfile.TemporaryDirectory(prefix="bench-volumes-") as tmp:
         folder = Path(tmp)
         rows = _volumes(folder, n_volumes, shape)

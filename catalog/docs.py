@@ -1,8 +1,8 @@
 """Generate ``docs/catalog.md`` from the schema and reason-code definitions."""
 from __future__ import annotations
 
-from catalog.reasons import REASONS
-from catalog.schema import render_markdown
+from mrifoundry.catalog.reasons import REASONS
+from mrifoundry.catalog.schema import render_markdown
 
 EXAMPLES = [
     ("Slices per body part and sequence",
@@ -33,7 +33,7 @@ absolute path, so it opens from any working directory and in any DuckDB client:
 mrifoundry sql "SELECT body_part, COUNT(*) FROM exams GROUP BY 1" --out OUT
 ```
 ```python
-from catalog.views import connect            # or duckdb.connect("OUT/research/catalog/catalog.duckdb", read_only=True)
+from mrifoundry.catalog.views import connect            # or duckdb.connect("OUT/research/catalog/catalog.duckdb", read_only=True)
 con = connect(Path("OUT/research"))
 con.sql("SELECT * FROM training_slices LIMIT 5").df()
 ```

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from catalog.reasons import REASONS
-from catalog.schema import STAGE_RESULTS, to_arrow
+from mrifoundry.catalog.reasons import REASONS
+from mrifoundry.catalog.schema import STAGE_RESULTS, to_arrow
 from mrifoundry import code_version
 from mrifoundry.sqlite_wal import connect_wal
 

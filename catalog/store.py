@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in drop_exams
 import pyarrow.parquet as pq
 
-from catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
+from mrifoundry.catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
                             to_arrow)
 from mrifoundry.duck import quiet_connect
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, LABELLED_VOLUMES, MODELS, RESEARCH_TABLES, REPORTS,
+from mrifoundry.catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, LABELLED_VOLUMES, MODELS, RESEARCH_TABLES, REPORTS,
                             SERIES, SLICES, VOLUME_FEATURES)
-from catalog.store import catalog_dir, ensure_derived_tables, table_file
+from mrifoundry.catalog.store import catalog_dir, ensure_derived_tables, table_file
 
 DB_NAME = "catalog.duckdb"
 

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from flows.params import research_dir
+from mrifoundry.flows.params import research_dir
 
-from flows.console import (  # noqa: F401 - the verbs below call them by these names (tests patch them here)
+from mrifoundry.flows.console import (  # noqa: F401 - the verbs below call them by these names (tests patch them here)
     QUIET_PRIVATE_ENV, _check_inputs, _check_not_busy, _debug, _expected_failure, _one_line, _prepare_prefect,
     quiet_private_env, run_verb, start_quiet_temporary_server,
 )
@@ -28,13 +28,13 @@ def _cmd_curate(a) -> int:
                   rerun=a.rerun, workers=a.workers, follow_symlinks=a.follow_symlinks, max_file_mb=a.max_file_mb,
                   max_container_mb=a.max_container_mb, max_container_ratio=a.max_container_ratio)
     if a.prefect or a.runner != "threads":   # through the flow: tasks, artifacts, retries, Dask/SLURM
-        from flows.curate import curate
+        from mrifoundry.flows.curate import curate
         _prepare_prefect(a)
         res = curate(**kwargs, runner=a.runner, phi_audit=not a.no_phi_audit)
     else:   # the plain runner: no Prefect server to start (tasks/curation/runner.py)
-        from flows.params import resolve
+        from mrifoundry.flows.params import resolve
         from mrifoundry.settings import CurateParams
-        from tasks.curation.runner import run_curation
+        from mrifoundry.tasks.curation.runner import run_curation
         params = resolve(CurateParams(**{k: v for k, v in kwargs.items() if k in CurateParams.model_fields}))
         tty = sys.stderr.isatty()
         res = run_curation(params, phi_audit=not a.no_phi_audit,
@@ -45,7 +45,7 @@ def _cmd_curate(a) -> int:
 
 def _cmd_ingest(a) -> int:
     _check_inputs({"--bids": a.bids, "--nifti": a.nifti})
-    from flows.ingest import ingest
+    from mrifoundry.flows.ingest import ingest
     _prepare_prefect(a)
     shape = [int(x) for x in a.nifti_shape.split("x")] if a.nifti_shape else None
     res = ingest(bids=a.bids, nifti=a.nifti, dataset=a.dataset, out=a.out,
@@ -56,7 +56,7 @@ def _cmd_ingest(a) -> int:
 
 
 def _cmd_export_bids(a) -> int:
-    from tasks.data.bids_export import export_bids, validate_bids
+    from mrifoundry.tasks.data.bids_export import export_bids, validate_bids
     res = export_bids(research_dir(a.out), a.query, Path(a.dest), name=a.name)
     if a.validate:
         res["validator"] = validate_bids(Path(a.dest))
@@ -66,7 +66,7 @@ def _cmd_export_bids(a) -> int:
 
 def _cmd_ingest_downstream(a) -> int:
     _check_inputs({"the dataset folder": a.root})
-    from flows.downstream import ingest_downstream_flow
+    from mrifoundry.flows.downstream import ingest_downstream_flow
     _prepare_prefect(a)
     res = ingest_downstream_flow(root=a.root, dataset_id=a.dataset_id, out=a.out, layout=a.layout,
                                  labels=json.loads(a.labels) if a.labels else None, strict_labels=a.strict_labels,
@@ -77,7 +77,7 @@ def _cmd_ingest_downstream(a) -> int:
 
 
 def _cmd_overlap(a) -> int:
-    from tasks.evaluation.overlap import exclude_overlap, overlap
+    from mrifoundry.tasks.evaluation.overlap import exclude_overlap, overlap
     res = overlap(research_dir(a.out), a.query, a.dataset_id)
     if a.sql:
         res["exclude_sql"] = exclude_overlap(a.query, a.dataset_id)
@@ -86,7 +86,7 @@ def _cmd_overlap(a) -> int:
 
 
 def _cmd_finetune3d(a) -> int:
-    from flows.finetune import classify_3d, finetune_3d
+    from mrifoundry.flows.finetune import classify_3d, finetune_3d
     _prepare_prefect(a)
     fr = [float(x) for x in a.label_fractions.split(",")] if a.label_fractions else None
     common = dict(dataset_id=a.dataset_id, out=a.out, model=a.model, weights=a.weights, arch=a.arch,
@@ -104,7 +104,7 @@ _UNRESTRICTED_HINT = "use --unrestricted to lift this (power users; it can read 
 
 def _cmd_sql(a) -> int:
     import duckdb
-    from catalog.views import RefusedStatement, check_read_query, connect, connect_confined
+    from mrifoundry.catalog.views import RefusedStatement, check_read_query, connect, connect_confined
     from mrifoundry.errors import EXIT_USAGE
     research = research_dir(a.out)
     con = connect(research) if a.unrestricted else connect_confined(research)
@@ -163,14 +163,14 @@ def _cmd_sample(a) -> int:
 
 
 def _cmd_phi_audit(a) -> int:
-    from tasks.curation.audit.phi_audit import audit_output
+    from mrifoundry.tasks.curation.audit.phi_audit import audit_output
     rep = audit_output(Path(a.out), Path(a.reports) if a.reports else None)
     print(rep.to_markdown())
     return 0 if rep.ok else 1
 
 
 def _cmd_catalog_docs(a) -> int:
-    from catalog.docs import render_catalog_doc
+    from mrifoundry.catalog.docs import render_catalog_doc
     text = render_catalog_doc()
     if a.check:
         cur = Path(a.path).read_text() if Path(a.path).exists() else ""
@@ -183,7 +183,7 @@ def _cmd_catalog_docs(a) -> int:
 
 
 def _cmd_pretrain(a) -> int:
-    from flows.pretrain import pretrain
+    from mrifoundry.flows.pretrain import pretrain
     _prepare_prefect(a)
     res = pretrain(out=a.out, query=a.query, recipe=a.recipe, init_weights=a.init_weights, run_name=a.run_name,
                    nproc=a.nproc, resume=not a.restart, overrides=json.loads(a.overrides) if a.overrides else None,
@@ -193,7 +193,7 @@ def _cmd_pretrain(a) -> int:
 
 
 def _cmd_features(a) -> int:
-    from flows.features import extract_features_flow
+    from mrifoundry.flows.features import extract_features_flow
     _prepare_prefect(a)
     res = extract_features_flow(out=a.out, query=a.query, model=a.model, weights=a.weights, arch=a.arch,
                                 image_size=a.image_size, feature_set=a.feature_set, batch_size=a.batch_size,
@@ -203,7 +203,7 @@ def _cmd_features(a) -> int:
 
 
 def _cmd_demo_eval(a) -> int:
-    from flows.demo_eval import demo_eval
+    from mrifoundry.flows.demo_eval import demo_eval
     _prepare_prefect(a)
     print(json.dumps(demo_eval(out=a.out), indent=1, default=str))
     return 0
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--check", action="store_true")
     d.set_defaults(fn=_cmd_catalog_docs)
 
-    from models.recipes import RECIPES
+    from mrifoundry.models.recipes import RECIPES
     t = sub.add_parser("pretrain", help="pretrain an encoder on catalog slices or volumes (flow pretrain)")
     t.add_argument("--out", help="output root of the curation (its research/ catalog)")
     t.add_argument("--query", help="SQL on the catalog; default per recipe (training slices, converted volumes, "

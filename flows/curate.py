@@ -18,17 +18,17 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
     update_progress_artifact
 from prefect.context import TaskRunContext
 
-from flows.params import resolve
+from mrifoundry.flows.params import resolve
 from mrifoundry.run_lock import RunLock
-from flows.runners import make_task_runner
+from mrifoundry.flows.runners import make_task_runner
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full
 from mrifoundry.settings import CurateParams
-from tasks.curation import pipeline
-from tasks.curation.finalize import finalize_catalog, run_summary
-from tasks.curation.runner import audit_or_quarantine, stops_on_full_disk
-from tasks.curation.selection.exams import select_exams
-from tasks.curation.stages import STAGE_ORDER, reset_disk_full, sweep_temp
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation import pipeline
+from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
+from mrifoundry.tasks.curation.runner import audit_or_quarantine, stops_on_full_disk
+from mrifoundry.tasks.curation.selection.exams import select_exams
+from mrifoundry.tasks.curation.stages import STAGE_ORDER, reset_disk_full, sweep_temp
+from mrifoundry.tasks.curation.workspace import Workspace
 
 
 class StageFailed(CurationError):
@@ -80,7 +80,7 @@ def phi_audit_task(out: str, reports: str | None) -> dict:
     outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the research zone is
     audited again, both results go to the artifact and a report file, and the task fails with counts
     and the report path (no values, no places)."""
-    from tasks.curation.audit.phi_audit import PhiLeakError
+    from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
     try:
         rep = audit_or_quarantine(Path(out), reports)
     except PhiLeakError as e:

@@ -15,8 +15,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.evaluate import few_shot, frd_flow, linear_probe, zero_shot
-from flows.params import research_dir
+from mrifoundry.flows.evaluate import few_shot, frd_flow, linear_probe, zero_shot
+from mrifoundry.flows.params import research_dir
 
 DATASETS = {"mni-wm": "make_mni_wm_dataset", "phantom": "make_phantom_dataset"}
 
@@ -24,7 +24,7 @@ DATASETS = {"mni-wm": "make_mni_wm_dataset", "phantom": "make_phantom_dataset"}
 @task(name="ingest-demo-tasks")
 def ingest_demo_tasks(research: str) -> dict:
     from mrifoundry.sample import labelled as demo_sets
-    from tasks.evaluation.labelled import ingest_nifti_pairs
+    from mrifoundry.tasks.evaluation.labelled import ingest_nifti_pairs
     out = {}
     for dataset_id, maker in DATASETS.items():
         root = getattr(demo_sets, maker)(Path(research).parent / "labelled-sources" / dataset_id, n_cases=6, seed=0)
@@ -34,7 +34,7 @@ def ingest_demo_tasks(research: str) -> dict:
 
 def _models(research: Path) -> list[dict]:
     """The random tiny baseline, plus the demo pretrain run when it exists."""
-    from catalog.views import connect
+    from mrifoundry.catalog.views import connect
     con = connect(research)
     try:
         have = con.execute("SELECT model_id FROM models WHERE model_id = 'mri-core-tiny-demo' "
@@ -53,10 +53,10 @@ REGIONS = {"whole_tumor": [1, 2, 4], "tumor_core": [1, 4], "enhancing": [4]}
 def _three_d(out: str, research: Path) -> list[str]:
     """The 3D half on the demo: BrainSegFounder (tiny) pretrained on the ingested BIDS corpus, then
     fine-tuned with the SwinUNETR decoder on a BraTS-style task, against a random init."""
-    from catalog.views import connect
-    from flows.downstream import ingest_downstream_flow
-    from flows.finetune import finetune_3d
-    from flows.pretrain import pretrain
+    from mrifoundry.catalog.views import connect
+    from mrifoundry.flows.downstream import ingest_downstream_flow
+    from mrifoundry.flows.finetune import finetune_3d
+    from mrifoundry.flows.pretrain import pretrain
     from mrifoundry.sample.brats_like import make_brats_like_dataset
     con = connect(research)
     try:

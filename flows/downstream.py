@@ -10,13 +10,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.params import expand_home, research_dir
+from mrifoundry.flows.params import expand_home, research_dir
 
 
 @task(name="ingest-downstream")
 def ingest_task(research: str, root: str, dataset_id: str, layout: str, labels: dict | None, strict_labels: bool,
                 voxel_size_mm: float | None, split: list[float], folds: int | None, seed: int) -> dict:
-    from tasks.evaluation.downstream import ingest_downstream
+    from mrifoundry.tasks.evaluation.downstream import ingest_downstream
     return ingest_downstream(Path(research), Path(root), dataset_id, layout=layout, labels=labels,
                              strict_labels=strict_labels, voxel_size_mm=voxel_size_mm, split=tuple(split),
                              folds=folds, seed=seed)

@@ -11,8 +11,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.params import expand_home, research_dir
-from tasks.pretraining.pretrained import pretrained_run
+from mrifoundry.flows.params import expand_home, research_dir
+from mrifoundry.tasks.pretraining.pretrained import pretrained_run
 
 
 def resolve_model(research: Path, model: str, weights: str | None, arch: str | None, image_size: int | None,
@@ -20,8 +20,8 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
     """(ZooModel, label, weights sha) for the flow parameters."""
     import torch
 
-    from models import zoo
-    from tasks.evaluation.embedding import weights_digest
+    from mrifoundry.models import zoo
+    from mrifoundry.tasks.evaluation.embedding import weights_digest
     if pretrained:
         run = pretrained_run(research, pretrained)
         model, weights, arch, label = run.entry, run.checkpoint, run.arch, pretrained
@@ -36,7 +36,7 @@ def resolve_model(research: Path, model: str, weights: str | None, arch: str | N
 @task(name="linear-probe")
 def probe_task(research: str, eval_id: str, query: str | None, model: str, weights: str | None, arch: str | None,
                image_size: int | None, pretrained: str | None, epochs: int, seed: int) -> dict:
-    from tasks.evaluation.evaluate import PROBE_QUERIES, linear_probe_eval
+    from mrifoundry.tasks.evaluation.evaluate import PROBE_QUERIES, linear_probe_eval
     m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
     query = query or PROBE_QUERIES["volumes" if getattr(m, "family", None) == "volume" else "slices"]
     return linear_probe_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha, query=query,
@@ -47,7 +47,7 @@ def probe_task(research: str, eval_id: str, query: str | None, model: str, weigh
 def zero_shot_task(research: str, eval_id: str, dataset_id: str, split: str, k_values: list[int], model: str,
                    weights: str | None, arch: str | None, image_size: int | None, pretrained: str | None,
                    seed: int) -> dict:
-    from tasks.evaluation.evaluate import zero_shot_eval
+    from mrifoundry.tasks.evaluation.evaluate import zero_shot_eval
     m, label, sha = resolve_model(Path(research), model, weights, arch, image_size, pretrained, seed)
     res = zero_shot_eval(Path(research), m, eval_id=eval_id, model_label=label, weights_sha=sha,
                          dataset_id=dataset_id, split=split, k_values=tuple(k_values), seed=seed)
@@ -97,7 +97,7 @@ def zero_shot(dataset_id: str, out: str | None = None, split: str = "test",
 @task(name="frd")
 def frd_task(research: str, eval_id: str, reference_sql: str, dataset_ids: list[str], n: int, seed: int,
              workers: int) -> dict:
-    from tasks.evaluation.evaluate import frd_eval
+    from mrifoundry.tasks.evaluation.evaluate import frd_eval
     res = frd_eval(Path(research), eval_id=eval_id, reference_sql=reference_sql, dataset_ids=dataset_ids, n=n,
                    seed=seed, workers=workers)
     return {ds: {k: r[k] for k in ("frd", "n_reference", "n_other", "n_features", "cache_hits", "cache_misses")}
@@ -124,8 +124,8 @@ def frd_flow(dataset_ids: list[str], out: str | None = None,
 @task(name="few-shot")
 def fewshot_task(research: str, eval_id: str, dataset_id: str, preset: str, overrides: dict, model: str,
                  weights: str | None, arch: str | None, pretrained: str | None) -> dict:
-    from tasks.evaluation.evaluate import fewshot_eval
-    from tasks.evaluation.fewshot import FewShotConfig
+    from mrifoundry.tasks.evaluation.evaluate import fewshot_eval
+    from mrifoundry.tasks.evaluation.fewshot import FewShotConfig
     cfg = FewShotConfig.tiny(**overrides) if preset == "tiny" else FewShotConfig(**overrides)
     return fewshot_eval(Path(research), eval_id=eval_id, dataset_id=dataset_id, cfg=cfg, model=model,
                         weights=expand_home(weights), arch=arch, pretrained=pretrained)
@@ -157,7 +157,7 @@ def few_shot(dataset_id: str, out: str | None = None, model: str = "sam-vit-b", 
 def transfer(model_a: str, model_b: str, out: str | None = None, frd_eval_id: str = "frd",
              metric: str = "test_dsc_3d", eval_id: str | None = None) -> dict:
     """Few-shot gain of ``model_a`` over ``model_b`` per dataset against FRD (MRI-CORE fig. 4)."""
-    from tasks.evaluation.evaluate import transfer_eval
+    from mrifoundry.tasks.evaluation.evaluate import transfer_eval
     research = research_dir(out)
     name = eval_id or f"transfer-{model_a}-vs-{model_b}"
     res = transfer_eval(research, eval_id=name, model_a=model_a, model_b=model_b, frd_eval_id=frd_eval_id,

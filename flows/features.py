@@ -9,9 +9,9 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.params import expand_home, research_dir
-from tasks.evaluation.embedding import extract_features
-from tasks.pretraining.pretrained import pretrained_run
+from mrifoundry.flows.params import expand_home, research_dir
+from mrifoundry.tasks.evaluation.embedding import extract_features
+from mrifoundry.tasks.pretraining.pretrained import pretrained_run
 
 
 #: Default query per input kind: every training slice, or every converted volume.
@@ -24,7 +24,7 @@ def embed_task(research: str, query: str | None, model: str, weights: str | None
                image_size: int | None, feature_set: str, batch_size: int, patch_grids: bool, pool: str) -> dict:
     from pathlib import Path
 
-    from models import zoo
+    from mrifoundry.models import zoo
     logger = get_run_logger()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     m = zoo.load(model, weights, arch=arch, image_size=image_size, device=device)

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.params import expand_home, research_dir
+from mrifoundry.flows.params import expand_home, research_dir
 
 __all__ = ["classify_3d", "finetune_3d"]
 
@@ -31,7 +31,7 @@ def _config(cls, preset: str, overrides: dict, **explicit):
 
 def _model(research: Path, rows: list[dict], model: str, weights: str | None, arch: str | None,
            pretrained: str | None):
-    from tasks.evaluation.finetune3d_eval import data_channels, volume_encoder_factory
+    from mrifoundry.tasks.evaluation.finetune3d_eval import data_channels, volume_encoder_factory
     return volume_encoder_factory(research, model=model, weights=expand_home(weights), arch=arch,
                                   pretrained=pretrained, in_channels=data_channels(rows))
 
@@ -39,9 +39,9 @@ def _model(research: Path, rows: list[dict], model: str, weights: str | None, ar
 @task(name="finetune-3d")
 def finetune3d_task(research: str, eval_id: str, dataset_id: str, model: str, weights: str | None, arch: str | None,
                     pretrained: str | None, cfg_kw: dict, fractions: list[float] | None) -> dict:
-    from tasks.evaluation.downstream import load_labelled_volumes
-    from tasks.evaluation.finetune3d import Finetune3dConfig
-    from tasks.evaluation.finetune3d_eval import finetune3d_eval, nested_regions
+    from mrifoundry.tasks.evaluation.downstream import load_labelled_volumes
+    from mrifoundry.tasks.evaluation.finetune3d import Finetune3dConfig
+    from mrifoundry.tasks.evaluation.finetune3d_eval import finetune3d_eval, nested_regions
     # nested regions (BraTS WT ⊇ TC ⊇ ET) are scored as regions unless the caller says otherwise
     cfg_kw = {**cfg_kw, "overrides": {"regions": nested_regions(Path(research), dataset_id), **cfg_kw["overrides"]}}
     cfg = _config(Finetune3dConfig, **cfg_kw)
@@ -86,9 +86,9 @@ def finetune_3d(dataset_id: str, out: str | None = None, model: str = "brainsegf
 @task(name="classify-3d")
 def classify3d_task(research: str, eval_id: str, dataset_id: str, model: str, weights: str | None, arch: str | None,
                     pretrained: str | None, cfg_kw: dict, fractions: list[float] | None) -> dict:
-    from tasks.evaluation.classify3d import Classify3dConfig
-    from tasks.evaluation.downstream import load_labelled_volumes
-    from tasks.evaluation.finetune3d_eval import classify3d_eval
+    from mrifoundry.tasks.evaluation.classify3d import Classify3dConfig
+    from mrifoundry.tasks.evaluation.downstream import load_labelled_volumes
+    from mrifoundry.tasks.evaluation.finetune3d_eval import classify3d_eval
     cfg = _config(Classify3dConfig, **cfg_kw)
     rows = load_labelled_volumes(Path(research), dataset_id)
     label, sha, factory = _model(Path(research), rows, model, weights, arch, pretrained)

@@ -12,15 +12,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, \
     update_progress_artifact
 
-from flows.curate import _run_id, finalize_task, phi_audit_task
-from flows.params import expand_home, research_dir
+from mrifoundry.flows.curate import _run_id, finalize_task, phi_audit_task
+from mrifoundry.flows.params import expand_home, research_dir
 from mrifoundry.run_lock import RunLock
 
 
 @task(name="ingest-files")
 def ingest_task(out: str, root: str, layout: str, dataset: str, voxel_size_mm: float | None,
                 nifti_shape: list[int] | None, body_part: str | None, rerun: str, workers: int, run_id: str) -> dict:
-    from tasks.curation.ingest import IngestParams, ingest_collection
+    from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
     logger = get_run_logger()
     bar = create_progress_artifact(progress=0.0, description=f"ingest {dataset}: files")
 
@@ -53,7 +53,7 @@ def ingest(bids: str | None = None, nifti: str | None = None, dataset: str | Non
         run = ingest_task(str(out_dir), root, layout, dataset, voxel_size_mm, nifti_shape, body_part, rerun, workers,
                           run_id)
         counts = finalize_task(str(out_dir), run_id)
-        from tasks.curation.ingest.report import ingest_summary
+        from mrifoundry.tasks.curation.ingest.report import ingest_summary
         md, montage = ingest_summary(out_dir / "research", dataset, run)
         create_markdown_artifact(md, key="ingest-summary", description=f"ingest of {dataset}")
         if montage:

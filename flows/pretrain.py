@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, \
     update_progress_artifact
 
-from flows.params import expand_home, research_dir
-from models.recipes import recipe as get_recipe
-from tasks.pretraining import launch
-from tasks.pretraining import report as pretrain_report
+from mrifoundry.flows.params import expand_home, research_dir
+from mrifoundry.models.recipes import recipe as get_recipe
+from mrifoundry.tasks.pretraining import launch
+from mrifoundry.tasks.pretraining import report as pretrain_report
 
 
 @task(name="select-slices")
@@ -116,7 +116,7 @@ def pretrain(out: str | None = None, query: str | None = None, recipe: str = "mr
     cfg = get_recipe(recipe, **overrides)
     query = query or launch.default_query(cfg)
     if exclude_overlap:
-        from tasks.evaluation.overlap import exclude_overlap as without
+        from mrifoundry.tasks.evaluation.overlap import exclude_overlap as without
         for dataset_id in exclude_overlap:
             query = without(query, dataset_id)
     research = research_dir(out)

@@ -24,8 +24,8 @@ from segment_anything.modeling.image_encoder import Block, window_partition, win
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import Tensor, nn
 
-from models.checkpoints import load_state
-from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from mrifoundry.models.checkpoints import load_state
+from mrifoundry.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Adapter", "AdaptedBlock", "AdaptedTwoWayBlock", "FewShotSam", "MRI_CORE_ENCODER_DEPTHS",
            "add_encoder_adapters", "add_decoder_adapters", "freeze_all_but_adapters",

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 
-from models.sam_encoder import SamEncoderConfig
-from models.vit import resize_pos_grid, unchunk_block_keys
+from mrifoundry.models.sam_encoder import SamEncoderConfig
+from mrifoundry.models.vit import resize_pos_grid, unchunk_block_keys
 
 __all__ = ["sam_to_dinov2", "dinov2_to_sam", "load_mri_core_into_sam",
            "resize_sam_encoder_state", "sam_encoder_state"]

@@ -16,11 +16,11 @@ import torch
 from mrifoundry.digest import file_sha256
 
 if TYPE_CHECKING:  # for the annotation only
-    from models.zoo import ZooModel
+    from mrifoundry.models.zoo import ZooModel
 
 __all__ = ["ZOO", "ZooEntry", "available", "load", "register"]
 
-log = logging.getLogger("models.zoo")
+log = logging.getLogger("mrifoundry.models.zoo")
 
 #: ``builder(entry, weights, arch, image_size, **options)`` → a zoo model (models/zoo.py, zoo3d.py)
 Builder = Callable[..., object]

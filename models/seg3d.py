@@ -30,7 +30,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from models.encoders3d import Encoder3d
+from mrifoundry.models.encoders3d import Encoder3d
 
 __all__ = ["ClassifierNet3d", "SegNet3d", "SwinUNETRDecoder3d", "UNETRDecoder3d", "build_classifier3d",
            "build_monai_swinunetr", "build_segmenter3d", "feature_strides", "param_groups", "segnet_to_swinunetr_state",
@@ -308,7 +308,7 @@ def build_monai_swinunetr(encoder: Encoder3d, out_channels: int, norm_name: str 
     """
     from monai.networks.nets import SwinUNETR
 
-    from models.ssl3d.brainsegfounder import load_into_swinunetr
+    from mrifoundry.models.ssl3d.brainsegfounder import load_into_swinunetr
     if encoder.kind != "swin":
         raise ValueError("MONAI SwinUNETR needs a Swin encoder; use build_segmenter3d for a plain conv one")
     cfg = encoder.cfg

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import zoo3d
-from models.checkpoints import inner_state
-from models.convert import load_mri_core_into_sam, resize_sam_encoder_state
-from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from models.registry import ZOO, ZooEntry, available, load, register
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder, sam_blocks_forward
-from models.vit import VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys, unchunk_block_keys
+from mrifoundry.models import zoo3d
+from mrifoundry.models.checkpoints import inner_state
+from mrifoundry.models.convert import load_mri_core_into_sam, resize_sam_encoder_state
+from mrifoundry.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from mrifoundry.models.registry import ZOO, ZooEntry, available, load, register
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder, sam_blocks_forward
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys, unchunk_block_keys
 
 __all__ = ["ZooModel", "ZooEntry", "ZOO", "register", "available", "load",
            "save_mri_core_checkpoint", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.encoders3d import Encoder3d
-from models.registry import ZooEntry, register
+from mrifoundry.models.encoders3d import Encoder3d
+from mrifoundry.models.registry import ZooEntry, register
 
 __all__ = ["VolumeZooModel"]
 
@@ -65,7 +65,7 @@ def _own_checkpoint(path: Path) -> dict | None:
 def _builder(method: str, default_arch: str, loader_name: str):
     def build(entry, path: Path, arch: str | None, image_size: int | None, *, in_channels: int | None = None):
         import importlib
-        loader = getattr(importlib.import_module(f"models.ssl3d.{method}"), loader_name)
+        loader = getattr(importlib.import_module(f"mrifoundry.models.ssl3d.{method}"), loader_name)
         own = _own_checkpoint(path)
         if own is not None and own["method"] != method:
             raise ValueError(f"{path.name} is a {own['method']} checkpoint, not {method}")

@@ -54,11 +54,11 @@ class CaseResult:
 def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     """The curation stages and the PHI audit on one archive folder (no Prefect); ``params``
     override :class:`mrifoundry.settings.CurateParams` defaults."""
-    from catalog.views import connect
+    from mrifoundry.catalog.views import connect
     from mrifoundry.settings import CurateParams
-    from tasks.curation.audit.phi_audit import audit_output
-    from tasks.curation.runner import CurationFailed, run_curation
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.audit.phi_audit import audit_output
+    from mrifoundry.tasks.curation.runner import CurationFailed, run_curation
+    from mrifoundry.tasks.curation.workspace import Workspace
 
     ws = Workspace(out)
     params = CurateParams(**{"archive": str(archive), "reports": None, "out": str(out), "workers": 1, **params})

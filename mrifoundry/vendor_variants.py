@@ -58,7 +58,7 @@ class Variant:
 
 def _tiles(root: Path, files: tuple[str, ...]) -> list[list[Dataset]]:
     """The classic images of each real mosaic (one list per volume, in tile = position order)."""
-    from tasks.curation.deid.frames import split_images
+    from mrifoundry.tasks.curation.deid.frames import split_images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return [split_images(pydicom.dcmread(root / f)) for f in files]

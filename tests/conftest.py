@@ -94,8 +94,8 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog — one brain and two body exams, PNG only,
     curated by the plain stage functions (no Prefect) — for the model and evaluation tests."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation.runner import run_curation
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.runner import run_curation
+    from mrifoundry.tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]
@@ -118,8 +118,8 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog with NIfTI volumes — two brain exams (T1, T2,
     FLAIR) and one body exam at 3 mm (small volumes, fast tests) — for the volume recipes."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation.runner import run_curation
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.runner import run_curation
+    from mrifoundry.tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]

@@ -13,9 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mrifoundry", "catalog", "flows", "models", "tasks", "bench")
+#: folders installed as ``mrifoundry.<folder>`` (setup.py): imported only under that name
+MAPPED = ("catalog", "flows", "models", "tasks")
 MAX_LINES = 400
 #: tasks/ domains in dependency order: each may import only those before it
-DOMAINS = ("tasks.curation", "tasks.data", "tasks.pretraining", "tasks.evaluation")
+DOMAINS = ("mrifoundry.tasks.curation", "mrifoundry.tasks.data", "mrifoundry.tasks.pretraining",
+           "mrifoundry.tasks.evaluation")
 
 
 def _modules() -> dict[str, Path]:
@@ -24,7 +27,7 @@ def _modules() -> dict[str, Path]:
         for path in sorted((REPO / pkg).rglob("*.py")):
             rel = path.relative_to(REPO).with_suffix("")
             parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-            out[".".join(parts)] = path
+            out[".".join((("mrifoundry",) if pkg in MAPPED else ()) + parts)] = path
     return out
 
 
@@ -111,3 +114,28 @@ def test_the_checker_sees_a_cycle_and_a_late_import(tmp_path):
     b.write_text("def f():\n    from a import x\n")
     modules = {"a": a, "b": b, "a.x": a}
     assert _imports(a, "a", modules) == {"b"} and _imports(b, "b", modules) == {"a", "a.x"}
+
+
+def _bare_imports(path: Path) -> list[str]:
+    """``import tasks…`` / ``from catalog… import`` lines: the folders exist only as mrifoundry.*."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        bad += [n for n in names if n.split(".")[0] in MAPPED]
+    return bad
+
+
+def test_no_bare_top_level_imports():
+    """Every module of the project, its tests and benchmarks imports ``mrifoundry.tasks``, never
+    ``tasks`` (installed, only ``mrifoundry`` exists: a bare import would fail or load a module twice)."""
+    files = [p for d in (*PACKAGES, "tests") for p in sorted((REPO / d).rglob("*.py"))]
+    bad = {str(p.relative_to(REPO)): names for p in files if (names := _bare_imports(p))}
+    assert not bad, f"bare imports of {MAPPED}: {bad}"
+
+
+def test_the_bare_import_check_sees_one(tmp_path):
+    planted = tmp_path / "m.py"
+    planted.write_text("def f():\n    from tasks.curation import pipeline\n")
+    assert _bare_imports(planted) == ["tasks.curation"]
+

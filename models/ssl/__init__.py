@@ -3,12 +3,12 @@ losses, block masking, multi-crop augmentation, cosine schedules, the EMA teache
 
 One module per concern, so a meta-architecture composes the objectives by weight.
 """
-from models.ssl.ema import update_teacher
-from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from models.ssl.mae import MAE
-from models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
-from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
-from models.ssl.schedules import Schedules, build_schedules, cosine_schedule
+from mrifoundry.models.ssl.ema import update_teacher
+from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from mrifoundry.models.ssl.mae import MAE
+from mrifoundry.models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
+from mrifoundry.models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
+from mrifoundry.models.ssl.schedules import Schedules, build_schedules, cosine_schedule
 
 __all__ = [
     "DINOLoss",

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoints import load_state
-from models.convert import dinov2_without_layerscale, sam_to_dinov2
-from models.heads import DINOHead
-from models.recipes import PretrainConfig
-from models.vit import VIT_CONFIGS, DinoVisionTransformer
+from mrifoundry.models.checkpoints import load_state
+from mrifoundry.models.convert import dinov2_without_layerscale, sam_to_dinov2
+from mrifoundry.models.heads import DINOHead
+from mrifoundry.models.recipes import PretrainConfig
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer
 
 __all__ = ["DinoNet", "build_backbone", "init_from_dinov2", "init_from_sam"]
 

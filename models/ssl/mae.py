@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from models.vit import Block, DinoVisionTransformer, ViTConfig
+from mrifoundry.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from mrifoundry.models.vit import Block, DinoVisionTransformer, ViTConfig
 
 __all__ = ["MAE", "MAETransform", "patchify", "sincos_pos_embed_2d"]
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from mrifoundry.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ChannelwiseJitter", "MultiCrop", "MultiCropConfig", "collate_multicrop"]
 

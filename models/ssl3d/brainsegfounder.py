@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoints import inner_state
-from models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
-from models.ssl3d.losses3d import nt_xent
+from mrifoundry.models.checkpoints import inner_state
+from mrifoundry.models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
+from mrifoundry.models.ssl3d.losses3d import nt_xent
 
 __all__ = ["ROTATION_DIMS", "BrainSegFounderPretrainer", "cuboid_dropout", "load_brainsegfounder_encoder",
            "load_into_swinunetr", "random_rotation", "rotate_volumes"]

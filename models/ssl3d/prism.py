@@ -67,8 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoints import inner_state
-from models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
+from mrifoundry.models.checkpoints import inner_state
+from mrifoundry.models.encoders3d import SWIN_CONFIGS, Encoder3d, build_encoder3d
 
 __all__ = ["DEFAULT_WEIGHTS", "Encoded", "PrismPretrainer", "load_prism_encoder", "meta_l1_loss", "part_ce_loss"]
 

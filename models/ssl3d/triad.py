@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.checkpoints import inner_state
-from models.encoders3d import Encoder3d, build_encoder3d, pool_features
-from models.ssl3d.decoder3d import LightDecoder3d, random_patch_mask
+from mrifoundry.models.checkpoints import inner_state
+from mrifoundry.models.encoders3d import Encoder3d, build_encoder3d, pool_features
+from mrifoundry.models.ssl3d.decoder3d import LightDecoder3d, random_patch_mask
 
 __all__ = ["TriadPretrainer", "load_triad_encoder", "log_ratio_loss", "masked_l1"]
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
-from catalog.store import consolidate, write_table
-from catalog.views import build_research_db, build_restricted_db, connect
-from catalog.reasons import describe
-from tasks.curation.qc import qc_montage
-from tasks.curation.workspace import Workspace
+from mrifoundry.catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
+from mrifoundry.catalog.store import consolidate, write_table
+from mrifoundry.catalog.views import build_research_db, build_restricted_db, connect
+from mrifoundry.catalog.reasons import describe
+from mrifoundry.tasks.curation.qc import qc_montage
+from mrifoundry.tasks.curation.workspace import Workspace
 
 
 def finalize_catalog(ws: Workspace) -> dict[str, int]:

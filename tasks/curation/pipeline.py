@@ -14,19 +14,19 @@ from pathlib import Path
 
 import nibabel as nib
 
-from catalog.store import write_exam_parts
+from mrifoundry.catalog.store import write_exam_parts
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
 from mrifoundry.settings import CurateParams
-from tasks.curation.archive import open_archive, walk_limits
-from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
-from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-from tasks.curation.convert.png import volume_to_png
-from tasks.curation.convert.sidecar import write_sidecars
-from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
-from tasks.curation.selection import exams as selection
-from tasks.curation.stages import StageOutcome, failure_message, guarded, log_restricted, log_text, replace_dir
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.archive import open_archive, walk_limits
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
+from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+from mrifoundry.tasks.curation.convert.png import volume_to_png
+from mrifoundry.tasks.curation.convert.sidecar import write_sidecars
+from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
+from mrifoundry.tasks.curation.selection import exams as selection
+from mrifoundry.tasks.curation.stages import StageOutcome, failure_message, guarded, log_restricted, log_text, replace_dir
+from mrifoundry.tasks.curation.workspace import Workspace
 
 _ARCHIVES: dict[tuple[str, str], object] = {}
 _ARCHIVE_LOCK = threading.Lock()

@@ -21,11 +21,11 @@ from typing import Callable
 from mrifoundry.errors import DiskFull, is_disk_full
 from mrifoundry.run_lock import RunLock
 from mrifoundry.settings import CurateParams
-from tasks.curation.finalize import finalize_catalog, run_summary
-from tasks.curation.pipeline import curate_exam
-from tasks.curation.selection.exams import select_exams
-from tasks.curation.stages import disk_full, reset_disk_full, sweep_temp
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
+from mrifoundry.tasks.curation.pipeline import curate_exam
+from mrifoundry.tasks.curation.selection.exams import select_exams
+from mrifoundry.tasks.curation.stages import disk_full, reset_disk_full, sweep_temp
+from mrifoundry.tasks.curation.workspace import Workspace
 
 __all__ = ["CurationFailed", "audit_or_quarantine", "run_curation", "stops_on_full_disk"]
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ def audit_or_quarantine(out_dir: Path, reports: str | None):
     """The PHI audit of the whole output; its report when clean. On a hit the leaking exams'
     research outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the
     report is written there and PhiLeakError raised (counts and the report path, no values)."""
-    from tasks.curation.audit.phi_audit import PhiLeakError, audit_output
-    from tasks.curation.audit.quarantine import quarantine_leaks, write_report
+    from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError, audit_output
+    from mrifoundry.tasks.curation.audit.quarantine import quarantine_leaks, write_report
     rep = audit_output(out_dir, Path(reports) if reports else None)
     if rep.ok:
         return rep

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full, where
 from mrifoundry.settings import CurateParams
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.workspace import Workspace
 
 STAGE_ORDER = ("retrieve", "deid", "continuity", "convert", "catalog")
 

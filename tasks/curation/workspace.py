@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from catalog.ledger import Ledger
+from mrifoundry.catalog.ledger import Ledger
 from mrifoundry.errors import StageInputMissing
 from mrifoundry.settings import load_salt
 

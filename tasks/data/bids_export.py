@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from catalog.views import connect, query_dicts
+from mrifoundry.catalog.views import connect, query_dicts
 from mrifoundry import code_version
 
 __all__ = ["ANAT_SUFFIX", "export_bids", "validate_bids"]

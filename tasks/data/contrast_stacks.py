@@ -42,7 +42,7 @@ import nibabel.processing
 import numpy as np
 from PIL import Image
 
-from catalog.views import query_dicts
+from mrifoundry.catalog.views import query_dicts
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 
 #: What the slice recipes train on when the caller names no query.
 DEFAULT_QUERY = "SELECT png_file FROM training_slices"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.data.volume_io import LOAD_FORMAT, load_volume
+from mrifoundry.tasks.data.volume_io import LOAD_FORMAT, load_volume
 
 __all__ = ["VolumeCache"]
 

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from catalog.views import query_dicts
-from tasks.data.volume_cache import VolumeCache
-from tasks.data.volume_io import load_volume
+from mrifoundry.catalog.views import query_dicts
+from mrifoundry.tasks.data.volume_cache import VolumeCache
+from mrifoundry.tasks.data.volume_io import load_volume
 
 __all__ = ["DEFAULT_QUERY", "PAIRED_QUERY", "VolumeDataset", "body_part_classes", "crop_box", "load_volume", "meta_vector",
            "query_volumes", "select_pairs"]

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.seg3d import build_classifier3d, param_groups
-from tasks.evaluation.finetune3d import (as_encoder, autocast_for, device_for, load_image, pick_train_patients,
+from mrifoundry.models.seg3d import build_classifier3d, param_groups
+from mrifoundry.tasks.evaluation.finetune3d import (as_encoder, autocast_for, device_for, load_image, pick_train_patients,
                                          warmup_cosine)
 
 __all__ = ["Classify3dConfig", "METRICS", "auroc", "balanced_accuracy", "classification_metrics", "cross_validate",

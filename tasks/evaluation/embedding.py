@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catalog.schema import FEATURE_SETS, FEATURES, VOLUME_FEATURES, to_arrow
-from catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
-from catalog.views import build_research_db, connect
+from mrifoundry.catalog.schema import FEATURE_SETS, FEATURES, VOLUME_FEATURES, to_arrow
+from mrifoundry.catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
+from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from mrifoundry.digest import file_sha256
-from tasks.data.slices import load_slice, query_slices
-from tasks.evaluation.volume_embed import embed_volumes
+from mrifoundry.tasks.data.slices import load_slice, query_slices
+from mrifoundry.tasks.evaluation.volume_embed import embed_volumes
 
 
 def weights_digest(path: str | Path | None) -> str:

@@ -17,23 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catalog.schema import EVALUATIONS
-from catalog.store import derived_lock, upsert
-from catalog.views import build_research_db, connect, query_dicts
-from models import zoo
-from models.adapters import build_sam_for_fewshot
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+from mrifoundry.catalog.schema import EVALUATIONS
+from mrifoundry.catalog.store import derived_lock, upsert
+from mrifoundry.catalog.views import build_research_db, connect, query_dicts
+from mrifoundry.models import zoo
+from mrifoundry.models.adapters import build_sam_for_fewshot
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
 from mrifoundry import code_version
-from tasks.data.slices import query_slices
-from tasks.evaluation.embedding import embed_pooled, load_batch, load_features, weights_digest
-from tasks.evaluation.fewshot import METRICS, run_fewshot
-from tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
-from tasks.evaluation.labelled import load_labelled
-from tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
-from tasks.evaluation.transfer import transfer_analysis
-from tasks.evaluation.volume_embed import embed_volumes
-from tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
-from tasks.pretraining.pretrained import pretrained_run
+from mrifoundry.tasks.data.slices import query_slices
+from mrifoundry.tasks.evaluation.embedding import embed_pooled, load_batch, load_features, weights_digest
+from mrifoundry.tasks.evaluation.fewshot import METRICS, run_fewshot
+from mrifoundry.tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
+from mrifoundry.tasks.evaluation.labelled import load_labelled
+from mrifoundry.tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
+from mrifoundry.tasks.evaluation.transfer import transfer_analysis
+from mrifoundry.tasks.evaluation.volume_embed import embed_volumes
+from mrifoundry.tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
+from mrifoundry.tasks.pretraining.pretrained import pretrained_run
 
 
 def eval_dir(research: Path, eval_id: str) -> Path:

@@ -38,7 +38,7 @@ from monai.losses import DiceCELoss
 from PIL import Image
 from torch import Tensor, nn
 
-from tasks.evaluation.metrics import dice_2d, dice_3d, nsd_3d
+from mrifoundry.tasks.evaluation.metrics import dice_2d, dice_3d, nsd_3d
 
 __all__ = ["FewShotConfig", "pick_fewshot", "fewshot_lr", "load_slices", "random_crop_rotate",
            "predict", "train_fewshot", "run_fewshot", "METRICS"]

@@ -29,9 +29,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from models.encoders3d import Encoder3d
-from models.seg3d import build_segmenter3d, param_groups
-from tasks.evaluation.metrics import dice, surface_dice
+from mrifoundry.models.encoders3d import Encoder3d
+from mrifoundry.models.seg3d import build_segmenter3d, param_groups
+from mrifoundry.tasks.evaluation.metrics import dice, surface_dice
 
 __all__ = ["Finetune3dConfig", "as_encoder", "autocast_for", "case_metrics", "device_for", "label_fraction_sweep",
            "load_case", "load_image", "parse_zooms", "pick_train_patients", "predict_volume", "run_finetune3d",

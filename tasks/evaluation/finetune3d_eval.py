@@ -24,8 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tasks.evaluation import classify3d, finetune3d
-from tasks.evaluation.evaluate import eval_dir, record
+from mrifoundry.tasks.evaluation import classify3d, finetune3d
+from mrifoundry.tasks.evaluation.evaluate import eval_dir, record
 
 __all__ = ["RANDOM_INIT_ARCH", "classify3d_eval", "finetune3d_eval", "metric_name", "nested_regions", "overlay_png", "roc_png",
            "volume_encoder_factory"]
@@ -45,7 +45,7 @@ def data_channels(rows: Sequence[dict]) -> int:
 
 def nested_regions(research: Path, dataset_id: str) -> bool:
     """Whether the dataset's label values are nested regions (``datasets.nested_regions``)."""
-    from catalog.views import connect
+    from mrifoundry.catalog.views import connect
     con = connect(Path(research))
     try:
         row = con.execute("SELECT nested_regions FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone()
@@ -66,11 +66,11 @@ def volume_encoder_factory(research: Path, *, model: str, weights: str | None, a
     Raises:
         ValueError: a model that is not a volume zoo entry.
     """
-    from models import zoo
-    from models.encoders3d import build_encoder3d
-    from models.seg3d import with_in_channels
-    from tasks.evaluation.embedding import weights_digest
-    from tasks.pretraining.pretrained import pretrained_run
+    from mrifoundry.models import zoo
+    from mrifoundry.models.encoders3d import build_encoder3d
+    from mrifoundry.models.seg3d import with_in_channels
+    from mrifoundry.tasks.evaluation.embedding import weights_digest
+    from mrifoundry.tasks.pretraining.pretrained import pretrained_run
     label = pretrained or model
     if pretrained:
         run = pretrained_run(research, pretrained)

@@ -42,11 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.store import write_parquet_atomic
+from mrifoundry.catalog.store import write_parquet_atomic
 from mrifoundry.digest import file_sha256
-from tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
-from tasks.data.slices import query_slices
-from tasks.evaluation.labelled import load_labelled
+from mrifoundry.tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
+from mrifoundry.tasks.data.slices import query_slices
+from mrifoundry.tasks.evaluation.labelled import load_labelled
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def extract_features(paths: Sequence[str | Path], *, cache_dir: str | Path, work
         else:
             ctx = mp.get_context("forkserver")
             # workers fork from a server that already imported frd-score and pyradiomics
-            ctx.set_forkserver_preload(["frd_score.frd", "radiomics.featureextractor", "tasks.evaluation.frd"])
+            ctx.set_forkserver_preload(["frd_score.frd", "radiomics.featureextractor", "mrifoundry.tasks.evaluation.frd"])
             with ProcessPoolExecutor(n_proc, mp_context=ctx, initializer=_preload) as pool:
                 results = list(pool.map(_extract_one, [p for _, p in items]))
         rows = []

@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from catalog.schema import DATASETS, LABELLED_SLICES, RESEARCH_TABLES, to_arrow
-from catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
-from catalog.views import build_research_db, connect
+from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, RESEARCH_TABLES, to_arrow
+from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
+from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
-from tasks.curation.convert.png import normalize_uint8
+from mrifoundry.tasks.curation.convert.png import normalize_uint8
 
 SPLITS = ("train", "val", "test")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from tasks.evaluation.labelled import (CaseError, as_label_u8, check_dataset_id, check_split, finish_dataset,
+from mrifoundry.tasks.evaluation.labelled import (CaseError, as_label_u8, check_dataset_id, check_split, finish_dataset,
                                        new_workdir, safe_id, slice_row)
 
 __all__ = ["ingest_png_list", "mri_core_patient_id", "read_png_list"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog.views import connect
-from tasks.evaluation.labelled import check_dataset_id
+from mrifoundry.catalog.views import connect
+from mrifoundry.tasks.evaluation.labelled import check_dataset_id
 
 
 def _query(query: str) -> str:

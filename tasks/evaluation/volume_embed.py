@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.data.volume_io import load_volume
+from mrifoundry.tasks.data.volume_io import load_volume
 
 __all__ = ["embed_volumes", "volume_cube"]
 

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from tasks.evaluation.metrics import dice_2d
+from mrifoundry.tasks.evaluation.metrics import dice_2d
 
 DEFAULT_K = (4, 8, 16, 32, 64, 128)
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.ssl.ema import unwrap
+from mrifoundry.models.ssl.ema import unwrap
 
 __all__ = ["Dist", "Recipe", "TrainResult", "atomic_save", "autocast", "finish_job", "load_train_state",
            "run_loop", "seeded_loader", "setup_distributed", "unwrap", "wrap_ddp"]

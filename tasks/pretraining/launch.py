@@ -19,16 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from models.recipes import PretrainConfig, VolumeConfig
+from mrifoundry.models.recipes import PretrainConfig, VolumeConfig
 from mrifoundry import REPO_ROOT
-from tasks.data.contrast_stacks import DEFAULT_QUERY as STACKS_QUERY
-from tasks.data.contrast_stacks import brainfound_stacks
-from tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
-from tasks.data.slices import query_slices
-from tasks.data.text_embed import describe_series, embed_descriptions
-from tasks.data.volumes import DEFAULT_QUERY as VOLUMES_QUERY
-from tasks.data.volumes import PAIRED_QUERY, query_volumes, select_pairs
-from tasks.pretraining import slices, volumes
+from mrifoundry.tasks.data.contrast_stacks import DEFAULT_QUERY as STACKS_QUERY
+from mrifoundry.tasks.data.contrast_stacks import brainfound_stacks
+from mrifoundry.tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
+from mrifoundry.tasks.data.slices import query_slices
+from mrifoundry.tasks.data.text_embed import describe_series, embed_descriptions
+from mrifoundry.tasks.data.volumes import DEFAULT_QUERY as VOLUMES_QUERY
+from mrifoundry.tasks.data.volumes import PAIRED_QUERY, query_volumes, select_pairs
+from mrifoundry.tasks.pretraining import slices, volumes
 
 log = logging.getLogger(__name__)
 

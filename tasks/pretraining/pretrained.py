@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 
 __all__ = ["PretrainedRun", "pretrained_run", "zoo_entry_for"]
 
@@ -26,7 +26,7 @@ class PretrainedRun:
 def zoo_entry_for(objective: str, arch: str) -> str:
     """The zoo entry that loads a run's checkpoint: ``triad`` splits by encoder kind."""
     if objective == "triad":
-        from models.encoders3d import PLAINCONV_CONFIGS
+        from mrifoundry.models.encoders3d import PLAINCONV_CONFIGS
         return "triad-unet" if arch in PLAINCONV_CONFIGS else "triad-swin"
     if objective in ("brainsegfounder", "prism"):
         return objective

@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless workers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from catalog.schema import MODELS  # noqa: E402
-from catalog.store import derived_lock, upsert  # noqa: E402
-from catalog.views import build_research_db  # noqa: E402
+from mrifoundry.catalog.schema import MODELS  # noqa: E402
+from mrifoundry.catalog.store import derived_lock, upsert  # noqa: E402
+from mrifoundry.catalog.views import build_research_db  # noqa: E402
 from mrifoundry import code_version  # noqa: E402
 
 

@@ -26,19 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.heads import DINOHead
-from models.recipes import PretrainConfig
-from models.ssl.dino import DinoNet, build_backbone, init_from_dinov2, init_from_sam
-from models.ssl.ema import update_teacher
-from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from models.ssl.mae import MAE, MAETransform
-from models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
-from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
-from models.ssl.schedules import build_schedules
-from models.zoo import save_mri_core_checkpoint
-from tasks.data.samplers import EpochSampler
-from tasks.data.slices import SliceDataset
-from tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop, seeded_loader,
+from mrifoundry.models.heads import DINOHead
+from mrifoundry.models.recipes import PretrainConfig
+from mrifoundry.models.ssl.dino import DinoNet, build_backbone, init_from_dinov2, init_from_sam
+from mrifoundry.models.ssl.ema import update_teacher
+from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from mrifoundry.models.ssl.mae import MAE, MAETransform
+from mrifoundry.models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
+from mrifoundry.models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
+from mrifoundry.models.ssl.schedules import build_schedules
+from mrifoundry.models.zoo import save_mri_core_checkpoint
+from mrifoundry.tasks.data.samplers import EpochSampler
+from mrifoundry.tasks.data.slices import SliceDataset
+from mrifoundry.tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop, seeded_loader,
                                       setup_distributed, unwrap)
 
 __all__ = ["DinoObjective", "MaeObjective", "TrainResult", "main", "param_groups", "train"]
@@ -271,7 +271,7 @@ def _dino_step(batch: dict, model, teacher: DinoNet, dino_loss: DINOLoss, ibot_l
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tasks.pretraining.slices JOB.json`` (under torchrun): JOB = {config, paths_file, run_dir,
+    """``python -m mrifoundry.tasks.pretraining.slices JOB.json`` (under torchrun): JOB = {config, paths_file, run_dir,
     init_weights, resume}; rank 0 writes ``result.json`` beside it."""
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])

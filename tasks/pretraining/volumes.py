@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.recipes import VolumeConfig
-from models.ssl.schedules import cosine_schedule
-from tasks.data.samplers import EpochSampler
-from tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
-from tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
+from mrifoundry.models.recipes import VolumeConfig
+from mrifoundry.models.ssl.schedules import cosine_schedule
+from mrifoundry.tasks.data.samplers import EpochSampler
+from mrifoundry.tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
+from mrifoundry.tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
                                       seeded_loader, setup_distributed, unwrap)
 
 __all__ = ["build_method", "effective_batch_size", "train_volumes"]
@@ -35,15 +35,15 @@ __all__ = ["build_method", "effective_batch_size", "train_volumes"]
 def build_method(cfg: VolumeConfig, n_body_parts: int = 1) -> nn.Module:
     """The method's pretrainer module (models/ssl3d) for ``cfg``."""
     if cfg.method == "triad":
-        from models.ssl3d.triad import TriadPretrainer
+        from mrifoundry.models.ssl3d.triad import TriadPretrainer
         return TriadPretrainer(encoder=cfg.encoder, roi=cfg.roi, mask_ratio=cfg.mask_ratio, mask_patch=cfg.mask_patch,
                                text_weight=cfg.text_weight, ssl_hidden=cfg.ssl_hidden)
     if cfg.method == "brainsegfounder":
-        from models.ssl3d.brainsegfounder import BrainSegFounderPretrainer
+        from mrifoundry.models.ssl3d.brainsegfounder import BrainSegFounderPretrainer
         return BrainSegFounderPretrainer(encoder=cfg.encoder, in_channels=cfg.in_channels, roi=cfg.roi,
                                          contrastive_dim=cfg.contrastive_dim, temperature=cfg.temperature)
     if cfg.method == "prism":
-        from models.ssl3d.prism import PrismPretrainer
+        from mrifoundry.models.ssl3d.prism import PrismPretrainer
         return PrismPretrainer(encoder=cfg.encoder, in_channels=cfg.in_channels, roi=cfg.roi,
                                n_body_parts=max(n_body_parts, 1), mask_ratio=cfg.mask_ratio,
                                mask_patch=cfg.mask_patch, sequence_dim=cfg.sequence_dim,
@@ -156,7 +156,7 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tasks.pretraining.volumes JOB.json`` (under torchrun): JOB = {config, rows_file,
+    """``python -m mrifoundry.tasks.pretraining.volumes JOB.json`` (under torchrun): JOB = {config, rows_file,
     texts_file, run_dir, init_state, resume, cache_dir}; rank 0 writes ``result.json`` beside it."""
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])

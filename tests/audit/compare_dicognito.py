@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 from dicognito.anonymizer import Anonymizer
 
-from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_dataset
+from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_dataset
 
 
 def _what(orig, new) -> str:

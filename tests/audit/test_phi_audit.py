@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tasks.curation.audit.identifiers import Identifiers, collect_identifiers, tokens
-from tasks.curation.audit.phi_audit import Hit, PhiLeakError, audit
+from mrifoundry.tasks.curation.audit.identifiers import Identifiers, collect_identifiers, tokens
+from mrifoundry.tasks.curation.audit.phi_audit import Hit, PhiLeakError, audit
 from tests.flows.helpers import copy_exams
 
 
@@ -54,7 +54,7 @@ def test_tokens_keep_uids_whole():
 
 @pytest.fixture(scope="module")
 def curated(prefect_server, sample, manifest, tmp_path_factory):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     archive = tmp_path_factory.mktemp("audit-archive")
     out = tmp_path_factory.mktemp("audit-out")
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
@@ -281,7 +281,7 @@ def _remove_planted_run(run_id: str) -> None:
 
 def test_placeholder_values_are_not_identifiers():
     """An accession number 'NONE' must not flag every ImageType ...\\NONE in the research zone."""
-    from tasks.curation.audit.identifiers import Identifiers
+    from mrifoundry.tasks.curation.audit.identifiers import Identifiers
     ids = Identifiers()
     ids.add("NONE", "accession")
     ids.add("UNKNOWN", "name")
@@ -296,8 +296,8 @@ def test_no_phrase_across_two_rows_of_a_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.curation.audit.identifiers import Identifiers
-    from tasks.curation.audit.scanners import scanner
+    from mrifoundry.tasks.curation.audit.identifiers import Identifiers
+    from mrifoundry.tasks.curation.audit.scanners import scanner
     ids = Identifiers()
     ids.add("19000101", "birth date")
     path = tmp_path / "exams.parquet"

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from catalog.views import query_dicts
-from tasks.curation.audit.identifiers import collect_identifiers
-from tasks.curation.audit.phi_audit import PhiLeakError, audit_output
-from tasks.curation.audit.quarantine import quarantine_leaks, write_report
-from tasks.curation.workspace import Workspace
+from mrifoundry.catalog.views import query_dicts
+from mrifoundry.tasks.curation.audit.identifiers import collect_identifiers
+from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError, audit_output
+from mrifoundry.tasks.curation.audit.quarantine import quarantine_leaks, write_report
+from mrifoundry.tasks.curation.workspace import Workspace
 
 pytestmark = pytest.mark.slow   # curates a small archive (end to end without Prefect)
 
@@ -30,9 +30,9 @@ pytestmark = pytest.mark.slow   # curates a small archive (end to end without Pr
 def curated(manifest, sample, tmp_path_factory) -> Path:
     """OUT of two exams of two patients, curated by the stage functions (PNG + NIfTI)."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.selection.exams import select_exams
+    from mrifoundry.tasks.curation.finalize import finalize_catalog
+    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.selection.exams import select_exams
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
              and not any(s.get("defect") for s in e["series"])]
@@ -222,10 +222,10 @@ def test_clean_report_moves_nothing(out):
 
 @pytest.mark.prefect_server
 def test_flow_task_quarantines_then_fails(out, prefect_server):
-    """flows.curate.phi_audit_task: quarantine before failing; the error carries counts and the report path."""
+    """mrifoundry.flows.curate.phi_audit_task: quarantine before failing; the error carries counts and the report path."""
     from prefect import flow
 
-    from flows.curate import phi_audit_task
+    from mrifoundry.flows.curate import phi_audit_task
     leaky, other = _exams(out)
     _plant(out, leaky)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mrifoundry.settings import CurateParams
-from tasks.curation.pipeline import curate_exam
-from tasks.curation.selection.exams import select_exams
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.pipeline import curate_exam
+from mrifoundry.tasks.curation.selection.exams import select_exams
+from mrifoundry.tasks.curation.workspace import Workspace
 from tests.badinput.corpus import all_cases, build_corpus
 from tests.badinput.outcomes import check_case, part_rows
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from mrifoundry.settings import load_salt
 from tests.badinput.corpus import all_cases, build_corpus
@@ -26,7 +26,7 @@ def _rows(con, sql: str) -> list[dict]:
 
 
 def test_flow_over_whole_corpus(prefect_server, tmp_path_factory):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
 
     archive, out = tmp_path_factory.mktemp("badinput-archive"), tmp_path_factory.mktemp("badinput-out")
     expects = build_corpus(archive)

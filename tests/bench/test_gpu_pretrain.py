@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.gpu_pretrain import measured_flops, render_markdown, run, vit_flops_closed_form
-from models.vit import VIT_CONFIGS, DinoVisionTransformer
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer
 
 
 @pytest.mark.parametrize("arch,size", [("vit_tiny", 64), ("vit_b16", 224)])

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from catalog.schema import RESEARCH_TABLES
-from catalog.store import consolidate, write_exam_parts
-from catalog.views import build_research_db, built_root, connect
-from flows.cli import main
+from mrifoundry.catalog.schema import RESEARCH_TABLES
+from mrifoundry.catalog.store import consolidate, write_exam_parts
+from mrifoundry.catalog.views import build_research_db, built_root, connect
+from mrifoundry.flows.cli import main
 
 
 def _catalog(root, exam="e1", n=3):
@@ -51,7 +51,7 @@ def test_a_copy_reads_its_own_files_not_the_originals(tmp_path, capsys):
 
 
 def test_fallback_when_the_catalog_cannot_be_rebuilt(tmp_path, monkeypatch):
-    import catalog.views as views
+    import mrifoundry.catalog.views as views
     _catalog(tmp_path / "a")
     os.rename(tmp_path / "a", tmp_path / "b")
     research = tmp_path / "b" / "research"

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from catalog.docs import render_catalog_doc
-from catalog.reasons import REASONS
-from catalog.schema import ALL_TABLES
+from mrifoundry.catalog.docs import render_catalog_doc
+from mrifoundry.catalog.reasons import REASONS
+from mrifoundry.catalog.schema import ALL_TABLES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "catalog.md"
 

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from catalog.ledger import Ledger
+from mrifoundry.catalog.ledger import Ledger
 
 
 def test_upsert_counts_attempts_and_keeps_one_row(tmp_path):

@@ -10,10 +10,10 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.schema import FEATURES, RESEARCH_TABLES, to_arrow
-from catalog.store import consolidate, features_file, write_exam_parts, write_parquet_atomic
-from catalog.views import RefusedStatement, build_research_db, check_read_query, connect_confined
-from flows.cli import main
+from mrifoundry.catalog.schema import FEATURES, RESEARCH_TABLES, to_arrow
+from mrifoundry.catalog.store import consolidate, features_file, write_exam_parts, write_parquet_atomic
+from mrifoundry.catalog.views import RefusedStatement, build_research_db, check_read_query, connect_confined
+from mrifoundry.flows.cli import main
 from mrifoundry.errors import EXIT_USAGE
 
 

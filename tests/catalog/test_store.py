@@ -1,8 +1,8 @@
 import duckdb
 import pyarrow.parquet as pq
 
-from catalog.schema import EXAMS, SLICES
-from catalog.store import consolidate, table_file, write_exam_parts
+from mrifoundry.catalog.schema import EXAMS, SLICES
+from mrifoundry.catalog.store import consolidate, table_file, write_exam_parts
 
 
 def _slices(exam, n):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from tasks.curation.convert.sidecar import bvec_in_image, pe_code
-from tasks.curation.deid import acquisition
+from mrifoundry.tasks.curation.convert.sidecar import bvec_in_image, pe_code
+from mrifoundry.tasks.curation.deid import acquisition
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 

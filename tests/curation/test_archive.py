@@ -8,7 +8,7 @@ import pytest
 from pydicom.fileset import FileSet
 
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive import FolderArchive, open_archive
+from mrifoundry.tasks.curation.archive import FolderArchive, open_archive
 from tests.dicom_factory import write_series
 
 
@@ -58,7 +58,7 @@ def test_index_is_incremental(tmp_path, monkeypatch):
     _two_studies(tmp_path / "arch")
     FolderArchive(tmp_path / "arch", tmp_path / "index.parquet").studies()
     new = write_series(tmp_path / "arch" / "later", n_slices=3, extra={"AccessionNumber": "ACC2"})
-    import tasks.curation.archive.folder_index as mod
+    import mrifoundry.tasks.curation.archive.folder_index as mod
     seen = []
     real = mod._read_headers
     monkeypatch.setattr(mod, "_read_headers", lambda paths: seen.extend(paths) or real(paths))

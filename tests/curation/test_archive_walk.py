@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.curation.archive.folder import FolderArchive
-from tasks.curation.archive.folder_index import (WalkLimits, archive_sources, decode_path, encode_path,
+from mrifoundry.tasks.curation.archive.folder import FolderArchive
+from mrifoundry.tasks.curation.archive.folder_index import (WalkLimits, archive_sources, decode_path, encode_path,
                                                  expand_container, looks_like_dicom)
 from tests.dicom_factory import write_series
 
@@ -152,7 +152,7 @@ def test_max_file_size(tmp_path, size_mb, limit_mb, indexed):
 
 
 def test_header_reads_are_bounded_in_time():
-    from tasks.curation.archive.folder_index import time_limit
+    from mrifoundry.tasks.curation.archive.folder_index import time_limit
     t0 = time.perf_counter()
     with pytest.raises(TimeoutError):
         with time_limit(0.2):

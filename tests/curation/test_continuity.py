@@ -7,9 +7,9 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from catalog.reasons import REASONS
+from mrifoundry.catalog.reasons import REASONS
 from mrifoundry.errors import CurationError
-from tasks.curation.continuity.checks import ContinuityConfig, check_series
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
 from tests import dicom_factory as f
 
 CFG = ContinuityConfig()

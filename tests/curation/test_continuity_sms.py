@@ -8,7 +8,7 @@ import datetime as dt
 import pydicom
 import pytest
 
-from tasks.curation.continuity.checks import ContinuityConfig, check_series
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
 from tests.dicom_factory import write_series
 
 TR = 2.0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mrifoundry.errors import CurationError
-from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
-from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-from tasks.curation.convert.png import volume_to_png
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
+from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+from mrifoundry.tasks.curation.convert.png import volume_to_png
 from tests import dicom_factory as f
 
 ROWS, COLS, NZ = 24, 20, 10

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from mrifoundry.errors import CurationError
-from tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
-from tasks.curation.convert.png import volume_to_png
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
+from mrifoundry.tasks.curation.convert.png import volume_to_png
 from tests import dicom_factory as f
 
 

@@ -14,8 +14,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from mrifoundry import ids
-from tasks.curation.deid import profile as deid_profile
-from tasks.curation.deid.deidentify import (
+from mrifoundry.tasks.curation.deid import profile as deid_profile
+from mrifoundry.tasks.curation.deid.deidentify import (
     DeidConfig, PseudonymStore, clean_text, deidentify_dataset, deidentify_exam, remap_uid, shift_date,
 )
 

@@ -11,8 +11,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from tasks.curation.deid import profile as deid_profile
-from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, _burned_in, deidentify_dataset, remap_uid, shift_date
+from mrifoundry.tasks.curation.deid import profile as deid_profile
+from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, _burned_in, deidentify_dataset, remap_uid, shift_date
 
 SALT = "actions-salt"
 CFG = DeidConfig(SALT)

@@ -7,7 +7,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from tasks.curation.deid.frames import split_images
+from mrifoundry.tasks.curation.deid.frames import split_images
 
 N_SLICES, ROWS = 4, 8
 # acquisition order: b=1000 along x, then b=0, then b=1000 along y (sorted keys would put b=0 first)

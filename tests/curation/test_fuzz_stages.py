@@ -166,7 +166,7 @@ def base_exam(tmp_path_factory) -> Path:
 def deid_base(base_exam, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The base exam de-identified once: (folder, {REAL/GENERATED: series folder name})."""
     from mrifoundry import ids
-    from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
+    from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 
     root = tmp_path_factory.mktemp("fuzz-deid")
     store = PseudonymStore(root / "pseudonyms.sqlite", SALT)
@@ -243,9 +243,9 @@ def apply(series_files: dict[str, list[Path]], mutations) -> None:
 @example(mutations=[("replace", (GENERATED, None), "ImageType", ("US", b"\x05\x00"))])
 def test_fuzzed_exam_never_fails_in_the_pipeline(base_exam, mutations):
     """select → retrieve → deid → continuity → convert → catalog through the plain runners."""
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.selection.exams import select_exams
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.selection.exams import select_exams
+    from mrifoundry.tasks.curation.workspace import Workspace
 
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # pydicom warns about every invalid value it reads or writes
@@ -272,9 +272,9 @@ def test_fuzzed_deidentified_series_through_check_and_convert(deid_base, mutatio
     """Mutated de-identified series through check_series, volume_to_png and volumes_to_nifti
     called directly: a check result or a RejectedItem is an answer; a CurationError
     (continuity_error / convert_error) or any other exception is a crash."""
-    from tasks.curation.continuity.checks import ContinuityConfig, check_series
-    from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-    from tasks.curation.convert.png import volume_to_png
+    from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
+    from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+    from mrifoundry.tasks.curation.convert.png import volume_to_png
 
     folder, names = deid_base
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, warnings.catch_warnings():
@@ -299,9 +299,9 @@ def test_fuzzed_deidentified_series_through_check_and_convert(deid_base, mutatio
 
 def test_unmutated_exam_converts(base_exam, tmp_path):
     """The fuzz base itself is clean: both series pass every stage (else the fuzzing proves little)."""
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.selection.exams import select_exams
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.selection.exams import select_exams
+    from mrifoundry.tasks.curation.workspace import Workspace
 
     ws = Workspace(tmp_path / "out")
     params = CurateParams(archive=str(base_exam), reports=None, out=str(ws.out), workers=1, voxel_size_mm=None)

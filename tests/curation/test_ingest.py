@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.views import connect
-from tasks.curation.finalize import finalize_catalog
-from tasks.curation.ingest import IngestParams, ingest_collection
-from tasks.curation.workspace import Workspace
+from mrifoundry.catalog.views import connect
+from mrifoundry.tasks.curation.finalize import finalize_catalog
+from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
+from mrifoundry.tasks.curation.workspace import Workspace
 from mrifoundry.sample.bids_corpus import EXPECTED, MNI_T1, PHI, make_bids
 
 
@@ -126,7 +126,7 @@ def test_nothing_identifying_from_sidecars_or_labels_reaches_the_research_zone(i
         low = data.lower()
         for v in planted:
             assert v.lower().encode() not in low, (path, v)
-    from tasks.curation.audit.phi_audit import audit_output
+    from mrifoundry.tasks.curation.audit.phi_audit import audit_output
     rep = audit_output(out)
     assert not rep.hits and rep.identifiers.get("name", 0) >= 1 and rep.identifiers.get("mrn", 0) >= 1
     assert rep.identifiers.get("source header", 0) >= 1   # 'spm - 3D normalized' etc. of the sources
@@ -138,7 +138,7 @@ def test_the_audit_finds_a_sidecar_value_that_leaks(ingested, tmp_path):
     shutil.copytree(out, leaky)
     (leaky / "research" / "qc").mkdir(exist_ok=True)
     (leaky / "research" / "qc" / "note.json").write_text(json.dumps({"site": "Saint Brendan Clinic"}))
-    from tasks.curation.audit.phi_audit import audit_output
+    from mrifoundry.tasks.curation.audit.phi_audit import audit_output
     # the manifest names the sidecars by absolute path: the copy still reads the originals
     rep = audit_output(leaky)
     assert {h.kind for h in rep.hits} == {"institution"}

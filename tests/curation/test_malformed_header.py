@@ -27,14 +27,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from catalog.reasons import REASONS
+from mrifoundry.catalog.reasons import REASONS
 from mrifoundry import ids
 from mrifoundry.errors import RejectedItem
 from mrifoundry.settings import CurateParams
-from tasks.curation.continuity.checks import ContinuityConfig, check_series
-from tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
-from tasks.curation.convert.png import volume_to_png
-from tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
+from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
+from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
+from mrifoundry.tasks.curation.convert.png import volume_to_png
+from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 from tests.badinput.writers import Study
 
 SALT = "malformed-header-test-salt"
@@ -230,9 +230,9 @@ def test_malformed_value(name, tmp_path):
 def test_malformed_values_never_end_as_failed_in_the_pipeline(tmp_path):
     """Through the plain stage runners: the malformed series is a rejected ledger row, the
     control converts, nothing is ``failed`` (a failed row is retried on every run, exit 1)."""
-    from tasks.curation.pipeline import curate_exam
-    from tasks.curation.selection.exams import select_exams
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.selection.exams import select_exams
+    from mrifoundry.tasks.curation.workspace import Workspace
 
     study = Study(tmp_path / "archive", "pipeline", 1)
     rows_uid, _ = study.series("rows", number=1, mutate=lambda ds, k: _plant(CASES["rows_text_as_LO"], ds, k))

@@ -3,7 +3,7 @@ import datetime as dt
 
 import pytest
 
-from tasks.curation.selection.reports import ReportRules, filter_reports, normalise_protocol
+from mrifoundry.tasks.curation.selection.reports import ReportRules, filter_reports, normalise_protocol
 
 ROWS = [
     # accession, mrn, date, modality, report type, expected decision, rule

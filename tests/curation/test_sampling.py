@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tasks.curation.selection.sampling import sample_exams
+from mrifoundry.tasks.curation.selection.sampling import sample_exams
 
 
 def _pool(seed=1, n_protocols=6, n_patients=120, n_exams=500):

@@ -8,11 +8,11 @@ import pytest
 
 from mrifoundry import ids
 from mrifoundry.settings import CurateParams
-from tasks.curation import pipeline
-from tasks.curation.deid import frames
-from tasks.curation.selection.exams import select_exams
-from tasks.curation.stages import must_run
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation import pipeline
+from mrifoundry.tasks.curation.deid import frames
+from mrifoundry.tasks.curation.selection.exams import select_exams
+from mrifoundry.tasks.curation.stages import must_run
+from mrifoundry.tasks.curation.workspace import Workspace
 from tests.badinput.outcomes import part_rows
 from tests.dicom_factory import write_series
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from tasks.curation.continuity import series_meta
+from mrifoundry.tasks.curation.continuity import series_meta
 from tests import dicom_factory as f
 
 
@@ -100,7 +100,7 @@ def test_header_body_parts_speak_the_report_rules_vocabulary():
     """exams.body_part (report rule) and series.body_part (headers) compare as equals: for
     every non-facial sample protocol, its headers map to the label its report text gets."""
     from mrifoundry.sample.protocols import PROTOCOLS
-    from tasks.curation.selection.reports import ReportRules, body_part_of, normalise_protocol
+    from mrifoundry.tasks.curation.selection.reports import ReportRules, body_part_of, normalise_protocol
     rules = ReportRules.load()
     checked = 0
     for p in PROTOCOLS:

@@ -7,11 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from catalog.views import connect
-from tasks.curation.finalize import finalize_catalog
-from tasks.curation.ingest import IngestParams, ingest_collection
-from tasks.curation.workspace import Workspace
-from tasks.data.bids_export import export_bids, validate_bids
+from mrifoundry.catalog.views import connect
+from mrifoundry.tasks.curation.finalize import finalize_catalog
+from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
+from mrifoundry.tasks.curation.workspace import Workspace
+from mrifoundry.tasks.data.bids_export import export_bids, validate_bids
 from mrifoundry.sample.bids_corpus import make_bids
 
 

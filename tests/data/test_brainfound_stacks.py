@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from catalog.views import query_dicts
-from models.ssl.multicrop import IMAGENET_MEAN, IMAGENET_STD, ChannelwiseJitter, MultiCrop, MultiCropConfig
-from tasks.data.contrast_stacks import DEFAULT_QUERY, ExamStack, build_stacks, choose_contrasts
-from models.ssl.mae import MAETransform
-from tasks.data.slices import load_slice
+from mrifoundry.catalog.views import query_dicts
+from mrifoundry.models.ssl.multicrop import IMAGENET_MEAN, IMAGENET_STD, ChannelwiseJitter, MultiCrop, MultiCropConfig
+from mrifoundry.tasks.data.contrast_stacks import DEFAULT_QUERY, ExamStack, build_stacks, choose_contrasts
+from mrifoundry.models.ssl.mae import MAETransform
+from mrifoundry.tasks.data.slices import load_slice
 
 SIZE = 64
 

@@ -1,7 +1,7 @@
 """EpochSampler: each item exactly once per epoch across ranks, equal steps, exact resume."""
 import pytest
 
-from tasks.data.samplers import EpochSampler
+from mrifoundry.tasks.data.samplers import EpochSampler
 
 
 def _ranks(n, batch_size, world_size=2, **kw):

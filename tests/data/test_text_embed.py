@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.data import text_embed
-from tasks.data.text_embed import describe_series, embed_descriptions, embed_texts
+from mrifoundry.tasks.data import text_embed
+from mrifoundry.tasks.data.text_embed import describe_series, embed_descriptions, embed_texts
 
 ROW = {"series_id": "s1", "sequence_type": "T1", "orientation": "axial", "body_part": "brain", "field_strength": 1.5,
        "repetition_time": 600.0, "echo_time": 11.04, "flip_angle": 90.0, "manufacturer": "GE MEDICAL SYSTEMS",

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks.data.volume_cache import VolumeCache
-from tasks.data.volumes import VolumeDataset, load_volume
+from mrifoundry.tasks.data.volume_cache import VolumeCache
+from mrifoundry.tasks.data.volumes import VolumeDataset, load_volume
 
 
 def _nifti(path, data, affine=None):

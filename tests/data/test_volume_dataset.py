@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks.pretraining.volumes import effective_batch_size
-from tasks.data.volumes import (VolumeDataset, _crop_affine, body_part_classes, crop_box, load_volume, meta_vector,
+from mrifoundry.tasks.pretraining.volumes import effective_batch_size
+from mrifoundry.tasks.data.volumes import (VolumeDataset, _crop_affine, body_part_classes, crop_box, load_volume, meta_vector,
                                   query_volumes, select_pairs)
 
 
@@ -129,7 +129,7 @@ def test_partner_resampling_reads_a_box_but_equals_the_whole_volume(shift):
     nibabel's resampling of the whole volume, also for an oblique, partly or wholly outside crop."""
     from nibabel.processing import resample_from_to
 
-    from tasks.data.volumes import _resample_to
+    from mrifoundry.tasks.data.volumes import _resample_to
     rng = np.random.default_rng(2)
     data = rng.random((30, 26, 18)).astype(np.float32)
     src_affine = np.diag([1.0, 1.2, 2.0, 1.0])

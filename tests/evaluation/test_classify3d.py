@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from models.encoders3d import build_encoder3d
-from tasks.evaluation.classify3d import (Classify3dConfig, auroc, balanced_accuracy, cross_validate, load_inputs,
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.tasks.evaluation.classify3d import (Classify3dConfig, auroc, balanced_accuracy, cross_validate, load_inputs,
                                          volume_input)
 
 
@@ -147,10 +147,10 @@ def test_finetuning_trains_the_encoder_too(cases, inputs):
 
 
 def test_classify3d_eval_records_mean_and_std_over_folds(cases, tmp_path):
-    from catalog.schema import RESEARCH_TABLES
-    from catalog.store import table_file, write_parquet_atomic
-    from catalog.views import build_research_db, query_dicts
-    from tasks.evaluation.finetune3d_eval import classify3d_eval
+    from mrifoundry.catalog.schema import RESEARCH_TABLES
+    from mrifoundry.catalog.store import table_file, write_parquet_atomic
+    from mrifoundry.catalog.views import build_research_db, query_dicts
+    from mrifoundry.tasks.evaluation.finetune3d_eval import classify3d_eval
     research = tmp_path / "research"
     research.mkdir()
     for t in RESEARCH_TABLES:

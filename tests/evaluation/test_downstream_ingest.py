@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from catalog.store import catalog_dir
+from mrifoundry.catalog.store import catalog_dir
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
 from mrifoundry.settings import load_salt
-from tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
+from mrifoundry.tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
 
 SALT = "test-salt"
 SHAPE = (12, 10, 8)

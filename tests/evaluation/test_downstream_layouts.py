@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
-from tasks.evaluation.downstream.layouts import detect_layout
-from tasks.evaluation.downstream.readers import read_image
+from mrifoundry.tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
+from mrifoundry.tasks.evaluation.downstream.layouts import detect_layout
+from mrifoundry.tasks.evaluation.downstream.readers import read_image
 from tests.dicom_factory import AXIAL, pixel_lps, write_series
 from tests.evaluation.test_downstream_dicom_seg import make_seg
 from tests.evaluation.test_downstream_ingest import SALT, labels, ras, save, volume
@@ -148,7 +148,7 @@ def test_unknown_layout(tmp_path):
 
 
 def test_flow_task_wrapper(tmp_path):
-    from flows.downstream import ingest_task
+    from mrifoundry.flows.downstream import ingest_task
     root = tmp_path / "msd"
     save(volume(1, 2), root / "imagesTr" / "c.nii.gz")
     save(labels(), root / "labelsTr" / "c.nii.gz")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.adapters import build_sam_for_fewshot
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
-from tasks.evaluation.fewshot import (METRICS, FewShotConfig, fewshot_lr, pick_fewshot, random_crop_rotate, run_fewshot,
+from mrifoundry.models.adapters import build_sam_for_fewshot
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+from mrifoundry.tasks.evaluation.fewshot import (METRICS, FewShotConfig, fewshot_lr, pick_fewshot, random_crop_rotate, run_fewshot,
                            train_fewshot)
 
 SPLITS = ["train"] * 4 + ["val"] * 2 + ["test"] * 2

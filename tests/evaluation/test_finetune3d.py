@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.encoders3d import build_encoder3d
-from tasks.evaluation.finetune3d import (Finetune3dConfig, load_case, load_image, pick_train_patients, predict_volume,
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.tasks.evaluation.finetune3d import (Finetune3dConfig, load_case, load_image, pick_train_patients, predict_volume,
                                         run_finetune3d)
-from tasks.evaluation.metrics import dice, surface_dice
+from mrifoundry.tasks.evaluation.metrics import dice, surface_dice
 
 SHAPE = (40, 36, 24)        # X larger than the 32³ roi, Z smaller
 LABEL = 3                   # not 1: the class index → label value mapping is exercised
@@ -154,10 +154,10 @@ def test_a_frozen_encoder_is_not_changed_by_training(blobs):
 
 
 def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
-    from catalog.schema import RESEARCH_TABLES
-    from catalog.store import table_file, write_parquet_atomic
-    from catalog.views import build_research_db, query_dicts
-    from tasks.evaluation.finetune3d_eval import finetune3d_eval
+    from mrifoundry.catalog.schema import RESEARCH_TABLES
+    from mrifoundry.catalog.store import table_file, write_parquet_atomic
+    from mrifoundry.catalog.views import build_research_db, query_dicts
+    from mrifoundry.tasks.evaluation.finetune3d_eval import finetune3d_eval
     research = tmp_path / "research"
     research.mkdir()
     for t in RESEARCH_TABLES:
@@ -181,7 +181,7 @@ def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
 
 def test_nested_regions_are_scored_as_label_at_least_v():
     """BraTS-style nested regions (1 = WT only, 2 = TC only, 3 = ET): region v is 'label ≥ v'."""
-    from tasks.evaluation.finetune3d import case_metrics
+    from mrifoundry.tasks.evaluation.finetune3d import case_metrics
     rng = np.random.default_rng(0)
     target = rng.integers(0, 4, (12, 10, 8))
     pred = np.where(rng.random(target.shape) < 0.8, target, rng.integers(0, 4, target.shape))

@@ -1,4 +1,4 @@
-"""tasks.evaluation.frd against frd-score's own command and API, on small generated textures."""
+"""mrifoundry.tasks.evaluation.frd against frd-score's own command and API, on small generated textures."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tasks.evaluation.frd import CACHE_FILE, extract_features, frd, sample_images
+from mrifoundry.tasks.evaluation.frd import CACHE_FILE, extract_features, frd, sample_images
 
 N = 12  # images per side: enough that feature extraction dominates the cold run
 

@@ -1,11 +1,11 @@
-"""tasks.evaluation.probing: separable vs random labels, confusion matrix, patient split, PNG."""
+"""mrifoundry.tasks.evaluation.probing: separable vs random labels, confusion matrix, patient split, PNG."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from tasks.evaluation.probing import ProbeResult, patient_split, plot_confusion, train_linear_probe
+from mrifoundry.tasks.evaluation.probing import ProbeResult, patient_split, plot_confusion, train_linear_probe
 
 EPOCHS = 30  # enough for these small problems; keeps the file fast
 

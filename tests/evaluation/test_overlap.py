@@ -5,13 +5,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from catalog.schema import RESEARCH_TABLES
-from catalog.store import consolidate, write_exam_parts
-from catalog.views import query_dicts
+from mrifoundry.catalog.schema import RESEARCH_TABLES
+from mrifoundry.catalog.store import consolidate, write_exam_parts
+from mrifoundry.catalog.views import query_dicts
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
-from tasks.evaluation.downstream import ingest_downstream
-from tasks.evaluation.overlap import exclude_overlap, overlap
+from mrifoundry.tasks.evaluation.downstream import ingest_downstream
+from mrifoundry.tasks.evaluation.overlap import exclude_overlap, overlap
 from tests.evaluation.test_downstream_ingest import SALT, labels, save, volume
 
 QUERY = "SELECT series_id FROM series WHERE status = 'ok'"

@@ -1,11 +1,11 @@
-"""tasks.evaluation.metrics against an independent NumPy/SciPy implementation and hand-derived cases."""
+"""mrifoundry.tasks.evaluation.metrics against an independent NumPy/SciPy implementation and hand-derived cases."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
-from tasks.evaluation.metrics import dice, dice_2d, dice_3d, nsd_3d, surface_dice
+from mrifoundry.tasks.evaluation.metrics import dice, dice_2d, dice_3d, nsd_3d, surface_dice
 
 
 # ---- reference implementation (MRI-CORE's definitions, written from scratch) ----

@@ -1,4 +1,4 @@
-"""tasks.evaluation.transfer against scipy.stats and an independent NumPy Pearson r."""
+"""mrifoundry.tasks.evaluation.transfer against scipy.stats and an independent NumPy Pearson r."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from tasks.evaluation.transfer import transfer_analysis
+from mrifoundry.tasks.evaluation.transfer import transfer_analysis
 
 ROWS = [
     {"dataset": "knee", "gain": 0.12, "frd": 4.1},

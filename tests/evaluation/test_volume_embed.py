@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from catalog.views import connect
-from models.encoders3d import build_encoder3d
-from models.zoo3d import VolumeZooModel
-from tasks.evaluation.evaluate import PROBE_QUERIES, linear_probe_eval
-from tasks.evaluation.volume_embed import embed_volumes, volume_cube
+from mrifoundry.catalog.views import connect
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.models.zoo3d import VolumeZooModel
+from mrifoundry.tasks.evaluation.evaluate import PROBE_QUERIES, linear_probe_eval
+from mrifoundry.tasks.evaluation.volume_embed import embed_volumes, volume_cube
 
 
 def _nifti(path, data):
@@ -88,7 +88,7 @@ def test_volume_linear_probe_records_its_numbers(volume_catalog, tiny_model):
 
 
 def test_volume_feature_set_in_the_catalog(volume_catalog, tiny_model):
-    from tasks.evaluation.embedding import extract_features, load_features
+    from mrifoundry.tasks.evaluation.embedding import extract_features, load_features
     with pytest.raises(ValueError, match="series_id"):
         extract_features(volume_catalog, "SELECT slice_id FROM slices", tiny_model, "vol-tiny")
     con = connect(volume_catalog)

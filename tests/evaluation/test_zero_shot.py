@@ -1,10 +1,10 @@
-"""tasks.evaluation.zero_shot: k-means segmentation of patch features, majority mapping, DSC, overlay."""
+"""mrifoundry.tasks.evaluation.zero_shot: k-means segmentation of patch features, majority mapping, DSC, overlay."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tasks.evaluation.zero_shot import (best_overlap_mapping, kmeans_segment, overlay_png, upsample_nearest,
+from mrifoundry.tasks.evaluation.zero_shot import (best_overlap_mapping, kmeans_segment, overlay_png, upsample_nearest,
                              zero_shot_dice)
 
 N, D, G, PIX = 3, 8, 8, 32  # images, feature dim, patch grid side, mask side (4 px per patch)

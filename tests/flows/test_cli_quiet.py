@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import flows.cli as cli
+import mrifoundry.flows.cli as cli
 from mrifoundry.run_lock import OutputBusy, RunLock
 from mrifoundry import errors
-from tasks.curation.audit.phi_audit import AuditReport, Hit, PhiLeakError
+from mrifoundry.tasks.curation.audit.phi_audit import AuditReport, Hit, PhiLeakError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,7 +131,7 @@ def test_curate_run_is_quiet(tmp_path, through):
     write_series(archive / "study1" / "series1", n_slices=6, extra=dict(
         PatientID="MRN0001", PatientName="Doe^Jane", StudyDate="20180305", AccessionNumber="ACC0001",
         BodyPartExamined="BRAIN", StudyDescription="MRI BRAIN"))
-    p = subprocess.run([sys.executable, "-m", "flows.cli", "curate", "--archive", str(archive),
+    p = subprocess.run([sys.executable, "-m", "mrifoundry.flows.cli", "curate", "--archive", str(archive),
                         "--out", str(tmp_path / "out"), "--workers", "1", *through],
                        cwd=tmp_path, env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
     both = p.stdout + p.stderr

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from tests.flows.helpers import copy_exams
 
@@ -81,7 +81,7 @@ def _all_outputs_valid(research: Path) -> int:
 
 
 def test_dask_runner_with_two_workers_gives_the_same_catalog(prefect_server, archive, tmp_path):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     src, _ = archive
     a, b = _out(tmp_path, "threads"), _out(tmp_path, "dask")
     assert curate(archive=str(src), out=str(a), return_state=True).is_completed()
@@ -134,7 +134,7 @@ def test_out_of_space_stops_the_run_cleanly_then_rerun(prefect_server, archive, 
     """One exam's NIfTI folder is a 64 KiB tmpfs: its convert fails ``disk_full``, the run stops taking
     new work and ends with DiskFull (no temp file left); once space is back, ``rerun=failed`` finishes
     every exam, including those the stopped run never started."""
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     from mrifoundry.errors import DiskFull
     src, exams = archive
     out = _out(tmp_path, "full")
@@ -167,7 +167,7 @@ def test_out_of_space_stops_the_run_cleanly_then_rerun(prefect_server, archive, 
 
 
 def test_second_run_on_the_same_output_refuses(prefect_server, archive, tmp_path):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     from mrifoundry.run_lock import RunLock
     src, _ = archive
     out = _out(tmp_path, "locked")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import map_coordinates
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from mrifoundry.settings import load_salt
 from tests.flows.helpers import copy_exams
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 
 @pytest.fixture(scope="module")
 def curated(prefect_server, sample, manifest, tmp_path_factory):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     archive = tmp_path_factory.mktemp("defect-archive")
     out = tmp_path_factory.mktemp("defect-out")
     exams = copy_exams(manifest, sample, archive, lambda e: any(s.get("defect") for s in e["series"]))

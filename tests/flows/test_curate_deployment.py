@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from tests.flows.helpers import find_phi
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
@@ -105,7 +105,7 @@ def test_summary_artifact_and_montage(demo):
     out, _ = demo
     md = (out / "research" / "qc" / "summary.md").read_text()
     assert "| catalog |" in md or "## Catalog" in md
-    from tasks.curation.qc import montage_is_informative
+    from mrifoundry.tasks.curation.qc import montage_is_informative
     assert montage_is_informative(out / "research" / "qc" / "montage.png")
 
 
@@ -133,7 +133,7 @@ def test_volume_and_multicontrast_deployments_on_the_demo_catalog(demo):
 
     import torch
 
-    from models import zoo
+    from mrifoundry.models import zoo
     out, _ = demo
     procs = {}
     for deployment, (recipe, extra) in _RECIPE_RUNS.items():

@@ -7,7 +7,7 @@ import numpy as np
 import nibabel as nib
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry.sample.bids_corpus import make_bids
 
 pytestmark = [pytest.mark.prefect_server]
@@ -22,7 +22,7 @@ def _sql(out, q, params=()):
 
 
 def test_a_brats_style_folder_goes_in_by_one_flow(prefect_server, tmp_path):
-    from flows.downstream import ingest_downstream_flow
+    from mrifoundry.flows.downstream import ingest_downstream_flow
     from mrifoundry.sample.brats_like import make_brats_like_dataset
     root = make_brats_like_dataset(tmp_path / "brats", n_cases=3, seed=0)
     out = tmp_path / "out"
@@ -44,9 +44,9 @@ def test_a_brats_style_folder_goes_in_by_one_flow(prefect_server, tmp_path):
 
 
 def test_overlap_is_found_and_pretraining_can_drop_it(prefect_server, tmp_path):
-    from flows.downstream import ingest_downstream_flow
-    from flows.ingest import ingest
-    from flows.pretrain import pretrain
+    from mrifoundry.flows.downstream import ingest_downstream_flow
+    from mrifoundry.flows.ingest import ingest
+    from mrifoundry.flows.pretrain import pretrain
     out = tmp_path / "out"
     bids = make_bids(tmp_path / "ds", broken=False)
     ingest(bids=str(bids), dataset="ds", out=str(out), body_part="brain")
@@ -60,7 +60,7 @@ def test_overlap_is_found_and_pretraining_can_drop_it(prefect_server, tmp_path):
              task / "labelsTr" / "case1.nii.gz")
     ingest_downstream_flow(root=str(task), dataset_id="leaky", out=str(out), voxel_size_mm=None,
                            split=(1.0, 0.0, 0.0), folds=None)
-    from tasks.evaluation.overlap import overlap
+    from mrifoundry.tasks.evaluation.overlap import overlap
     query = ("SELECT r.series_id, r.exam_id, r.nifti_file FROM series r WHERE r.status = 'ok' "
              "AND r.sequence_type IN ('T1', 'T2', 'BOLD')")
     rep = overlap(out / "research", query, "leaky")

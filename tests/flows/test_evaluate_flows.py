@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 
 pytestmark = [pytest.mark.prefect_server]
 
@@ -15,14 +15,14 @@ pytestmark = [pytest.mark.prefect_server]
 @pytest.fixture(scope="module")
 def research(prefect_server, small_catalog, tmp_path_factory):
     from mrifoundry.sample.labelled import make_mni_wm_dataset
-    from tasks.evaluation.labelled import ingest_nifti_pairs
+    from mrifoundry.tasks.evaluation.labelled import ingest_nifti_pairs
     root = make_mni_wm_dataset(tmp_path_factory.mktemp("mni-wm"), n_cases=4, seed=0)
     ingest_nifti_pairs(small_catalog, root, "mni-wm", split=(0.5, 0.0, 0.5), seed=0)
     return small_catalog
 
 
 def test_linear_probe_flow(research):
-    from flows.evaluate import linear_probe
+    from mrifoundry.flows.evaluate import linear_probe
     res = linear_probe(out=str(research.parent),
                        query="SELECT png_file, patient_id, orientation AS label FROM training_slices",
                        model="random", arch="vit_tiny", image_size=64, eval_id="probe-tiny", epochs=20)
@@ -41,7 +41,7 @@ def test_linear_probe_flow(research):
 
 
 def test_zero_shot_flow(research):
-    from flows.evaluate import zero_shot
+    from mrifoundry.flows.evaluate import zero_shot
     res = zero_shot(dataset_id="mni-wm", out=str(research.parent), k_values=[2, 4], model="random", arch="vit_tiny",
                     image_size=64, eval_id="zs-tiny")
     assert set(res["dice_per_k"]) == {"2", "4"} and res["n_slices"] > 0
@@ -57,7 +57,7 @@ def test_zero_shot_flow(research):
 
 
 def test_frd_flow_uses_its_cache_the_second_time(research):
-    from flows.evaluate import frd_flow
+    from mrifoundry.flows.evaluate import frd_flow
     first = frd_flow(dataset_ids=["mni-wm"], out=str(research.parent), n=8, workers=1, eval_id="frd-tiny")
     again = frd_flow(dataset_ids=["mni-wm"], out=str(research.parent), n=8, workers=1, eval_id="frd-tiny")
     assert first["mni-wm"]["cache_misses"] == 16 and again["mni-wm"]["cache_misses"] == 0
@@ -69,7 +69,7 @@ def test_frd_flow_uses_its_cache_the_second_time(research):
 
 
 def test_few_shot_flow_tiny(research):
-    from flows.evaluate import few_shot
+    from mrifoundry.flows.evaluate import few_shot
     res = few_shot(dataset_id="mni-wm", out=str(research.parent), model="random", arch="sam_tiny", preset="tiny",
                    overrides={"repeats": 1, "epochs": 10, "k_patients": 1, "n_val_patients": 0}, eval_id="fs-tiny")
     con = connect(research)
@@ -85,8 +85,8 @@ def test_transfer_flow_relates_gain_to_frd(research):
     """Gains and FRDs recorded as rows → the flow's Pearson/Spearman equal SciPy's on them."""
     from scipy import stats
 
-    from flows.evaluate import transfer
-    from tasks.evaluation.evaluate import record
+    from mrifoundry.flows.evaluate import transfer
+    from mrifoundry.tasks.evaluation.evaluate import record
     gains = {"d1": (0.80, 0.70), "d2": (0.60, 0.58), "d3": (0.90, 0.60), "d4": (0.50, 0.49)}
     frds = {"d1": 3.0, "d2": 1.0, "d3": 5.0, "d4": 0.5}
     rows = []
@@ -111,12 +111,12 @@ def test_a_volume_run_through_extract_features_and_linear_probe(prefect_server, 
     through the zoo entry of its method and switch to volumes (default queries per kind)."""
     import torch
 
-    from flows.evaluate import linear_probe
-    from flows.features import extract_features_flow
-    from models.recipes import recipe
-    from tasks.pretraining.volumes import train_volumes
-    from tasks.pretraining.report import register_model
-    from tasks.data.volumes import DEFAULT_QUERY, query_volumes
+    from mrifoundry.flows.evaluate import linear_probe
+    from mrifoundry.flows.features import extract_features_flow
+    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.volumes import train_volumes
+    from mrifoundry.tasks.pretraining.report import register_model
+    from mrifoundry.tasks.data.volumes import DEFAULT_QUERY, query_volumes
     rows = query_volumes(volume_catalog, DEFAULT_QUERY)
     texts = torch.nn.functional.normalize(torch.randn(len(rows), 384, generator=torch.Generator().manual_seed(0)),
                                           dim=1).numpy()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry.sample.bids_corpus import make_bids
 from mrifoundry.sample.brats_like import make_brats_like_dataset
 
@@ -26,9 +26,9 @@ def _sql(out, q, params=()):
 
 @pytest.fixture(scope="module")
 def out(prefect_server, tmp_path_factory):
-    from flows.downstream import ingest_downstream_flow
-    from flows.ingest import ingest
-    from flows.pretrain import pretrain
+    from mrifoundry.flows.downstream import ingest_downstream_flow
+    from mrifoundry.flows.ingest import ingest
+    from mrifoundry.flows.pretrain import pretrain
     tmp = tmp_path_factory.mktemp("ft")
     out = tmp / "out"
     ingest(bids=str(make_bids(tmp / "ds", broken=False)), dataset="ds", out=str(out), body_part="brain")
@@ -51,7 +51,7 @@ def out(prefect_server, tmp_path_factory):
 
 
 def test_swinunetr_fine_tune_of_a_pretrain_run_reports_dsc_per_label(out):
-    from flows.finetune import finetune_3d
+    from mrifoundry.flows.finetune import finetune_3d
     res = finetune_3d(dataset_id="brats-like", out=str(out), pretrained="bsf-bids", decoder="swinunetr",
                       preset="tiny", roi=64, iterations=3, eval_id="ft-bsf")
     rows = dict(_sql(out, "SELECT metric, value FROM evaluations WHERE eval_id = 'ft-bsf'"))
@@ -68,7 +68,7 @@ def test_swinunetr_fine_tune_of_a_pretrain_run_reports_dsc_per_label(out):
 
 
 def test_classify_3d_runs_k_fold_and_records_auroc(out):
-    from flows.finetune import classify_3d
+    from mrifoundry.flows.finetune import classify_3d
     res = classify_3d(dataset_id="modality", out=str(out), model="brainsegfounder", arch="swin_tiny", mode="linear",
                       preset="tiny", iterations=30, eval_id="cls-modality")
     rows = {m: (v, s, n) for m, v, s, n in _sql(out, "SELECT metric, value, std, n FROM evaluations "

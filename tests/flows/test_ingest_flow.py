@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry.sample.bids_corpus import make_bids
 
 pytestmark = [pytest.mark.prefect_server]
 
 
 def test_a_bids_dataset_goes_in_by_one_flow_and_a_volume_recipe_trains_on_it(prefect_server, tmp_path):
-    from flows.ingest import ingest
-    from flows.pretrain import pretrain
+    from mrifoundry.flows.ingest import ingest
+    from mrifoundry.flows.pretrain import pretrain
     root = make_bids(tmp_path / "ds-test", broken=False)
     out = tmp_path / "out"
     res = ingest(bids=str(root), dataset="ds-test", out=str(out), body_part="brain")
@@ -29,5 +29,5 @@ def test_a_bids_dataset_goes_in_by_one_flow_and_a_volume_recipe_trains_on_it(pre
     finally:
         con.close()
     assert row[0] == 3 and row[1] == query   # the three anatomical volumes
-    from models import zoo
+    from mrifoundry.models import zoo
     assert zoo.load("brainsegfounder", row[2]).encoder.cfg.embed_dim == 12

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from mrifoundry.settings import load_salt
 from tests.flows.helpers import copy_exams
@@ -58,7 +58,7 @@ def _block(out: Path, exam: dict) -> Path:
 
 
 def test_prefect_retry_reexecutes_only_failed_tasks(prefect_server, small_archive, tmp_path):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     archive, exams = small_archive
     out = tmp_path / "out"
     (out / "restricted").mkdir(parents=True)
@@ -92,7 +92,7 @@ def test_prefect_retry_reexecutes_only_failed_tasks(prefect_server, small_archiv
 
 
 def test_rerun_failed_only(prefect_server, small_archive, tmp_path):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     archive, exams = small_archive
     out = tmp_path / "out"
     (out / "restricted").mkdir(parents=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from mrifoundry.errors import EXIT_DISK_FULL
 from mrifoundry.settings import load_salt
@@ -33,7 +33,7 @@ def _archive(root: Path) -> list[str]:
 
 
 def _curate(archive: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "curate", "--archive", str(archive), "--out", str(out),
+    return subprocess.run([sys.executable, "-m", "mrifoundry.flows.cli", "curate", "--archive", str(archive), "--out", str(out),
                            "--no-phi-audit", *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from mrifoundry.settings import load_salt
-from tasks.curation.archive.folder_index import encode_path
+from mrifoundry.tasks.curation.archive.folder_index import encode_path
 from tests.flows.helpers import find_phi
 from tests.hostile.archive import PHI_NAMES, build
 
@@ -36,7 +36,7 @@ def _tree(root: Path) -> dict[bytes, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def hostile_run(prefect_server, tmp_path_factory):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     base = tmp_path_factory.mktemp("hostile")
     archive, outside, out = base / "archive", base / "outside", base / "out"
     expect = build(archive, outside)
@@ -135,7 +135,7 @@ def test_nothing_outside_archive_and_out_was_touched(hostile_run):
 
 
 def test_rerun_does_nothing_new(hostile_run):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     out = hostile_run["out"]
     con = connect(out / "research")
     try:

@@ -9,10 +9,10 @@ import torch
 from segment_anything.modeling.image_encoder import Block
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
-from models.adapters import (AdaptedBlock, AdaptedTwoWayBlock, Adapter, add_decoder_adapters,
+from mrifoundry.models.adapters import (AdaptedBlock, AdaptedTwoWayBlock, Adapter, add_decoder_adapters,
                              add_encoder_adapters, adapter_parameter_names, build_sam_for_fewshot,
                              freeze_all_but_adapters)
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
 
 TINY = SAM_CONFIGS["sam_tiny"]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from models.encoders3d import build_encoder3d
-from models.ssl3d.brainsegfounder import (BrainSegFounderPretrainer, _cuboid_mask, _head_tokens,
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.models.ssl3d.brainsegfounder import (BrainSegFounderPretrainer, _cuboid_mask, _head_tokens,
                                           _reconstruction_decoder, cuboid_dropout, load_brainsegfounder_encoder,
                                           load_into_swinunetr, random_rotation, rotate_volumes)
-from models.ssl3d.losses3d import nt_xent
+from mrifoundry.models.ssl3d.losses3d import nt_xent
 
 # --------------------------------------------------------------------------- NT-Xent
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.convert import (dinov2_to_sam, load_mri_core_into_sam, resize_sam_encoder_state,
+from mrifoundry.models.convert import (dinov2_to_sam, load_mri_core_into_sam, resize_sam_encoder_state,
                             sam_to_dinov2)
-from models.heads import DINOHead
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder, sam_blocks_forward
-from models.vit import VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys, resize_pos_grid
+from mrifoundry.models.heads import DINOHead
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder, sam_blocks_forward
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys, resize_pos_grid
 
 SAM_TINY = SAM_CONFIGS["sam_tiny"]  # 64 px, 4x4 tokens, window 2, rel_pos
 VIT_TINY = VIT_CONFIGS["vit_tiny"]  # 64 px, 4x4 tokens
@@ -196,7 +196,7 @@ def test_layerscale_is_folded_and_preserves_the_function():
 def test_dinov2_checkpoint_initialises_a_layerscale_free_backbone(tmp_path):
     """BrainFound's start: a hub-layout DINOv2 backbone with layerscale → the trainer's
     backbone (no layerscale) computes the same function; another crop size resizes pos_embed."""
-    from models.ssl.dino import init_from_dinov2
+    from mrifoundry.models.ssl.dino import init_from_dinov2
     torch.manual_seed(1)
     hub = DinoVisionTransformer(replace(VIT_TINY, layerscale=1e-5)).eval()
     with torch.no_grad():

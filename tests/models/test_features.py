@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from catalog.views import connect
-from models import zoo
-from tasks.evaluation.embedding import extract_features, load_features, query_slice_rows
+from mrifoundry.catalog.views import connect
+from mrifoundry.models import zoo
+from mrifoundry.tasks.evaluation.embedding import extract_features, load_features, query_slice_rows
 
 QUERY = "SELECT slice_id FROM training_slices ORDER BY slice_id LIMIT 20"
 
@@ -75,7 +75,7 @@ def test_query_without_slice_id_is_refused(small_catalog, model):
 
 def test_probe_on_stored_features_equals_probe_on_fresh_embedding(small_catalog, model):
     """Probing reads a stored feature set: the same vectors, so the same probe, as embedding anew."""
-    from tasks.evaluation.evaluate import linear_probe_eval
+    from mrifoundry.tasks.evaluation.evaluate import linear_probe_eval
     query = "SELECT slice_id, patient_id, orientation AS label FROM training_slices"
     extract_features(small_catalog, query, model, "probe-store", batch_size=8)
     kw = dict(model_label="random", weights_sha="random", query=query, epochs=15, seed=0)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.ssl.mae import MAE, patchify, sincos_pos_embed_2d
-from models.vit import VIT_CONFIGS, DinoVisionTransformer
+from mrifoundry.models.ssl.mae import MAE, patchify, sincos_pos_embed_2d
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer
 
 
 def _mae(**kw):

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from models import zoo
-from models.heads import DINOHead
-from models.recipes import recipe
-from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from models.ssl.masking import MaskingGenerator
-from models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
-from models.ssl.dino import DinoNet, build_backbone
-from tasks.data.slices import SliceDataset, query_slices
-from tasks.pretraining.engine import Dist
-from tasks.pretraining import launch
-from tasks.pretraining.slices import _dino_step, train
+from mrifoundry.models import zoo
+from mrifoundry.models.heads import DINOHead
+from mrifoundry.models.recipes import recipe
+from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from mrifoundry.models.ssl.masking import MaskingGenerator
+from mrifoundry.models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop
+from mrifoundry.models.ssl.dino import DinoNet, build_backbone
+from mrifoundry.tasks.data.slices import SliceDataset, query_slices
+from mrifoundry.tasks.pretraining.engine import Dist
+from mrifoundry.tasks.pretraining import launch
+from mrifoundry.tasks.pretraining.slices import _dino_step, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def slice_paths(small_catalog) -> list[str]:
 @pytest.fixture(scope="module")
 def stack_paths(volume_catalog, tmp_path_factory) -> list[str]:
     """BrainFound's 3-channel T1/T2/FLAIR stacks of the volume catalog's brain exams."""
-    from tasks.data.contrast_stacks import brainfound_stacks
+    from mrifoundry.tasks.data.contrast_stacks import brainfound_stacks
     res = brainfound_stacks(volume_catalog, tmp_path_factory.mktemp("stacks"), size=64)
     assert len(res.rows) >= 8
     return [r["png_file"] for r in res.rows]
@@ -150,7 +150,7 @@ def test_resume_refuses_other_data(slice_paths, tmp_path):
 
 def test_sam_init_sets_student_and_teacher(slice_paths, tmp_path):
     """init=sam: the first teacher checkpoint's blocks derive from the SAM encoder's weights."""
-    from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+    from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
     torch.manual_seed(1)
     sam = build_sam_encoder(SAM_CONFIGS["sam_tiny"])
     sam_path = tmp_path / "sam_tiny.pth"

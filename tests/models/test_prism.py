@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.encoders3d import build_encoder3d
-from models.ssl3d.prism import PrismPretrainer, load_prism_encoder, meta_l1_loss, part_ce_loss
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.models.ssl3d.prism import PrismPretrainer, load_prism_encoder, meta_l1_loss, part_ce_loss
 
 NAN = float("nan")
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from models.encoders3d import build_encoder3d
-from models.seg3d import (build_classifier3d, build_monai_swinunetr, build_segmenter3d, feature_strides, param_groups,
+from mrifoundry.models.encoders3d import build_encoder3d
+from mrifoundry.models.seg3d import (build_classifier3d, build_monai_swinunetr, build_segmenter3d, feature_strides, param_groups,
                           segnet_to_swinunetr_state, swinunetr_key, with_in_channels)
 
 

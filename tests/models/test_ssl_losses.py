@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from models.ssl.masking import mask_weights
+from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from mrifoundry.models.ssl.masking import mask_weights
 
 
 def _np_log_softmax(x):

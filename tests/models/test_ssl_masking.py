@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
+from mrifoundry.models.ssl.masking import MaskingGenerator, mask_weights, sample_masks
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (14, 14), (3, 7), (1, 5)])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.ssl.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCrop, MultiCropConfig, collate_multicrop
+from mrifoundry.models.ssl.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCrop, MultiCropConfig, collate_multicrop
 
 CFG = MultiCropConfig(global_size=24, local_size=12, n_global=2, n_local=3, blur_kernel=5)
 

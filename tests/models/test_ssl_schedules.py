@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.ssl.ema import update_teacher
-from models.ssl.schedules import build_schedules, cosine_schedule
+from mrifoundry.models.ssl.ema import update_teacher
+from mrifoundry.models.ssl.schedules import build_schedules, cosine_schedule
 
 
 def test_cosine_schedule_closed_form():

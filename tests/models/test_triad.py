@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ssl3d.decoder3d import LightDecoder3d, random_patch_mask
-from models.ssl3d.triad import TriadPretrainer, load_triad_encoder, log_ratio_loss, masked_l1
+from mrifoundry.models.ssl3d.decoder3d import LightDecoder3d, random_patch_mask
+from mrifoundry.models.ssl3d.triad import TriadPretrainer, load_triad_encoder, log_ratio_loss, masked_l1
 
 TINY = ["swin_tiny_v2", "unet_tiny"]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.heads import DINOHead, WeightNormLinear
-from models.vit import (VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys,
+from mrifoundry.models.heads import DINOHead, WeightNormLinear
+from mrifoundry.models.vit import (VIT_CONFIGS, DinoVisionTransformer, chunk_block_keys,
                         unchunk_block_keys)
 
 TINY = VIT_CONFIGS["vit_tiny"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from models import zoo
-from models.heads import DINOHead
-from models.sam_encoder import SAM_CONFIGS, build_sam_encoder
-from models.vit import VIT_CONFIGS, DinoVisionTransformer, resize_pos_grid
+from mrifoundry.models import zoo
+from mrifoundry.models.heads import DINOHead
+from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
+from mrifoundry.models.vit import VIT_CONFIGS, DinoVisionTransformer, resize_pos_grid
 
 SAM_TINY = SAM_CONFIGS["sam_tiny"]
 VIT_TINY = VIT_CONFIGS["vit_tiny"]
@@ -194,9 +194,9 @@ def test_random_is_seeded_and_takes_no_weights(tmp_path):
 def test_volume_models_pad_to_32_and_take_series_not_slices(tmp_path):
     from pathlib import Path
 
-    from models.encoders3d import build_encoder3d
-    from models.zoo3d import VolumeZooModel
-    from tasks.evaluation.embedding import extract_features
+    from mrifoundry.models.encoders3d import build_encoder3d
+    from mrifoundry.models.zoo3d import VolumeZooModel
+    from mrifoundry.tasks.evaluation.embedding import extract_features
     m = VolumeZooModel("v", build_encoder3d("unet_tiny"))
     vol = torch.rand(1, 1, 33, 20, 64) + 0.1
     x = m.preprocess(vol)

@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import ids
 from tests.flows.helpers import copy_exams
 from tests.pacs.conftest import free_port, start_orthanc
@@ -46,7 +46,7 @@ def _catalog(out):
 
 @pytest.fixture(scope="module")
 def curated(prefect_server, sample, manifest, pacs_exams, tmp_path_factory):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     orthanc = start_orthanc(tmp_path_factory.mktemp("orthanc-e2e"), sample, pacs_exams)
     try:
         folder = tmp_path_factory.mktemp("folder-archive")
@@ -92,8 +92,8 @@ def test_unknown_accession_is_rejected_in_the_ledger(curated):
 def test_run_retrieve_records_pacs_unreachable(curated, tmp_path):
     """The stage turns a PACS that is down into a failed ledger row with its reason."""
     from mrifoundry.settings import CurateParams
-    from tasks.curation import pipeline as exam_pipeline
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.tasks.curation import pipeline as exam_pipeline
+    from mrifoundry.tasks.curation.workspace import Workspace
     outs, salt = curated
     out = outs["pacs"][0]
     ws = Workspace(out)

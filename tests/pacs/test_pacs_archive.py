@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive import PacsArchive, open_archive
-from tasks.curation.archive.pacs_config import parse_pacs_url
-from tasks.curation.archive.pacs_receiver import MANIFEST, Receiver
+from mrifoundry.tasks.curation.archive import PacsArchive, open_archive
+from mrifoundry.tasks.curation.archive.pacs_config import parse_pacs_url
+from mrifoundry.tasks.curation.archive.pacs_receiver import MANIFEST, Receiver
 from tests.pacs.conftest import exam_files, free_port
 
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from models import zoo
-from models.recipes import recipe
-from tasks.pretraining import launch
-from tasks.pretraining.volumes import train_volumes
-from tasks.data.volumes import DEFAULT_QUERY, PAIRED_QUERY, query_volumes
+from mrifoundry.models import zoo
+from mrifoundry.models.recipes import recipe
+from mrifoundry.tasks.pretraining import launch
+from mrifoundry.tasks.pretraining.volumes import train_volumes
+from mrifoundry.tasks.data.volumes import DEFAULT_QUERY, PAIRED_QUERY, query_volumes
 
 ZOO_ENTRY = {"triad": "triad-swin", "brainsegfounder": "brainsegfounder", "prism": "prism"}
 
@@ -106,7 +106,7 @@ def test_ddp_two_processes_gloo(volumes, tmp_path):
 
 
 def test_latest_checkpoint_is_the_highest_iteration_not_the_last_name(tmp_path):
-    from tasks.pretraining.launch import latest_checkpoint as _latest
+    from mrifoundry.tasks.pretraining.launch import latest_checkpoint as _latest
     for it in (2, 10, 9):
         (tmp_path / "eval" / f"training_{it}").mkdir(parents=True)
         (tmp_path / "eval" / f"training_{it}" / "teacher_checkpoint.pth").touch()

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from catalog.reasons import REASONS
+from mrifoundry.catalog.reasons import REASONS
 from mrifoundry.sample import generate_sample
 from mrifoundry.sample.defects import DEFECTS, EXPECTED
 from mrifoundry.sample.generate import build_manifest

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry import vendor_check, vendor_corpus, vendor_variants
 from mrifoundry.vendor_compare import R_MIN, world_correlations
 

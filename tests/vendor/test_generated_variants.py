@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mrifoundry import vendor_check
-from tasks.curation.audit.identifiers import Identifiers, collect_identifiers
+from mrifoundry.tasks.curation.audit.identifiers import Identifiers, collect_identifiers
 from tests.dicom_factory import write_series
 
 
@@ -50,7 +50,7 @@ def test_isotropic_dwi_trace_is_its_own_series(tmp_path):
 def test_philips_b0_stays_in_the_dwi_series(tmp_path):
     """Philips marks b=0 with the isotropic 'I' too (2001,1004): the b=0 volume belongs to the DWI
     series (as dcm2niix keeps it), only the b>0 isotropic image is the trace (issue 20)."""
-    from catalog.views import connect
+    from mrifoundry.catalog.views import connect
     uid, study = generate_uid(), generate_uid()
     base = {"SeriesInstanceUID": uid, "StudyInstanceUID": study, "SeriesDescription": "DWI"}
     for sub, direction, b, t in (("b0", "I", 0.0, "100000"), ("x", "X", 1000.0, "100100"),
@@ -75,7 +75,7 @@ def test_philips_b0_stays_in_the_dwi_series(tmp_path):
 def test_converter_rejection_keeps_exam_rows_with_its_code(tmp_path):
     """dicom2nifti refuses 3 slices (TOO_FEW_SLICES/LOCALIZER) that min_slices=3 lets through:
     the series row stays, with the converter's code, and the exam is in the catalog."""
-    from catalog.views import connect
+    from mrifoundry.catalog.views import connect
     write_series(tmp_path / "a" / "s", n_slices=3)
     res = vendor_check.curate_case(tmp_path / "a", tmp_path / "out", min_slices=3)
     assert [(s.status, s.reason) for s in res.series] == [("rejected", "d2n_too_few_slices_localizer")]
@@ -160,7 +160,7 @@ def test_prune_never_drops_names_or_numeric_ids():
 def test_gd_in_a_name_is_not_gadolinium(text, contrast):
     from pydicom.dataset import Dataset
 
-    from tasks.curation.continuity.series_meta import is_contrast
+    from mrifoundry.tasks.curation.continuity.series_meta import is_contrast
     ds = Dataset()
     ds.SeriesDescription = text
     assert is_contrast(ds) is contrast
@@ -170,7 +170,7 @@ def test_clean_descriptors_keeps_short_numbers():
     """heudiconv's 'dMRI_mb3_AP_1.5' with StudyID '1' came out 'dMRI_mb3_AP_ .5'; an MRN still goes."""
     from pydicom.dataset import Dataset
 
-    from tasks.curation.deid.profile import clean_text, phi_pattern
+    from mrifoundry.tasks.curation.deid.profile import clean_text, phi_pattern
     ds = Dataset()
     ds.StudyID, ds.PatientID, ds.PatientName = "1", "7731902", "ROE^RICHARD"
     pattern = phi_pattern(ds)

@@ -46,7 +46,7 @@ def test_mosaic_split_matches_nibabel_geometry():
     """Slice positions of a real mosaic against nibabel's MosaicWrapper (an independent reader)."""
     from nibabel.nicom.dicomwrappers import wrapper_from_data
 
-    from tasks.curation.deid.frames import split_images
+    from mrifoundry.tasks.curation.deid.frames import split_images
     root = source_root("heudiconv")
     if root is None:
         pytest.skip("heudiconv data not installed")
@@ -64,7 +64,7 @@ def test_mosaic_split_matches_nibabel_geometry():
 
 
 def test_enhanced_split_reads_per_frame_groups(tmp_path):
-    from tasks.curation.deid.frames import split_images
+    from mrifoundry.tasks.curation.deid.frames import split_images
     built = _case(tmp_path, "philips-enhanced-mprage-gz-filled")
     import gzip
     path = next(built.rglob("*.gz"))
@@ -81,7 +81,7 @@ def test_enhanced_split_reads_per_frame_groups(tmp_path):
 
 def test_real_headers_typed():
     """Sequence types on real headers: Siemens DTI and resting-state BOLD mosaics."""
-    from tasks.curation.continuity.series_meta import sequence_type
+    from mrifoundry.tasks.curation.continuity.series_meta import sequence_type
     nib_root = source_root("nibabel")
     assert sequence_type(pydicom.dcmread(nib_root / "tests/data/0.dcm", stop_before_pixels=True)) == "DTI"
     assert sequence_type(pydicom.dcmread(nib_root / "nicom/tests/data/csa_slice_norm.dcm",

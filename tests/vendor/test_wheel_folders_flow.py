@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from catalog.views import connect
+from mrifoundry.catalog.views import connect
 from mrifoundry.vendor_corpus import source_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 
 @pytest.mark.parametrize("source, sub", [("pydicom", ""), ("nibabel", "nicom/tests/data")])
 def test_whole_wheel_folder_curates_with_the_audit(prefect_server, tmp_path, source, sub):
-    from flows.curate import curate
+    from mrifoundry.flows.curate import curate
     root = source_root(source)
     archive = tmp_path / "archive"
     shutil.copytree(root / sub if sub else root, archive)
@@ -30,5 +30,5 @@ def test_whole_wheel_folder_curates_with_the_audit(prefect_server, tmp_path, sou
         con.close()
     assert failed == 0 and unexplained == 0 and n_series > 0
     # and the audit the flow ran agrees when run again by hand (a leak would fail it, and the flow)
-    from tasks.curation.audit.phi_audit import audit_output
+    from mrifoundry.tasks.curation.audit.phi_audit import audit_output
     assert audit_output(tmp_path / "out", log_dirs=[]).ok

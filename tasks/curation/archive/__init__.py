@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.curation.archive.base import Archive, StudyRef
-from tasks.curation.archive.folder import FolderArchive
-from tasks.curation.archive.folder_index import WalkLimits
-from tasks.curation.archive.pacs import PacsArchive
+from mrifoundry.tasks.curation.archive.base import Archive, StudyRef
+from mrifoundry.tasks.curation.archive.folder import FolderArchive
+from mrifoundry.tasks.curation.archive.folder_index import WalkLimits
+from mrifoundry.tasks.curation.archive.pacs import PacsArchive
 
 __all__ = ["Archive", "FolderArchive", "PacsArchive", "StudyRef", "WalkLimits", "open_archive", "walk_limits"]
 

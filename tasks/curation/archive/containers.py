@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from mrifoundry.errors import is_disk_full
-from tasks.curation.archive.files import WalkLimits, looks_like_dicom
+from mrifoundry.tasks.curation.archive.files import WalkLimits, looks_like_dicom
 
 CONTAINER_SUFFIXES = (".zip", ".gz", ".tgz", ".tar")
 

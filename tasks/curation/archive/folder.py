@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mrifoundry.duck import quiet_connect
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive.base import StudyRef
-from tasks.curation.archive.folder_index import WalkLimits, build_index, decode_path, sql_literal
+from mrifoundry.tasks.curation.archive.base import StudyRef
+from mrifoundry.tasks.curation.archive.folder_index import WalkLimits, build_index, decode_path, sql_literal
 
 
 class FolderArchive:

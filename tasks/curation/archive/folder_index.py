@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 
-from catalog.store import write_parquet_atomic as write_parquet
+from mrifoundry.catalog.store import write_parquet_atomic as write_parquet
 from mrifoundry.duck import quiet_connect
-from tasks.curation.archive.containers import CONTAINER_SUFFIXES, expand_container  # noqa: F401 - re-exported
-from tasks.curation.archive.files import (  # noqa: F401 - re-exported
+from mrifoundry.tasks.curation.archive.containers import CONTAINER_SUFFIXES, expand_container  # noqa: F401 - re-exported
+from mrifoundry.tasks.curation.archive.files import (  # noqa: F401 - re-exported
     READ_SECONDS, WalkLimits, decode_path, encode_path, looks_like_dicom, time_limit,
 )
 

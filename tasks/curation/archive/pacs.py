@@ -28,9 +28,9 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelGet)
 
 from mrifoundry.errors import RetrievalError
-from tasks.curation.archive.base import StudyRef
-from tasks.curation.archive.pacs_config import PacsConfig, parse_pacs_url
-from tasks.curation.archive.pacs_receiver import Receiver
+from mrifoundry.tasks.curation.archive.base import StudyRef
+from mrifoundry.tasks.curation.archive.pacs_config import PacsConfig, parse_pacs_url
+from mrifoundry.tasks.curation.archive.pacs_receiver import Receiver
 
 _UNCOMPRESSED = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
 # every transfer syntax an image may be stored in: each gets its own presentation context so

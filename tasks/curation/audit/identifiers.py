@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pydicom
 from pydicom.dataset import Dataset
 
-from tasks.curation import phi_terms
-from tasks.curation.phi_terms import tokens
+from mrifoundry.tasks.curation import phi_terms
+from mrifoundry.tasks.curation.phi_terms import tokens
 
 __all__ = ["Identifiers", "collect_identifiers", "sidecar_identifiers", "tokens"]
 

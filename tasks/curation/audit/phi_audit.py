@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.curation.audit.identifiers import Identifiers, collect_identifiers
-from tasks.curation.audit.scanners import scanner
+from mrifoundry.tasks.curation.audit.identifiers import Identifiers, collect_identifiers
+from mrifoundry.tasks.curation.audit.scanners import scanner
 
 __all__ = ["AuditReport", "Hit", "Identifiers", "PhiLeakError", "audit", "audit_output", "collect_identifiers"]
 

@@ -143,7 +143,7 @@ def _exams_in_table_rows(path: Path, ids) -> set[str]:
 def audit_research(out: Path, ids):
     """Audit ``OUT/research`` only (hits elsewhere — the ledger — are left out): the proof that
     the quarantine left the research zone clean."""
-    from tasks.curation.audit.phi_audit import audit
+    from mrifoundry.tasks.curation.audit.phi_audit import audit
     rep = audit(out, ids)
     rep.hits = [h for h in rep.hits if h.place.startswith("research/")]
     rep.errors = [(p, e) for p, e in rep.errors if p.startswith("research/")]
@@ -161,9 +161,9 @@ def quarantine_leaks(out: Path, report) -> QuarantineResult:
     Raises:
         OSError: a move failed (what moved before stays moved; the audit still fails the run).
     """
-    from catalog.store import drop_exams
-    from tasks.curation.finalize import finalize_catalog
-    from tasks.curation.workspace import Workspace
+    from mrifoundry.catalog.store import drop_exams
+    from mrifoundry.tasks.curation.finalize import finalize_catalog
+    from mrifoundry.tasks.curation.workspace import Workspace
 
     out = Path(out)
     ws = Workspace(out, "phi-audit")
@@ -175,7 +175,7 @@ def quarantine_leaks(out: Path, report) -> QuarantineResult:
     known = _exam_ids_on_disk(research)
     ids = getattr(report, "identifier_index", None)
     if ids is None:
-        from tasks.curation.audit.identifiers import collect_identifiers
+        from mrifoundry.tasks.curation.audit.identifiers import collect_identifiers
         ids = collect_identifiers(out)
     exams: set[str] = set()
     loose: list[PurePosixPath] = []          # leaking research files of no exam: moved alone

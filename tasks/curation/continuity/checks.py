@@ -16,14 +16,14 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mrifoundry.errors import CurationError
-from tasks.curation.continuity import series_meta
-from tasks.curation.deid.frames import image_type
-from tasks.curation.continuity.pixels import check_pixels, remove_duplicate_copies
-from tasks.curation.continuity.screens import (
+from mrifoundry.tasks.curation.continuity import series_meta
+from mrifoundry.tasks.curation.deid.frames import image_type
+from mrifoundry.tasks.curation.continuity.pixels import check_pixels, remove_duplicate_copies
+from mrifoundry.tasks.curation.continuity.screens import (
     MalformedHeader, Reject, check_format, header_floats, header_get, header_int, header_texts, header_time,
     header_values, ipp, spacing, valid_position,
 )
-from tasks.curation.continuity.screens import iop as iop_of
+from mrifoundry.tasks.curation.continuity.screens import iop as iop_of
 
 LOCALIZER_MAX_IMAGES = 3  # as dicom2nifti: an orientation group of < 4 images may be a localizer
 ORTHOGONAL_COS = math.cos(math.radians(45.0))  # minority normal this far off the majority's = localizer-like

@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
-from tasks.curation.continuity.screens import (
+from mrifoundry.tasks.curation.continuity.screens import (
     FLOAT_PIXELS, Reject, check_format, header_floats, header_get, header_int, header_texts, header_time,
 )
 

@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from tasks.curation.dicom_values import value_or_none
+from mrifoundry.tasks.curation.dicom_values import value_or_none
 
 SEQUENCE_TYPES = ("T1", "T2", "PD", "STIR", "FLAIR", "DWI", "DTI", "ADC", "DIXON", "DCE", "SWI", "BOLD", "GRE",
                   "OTHER")

@@ -24,12 +24,12 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from catalog.reasons import REASONS
+from mrifoundry.catalog.reasons import REASONS
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
-from tasks.curation.continuity.checks import Volume
-from tasks.curation.continuity.screens import MalformedHeader, header_floats, header_int, rescale
-from tasks.curation.dicom_values import drop_undecodable, value_or_none
+from mrifoundry.tasks.curation.continuity.checks import Volume
+from mrifoundry.tasks.curation.continuity.screens import MalformedHeader, header_floats, header_int, rescale
+from mrifoundry.tasks.curation.dicom_values import drop_undecodable, value_or_none
 
 CONVERTER = "dicom2nifti"
 # dicom2nifti keeps its switches in module globals: pin the ones we rely on while converting.

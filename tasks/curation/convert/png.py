@@ -16,8 +16,8 @@ import pydicom
 from PIL import Image
 
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
-from tasks.curation.continuity.checks import Volume
-from tasks.curation.continuity.screens import MalformedHeader, rescale
+from mrifoundry.tasks.curation.continuity.checks import Volume
+from mrifoundry.tasks.curation.continuity.screens import MalformedHeader, rescale
 
 
 @dataclass

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from tasks.curation.continuity.checks import Volume
-from tasks.curation.deid.acquisition import pe_world_vector
+from mrifoundry.tasks.curation.continuity.checks import Volume
+from mrifoundry.tasks.curation.deid.acquisition import pe_world_vector
 
 __all__ = ["bvec_in_image", "pe_code", "volume_values", "write_sidecars"]
 

@@ -26,11 +26,11 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from mrifoundry import ids
 from mrifoundry.errors import is_disk_full, where
-from tasks.curation.archive.files import looks_like_dicom
-from tasks.curation.dicom_values import drop_undecodable
-from tasks.curation.deid import acquisition, frames
-from tasks.curation.deid.pseudonyms import PseudonymStore
-from tasks.curation.deid.profile import (
+from mrifoundry.tasks.curation.archive.files import looks_like_dicom
+from mrifoundry.tasks.curation.dicom_values import drop_undecodable
+from mrifoundry.tasks.curation.deid import acquisition, frames
+from mrifoundry.tasks.curation.deid.pseudonyms import PseudonymStore
+from mrifoundry.tasks.curation.deid.profile import (
     DEFAULT_OPTIONS, ActionContext, build_action_map, clean_dataset, clean_text, phi_terms_of,
     remap_uid, shift_date,
 )

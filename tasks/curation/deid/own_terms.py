@@ -12,7 +12,7 @@ import re
 
 from pydicom.dataset import Dataset
 
-from tasks.curation import phi_terms
+from mrifoundry.tasks.curation import phi_terms
 
 _DATE_LIKE = re.compile(r"(?<!\d)\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(?!\d)")
 _LONG_DIGITS = re.compile(r"\d{5,}")   # MRNs, accession numbers, compact dates

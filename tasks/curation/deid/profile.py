@@ -31,8 +31,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from tasks.curation import phi_terms
-from tasks.curation.deid.own_terms import (  # noqa: F401 - re-exported
+from mrifoundry.tasks.curation import phi_terms
+from mrifoundry.tasks.curation.deid.own_terms import (  # noqa: F401 - re-exported
     _PHI_KEYWORDS, clean_text, own_identifier_terms, phi_pattern, phi_terms_of, scrub_text,
 )
 

@@ -1,4 +1,4 @@
 """NIfTI and BIDS collections into the research catalog (``mrifoundry ingest``; docs/ingest.md)."""
-from tasks.curation.ingest.ingest import IngestParams, ingest_collection
+from mrifoundry.tasks.curation.ingest.ingest import IngestParams, ingest_collection
 
 __all__ = ["IngestParams", "ingest_collection"]

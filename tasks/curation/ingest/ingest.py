@@ -27,17 +27,17 @@ from typing import Callable
 import nibabel as nib
 import pyarrow as pa
 
-from catalog.reasons import INGEST_STAGE
-from catalog.schema import SERIES
-from catalog.store import table_file, write_exam_parts, write_parquet_atomic
+from mrifoundry.catalog.reasons import INGEST_STAGE
+from mrifoundry.catalog.schema import SERIES
+from mrifoundry.catalog.store import table_file, write_exam_parts, write_parquet_atomic
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, RejectedItem
 from mrifoundry.ids import opaque_id, patient_id, subject_key
-from tasks.curation.convert.nifti import NiftiConfig
-from tasks.curation.ingest.sidecar import bids_entities_json, series_metadata
-from tasks.curation.ingest.sources import Source, find_sources
-from tasks.curation.ingest.volume import CONVERTER, check_nifti, conform
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.convert.nifti import NiftiConfig
+from mrifoundry.tasks.curation.ingest.sidecar import bids_entities_json, series_metadata
+from mrifoundry.tasks.curation.ingest.sources import Source, find_sources
+from mrifoundry.tasks.curation.ingest.volume import CONVERTER, check_nifti, conform
+from mrifoundry.tasks.curation.workspace import Workspace
 
 __all__ = ["IngestParams", "ingest_collection"]
 

@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from catalog.reasons import describe
-from catalog.views import connect
-from tasks.curation.qc import save_png_atomic
+from mrifoundry.catalog.reasons import describe
+from mrifoundry.catalog.views import connect
+from mrifoundry.tasks.curation.qc import save_png_atomic
 
 __all__ = ["ingest_montage", "ingest_summary"]
 

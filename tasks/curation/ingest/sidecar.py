@@ -15,9 +15,9 @@ import re
 import numpy as np
 from pydicom.dataset import Dataset
 
-from tasks.curation.audit.identifiers import sidecar_identifiers
-from tasks.curation.continuity.series_meta import body_part, is_contrast, orientation, sequence_type
-from tasks.curation.deid.profile import clean_text
+from mrifoundry.tasks.curation.audit.identifiers import sidecar_identifiers
+from mrifoundry.tasks.curation.continuity.series_meta import body_part, is_contrast, orientation, sequence_type
+from mrifoundry.tasks.curation.deid.profile import clean_text
 
 __all__ = ["SUFFIX_SEQUENCE", "bids_entities_json", "series_metadata"]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.errors import RejectedItem
-from tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, save_atomic
+from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, clean_image, output_dtype, resample, save_atomic
 
 __all__ = ["CONVERTER", "CheckedVolume", "check_nifti", "conform"]
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.schema import REPORTS, to_arrow
-from catalog.store import write_parquet_atomic
+from mrifoundry.catalog.schema import REPORTS, to_arrow
+from mrifoundry.catalog.store import write_parquet_atomic
 from mrifoundry import ids
 from mrifoundry.settings import CurateParams
-from tasks.curation.archive import open_archive, walk_limits
-from tasks.curation.archive.folder_index import archive_sources, unattributed_files
-from tasks.curation.selection.reports import ReportRules, filter_reports
-from tasks.curation.selection.sampling import sample_exams
-from tasks.curation.workspace import Workspace
+from mrifoundry.tasks.curation.archive import open_archive, walk_limits
+from mrifoundry.tasks.curation.archive.folder_index import archive_sources, unattributed_files
+from mrifoundry.tasks.curation.selection.reports import ReportRules, filter_reports
+from mrifoundry.tasks.curation.selection.sampling import sample_exams
+from mrifoundry.tasks.curation.workspace import Workspace
 
 SELECTION_SCHEMA = pa.schema([
     ("exam_id", pa.string()), ("study_key", pa.string()), ("protocol", pa.string()),

@@ -27,8 +27,8 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 
-from tasks.evaluation.downstream.readers import LPS_TO_RAS, SEG_SOP_CLASS, is_dicom_file
-from tasks.evaluation.labelled import CaseError
+from mrifoundry.tasks.evaluation.downstream.readers import LPS_TO_RAS, SEG_SOP_CLASS, is_dicom_file
+from mrifoundry.tasks.evaluation.labelled import CaseError
 
 _TOL = 1e-3  # mm / direction cosine tolerance
 

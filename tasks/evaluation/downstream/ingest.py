@@ -23,12 +23,12 @@ import numpy as np
 from mrifoundry import code_version
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
-from tasks.evaluation.downstream.dicom_seg import is_dicom_seg, read_dicom_seg
-from tasks.evaluation.downstream.labels import LabelMapping, parse_labels
-from tasks.evaluation.downstream.layouts import SOURCES, Case, find_cases
-from tasks.evaluation.downstream.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
-from tasks.evaluation.downstream.readers import read_image
-from tasks.evaluation.labelled import (SPLITS, CaseError, _label_names, as_label_u8, check_dataset_id, split_patients,
+from mrifoundry.tasks.evaluation.downstream.dicom_seg import is_dicom_seg, read_dicom_seg
+from mrifoundry.tasks.evaluation.downstream.labels import LabelMapping, parse_labels
+from mrifoundry.tasks.evaluation.downstream.layouts import SOURCES, Case, find_cases
+from mrifoundry.tasks.evaluation.downstream.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
+from mrifoundry.tasks.evaluation.downstream.readers import read_image
+from mrifoundry.tasks.evaluation.labelled import (SPLITS, CaseError, _label_names, as_label_u8, check_dataset_id, split_patients,
                                        check_split, labelled_dir, safe_id)
 
 log = logging.getLogger(__name__)

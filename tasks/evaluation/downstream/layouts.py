@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.evaluation.downstream.dicom_seg import is_dicom_seg
-from tasks.evaluation.downstream.readers import dicom_files, is_dicom_file, is_image_path, split_ext
-from tasks.evaluation.labelled import _names_from_dataset_json
+from mrifoundry.tasks.evaluation.downstream.dicom_seg import is_dicom_seg
+from mrifoundry.tasks.evaluation.downstream.readers import dicom_files, is_dicom_file, is_image_path, split_ext
+from mrifoundry.tasks.evaluation.labelled import _names_from_dataset_json
 
 LAYOUTS = ("msd", "brats", "folder", "dicom-seg", "csv")
 #: layout → datasets.source

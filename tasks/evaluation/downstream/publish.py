@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog.schema import DATASETS, LABELLED_SLICES, LABELLED_VOLUMES, RESEARCH_TABLES, Table, to_arrow
-from catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
-from catalog.views import build_research_db
-from tasks.evaluation.labelled import dataset_rows, labelled_dir
+from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, LABELLED_VOLUMES, RESEARCH_TABLES, Table, to_arrow
+from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
+from mrifoundry.catalog.views import build_research_db
+from mrifoundry.tasks.evaluation.labelled import dataset_rows, labelled_dir
 
 VOLUMES = "volumes"
 DESCRIP = b"mrifoundry downstream"

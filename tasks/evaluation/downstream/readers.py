@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tasks.evaluation.labelled import CaseError
+from mrifoundry.tasks.evaluation.labelled import CaseError
 
 #: extension → labelled_volumes.source_format (longest first: .nii.gz before .nii)
 IMAGE_EXTS = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}
@@ -92,7 +92,7 @@ def read_dicom_series(folder: Path) -> nib.Nifti1Image:
     """
     import pydicom
 
-    from tasks.curation.convert.nifti import dicom_to_image
+    from mrifoundry.tasks.curation.convert.nifti import dicom_to_image
 
     headers = []
     for p in dicom_files(folder):
