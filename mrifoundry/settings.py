@@ -16,7 +16,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrifoundry import REPO_ROOT
 
-PACKAGED_RULES = Path(__file__).resolve().parent.parent / "tasks" / "curation" / "selection" / "duke110k_rules.yaml"
+
+def _package_dir(name: str) -> Path:
+    """Where an installed subpackage's files are, without importing it (checkout, editable or wheel)."""
+    import importlib.util
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+PACKAGED_RULES = _package_dir("mrifoundry.tasks") / "curation" / "selection" / "duke110k_rules.yaml"
+
+
+def default_home() -> Path:
+    """``./var`` of a checkout (README); installed from a wheel, the user's data directory
+    (``$XDG_DATA_HOME/mrifoundry``, else ``~/.local/share/mrifoundry``), never the install location."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "var"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mrifoundry"
 
 
 class Settings(BaseSettings):
@@ -25,7 +41,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MRIFOUNDRY_", extra="ignore")
 
     #: project state (Prefect server DB, logs, PIDs, sample archive)
-    home: Path = REPO_ROOT / "var"
+    home: Path = Field(default_factory=default_home)
     #: archive location: a folder, or (later) dicom://AET@host:port
     archive: str | None = None
     #: radiology report export (CSV); optional
