@@ -55,6 +55,14 @@ def write_exam_parts(research: Path, exam_id: str, rows: dict[str, list[dict]]) 
     return written
 
 
+def conform(tbl: pa.Table, table: Table) -> pa.Table:
+    """``tbl`` in ``table``'s schema: columns a newer version added are null for rows an older one
+    wrote (a corpus outlives the code that curated it), columns in the schema's order and types."""
+    columns = [tbl.column(f.name).cast(f.type) if f.name in tbl.column_names else pa.nulls(tbl.num_rows, f.type)
+               for f in table.schema]
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
 def consolidate(research: Path, table: Table) -> int:
     """Merge pending parts of ``table`` into its Parquet file; return its row count."""
     parts_dir = catalog_dir(research) / "_parts" / table.name
@@ -73,7 +81,7 @@ def consolidate(research: Path, table: Table) -> int:
             f"SELECT * FROM read_parquet('{target}') WHERE exam_id NOT IN (SELECT exam_id FROM new_exams)"
         ).to_arrow_table()
         con.close()
-        merged = pa.concat_tables([old.cast(table.schema), new])
+        merged = pa.concat_tables([conform(old, table), new])
     else:
         merged = new
     key = [(k, "ascending") for k in ("exam_id", *table.key) if k in table.names]
