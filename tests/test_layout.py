@@ -107,6 +107,33 @@ def test_domains_import_only_earlier_domains(graph):
     assert not wrong, f"a domain imports a later one: {wrong}"
 
 
+#: the layers, bottom up: mrifoundry's core modules (0) → catalog → models → tasks → flows; bench is on top
+LAYERS = ("mrifoundry.catalog", "mrifoundry.models", "mrifoundry.tasks", "mrifoundry.flows")
+
+
+def _layer(m: str) -> int | None:
+    if m == "bench" or m.startswith("bench."):
+        return None
+    return next((i for i, top in enumerate(LAYERS, 1) if m == top or m.startswith(top + ".")), 0)
+
+
+def _upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((m, n) for m, deps in graph.items() for n in deps
+                  if _layer(m) is not None and _layer(n) is not None and _layer(n) > _layer(m))
+
+
+def test_layers_import_only_downward(graph):
+    """Core code never imports catalog, catalog never models …: the sample generator and the vendor
+    harness that need the pipeline live outside core (mrifoundry/sample imports nothing above; the
+    vendor check is in bench/)."""
+    assert not _upward(graph), f"imports that point up a layer: {_upward(graph)}"
+
+
+def test_the_layer_check_sees_a_planted_upward_import(graph):
+    planted = {**graph, "mrifoundry.settings": graph["mrifoundry.settings"] | {"mrifoundry.tasks.curation.pipeline"}}
+    assert _upward(planted) == [("mrifoundry.settings", "mrifoundry.tasks.curation.pipeline")]
+
+
 def test_the_checker_sees_a_cycle_and_a_late_import(tmp_path):
     """The graph reader on a made-up pair: a late import inside a function still counts."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"

@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from mrifoundry.catalog.views import connect
-from mrifoundry import vendor_check
-from mrifoundry.enhanced_writer import write_enhanced
+from bench import vendor_check
+from bench.enhanced_writer import write_enhanced
 from mrifoundry.tasks.curation.continuity.pixels import remove_duplicate_copies
 from mrifoundry.tasks.curation.deid.frames import split_images
 from tests.dicom_factory import default_pixels, make_dataset, write_series

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from mrifoundry.catalog.views import connect
-from mrifoundry import vendor_check, vendor_corpus, vendor_variants
-from mrifoundry.vendor_compare import R_MIN, world_correlations
+from bench import vendor_check, vendor_corpus, vendor_variants
+from bench.vendor_compare import R_MIN, world_correlations
 
 # dcm2niix converts these; a volume corpus does not (docs/vendors.md, "Differences from dcm2niix")
 DOCUMENTED = {"too_few_slices", "localizer_series", "derived_series", "blank_series", "mosaic_grid_mismatch",

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from mrifoundry import vendor_check
+from bench import vendor_check
 from mrifoundry.tasks.curation.audit.identifiers import Identifiers, collect_identifiers
 from tests.dicom_factory import write_series
 

@@ -1,13 +1,13 @@
 """Real vendor DICOM shipped by packages (nibabel, pydicom, pydicom-data, heudiconv): curated
-with default settings, compared with dcm2niix in world space (mrifoundry/vendor_check.py)."""
+with default settings, compared with dcm2niix in world space (bench/vendor_check.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pydicom
 import pytest
 
-from mrifoundry import vendor_check
-from mrifoundry.vendor_corpus import build, source_root
+from bench import vendor_check
+from bench.vendor_corpus import build, source_root
 
 
 def _case(tmp_path, name):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from mrifoundry.catalog.views import connect
-from mrifoundry.vendor_corpus import source_root
+from bench.vendor_corpus import source_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 

@@ -1,7 +1,7 @@
-"""Curate every real vendor case of :mod:`mrifoundry.vendor_corpus`, convert it with dcm2niix
+"""Curate every real vendor case of :mod:`bench.vendor_corpus`, convert it with dcm2niix
 too, and compare: which series each converts, and our NIfTI against dcm2niix's in world space.
 
-    python -m mrifoundry.vendor_check [--out DIR] [--markdown docs/vendors.md] [--case NAME ...]
+    python -m bench.vendor_check [--out DIR] [--markdown docs/vendors.md] [--case NAME ...]
 
 The curation is the pipeline's plain stage functions (the ones the Prefect flow wraps) with
 default settings, ending with the PHI audit. dcm2niix (PyPI wheel) runs with ``-b y -z n
@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 
 from mrifoundry import ids
-from mrifoundry import vendor_corpus, vendor_variants
+from bench import vendor_corpus, vendor_variants
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _our_set(path: Path, stem: str, reversed_sets: bool) -> str | None:
 def check_case(name: str, archive: Path, work: Path) -> CaseResult:
     """Curate (every time point written) and run dcm2niix; compare each of its outputs with the
     series of ours it corresponds to (same SeriesInstanceUID and image set)."""
-    from mrifoundry.vendor_compare import compare_outputs
+    from bench.vendor_compare import compare_outputs
     res = curate_case(archive, work / "out", nifti_timepoints="all")
     outputs = run_dcm2niix(archive, work / "dcm2niix")
     res.dcm2niix = {stem: tuple(int(s) for s in nib.load(p).shape) for stem, p in outputs.items()}

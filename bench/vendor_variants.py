@@ -13,7 +13,7 @@ rewrites what one vendor's export of another acquisition would hold:
 - ``philips-dwi-b0-trace``: a Philips classic DWI (private b-value, gradient and direction
   label) whose b=0 and isotropic trace images are both marked 'I'.
 - ``canon-classic-and-enhanced`` (one SeriesInstanceUID) / ``-2uids``: one volume exported as
-  classic images and as an Enhanced MR object (``mrifoundry/enhanced_writer.py``); dcm2niix
+  classic images and as an Enhanced MR object (``bench/enhanced_writer.py``); dcm2niix
   converts both copies, we keep one and record the other (``duplicate_removed`` /
   ``duplicate_series``).
 - ``philips-pcasl``: Philips classic pCASL: label and control images at the same positions in
@@ -37,7 +37,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from mrifoundry.vendor_corpus import source_root
+from bench.vendor_corpus import source_root
 
 __all__ = ["VARIANTS", "Variant", "build_variants", "by_name"]
 
@@ -268,13 +268,13 @@ def _canon_classic(volumes: list[list[Dataset]], folder: Path) -> list[Path]:
 
 
 def _canon_copies_one_uid(volumes: list[list[Dataset]], folder: Path) -> None:
-    from mrifoundry.enhanced_writer import write_enhanced
+    from bench.enhanced_writer import write_enhanced
     files = _canon_classic(volumes, folder)
     write_enhanced(files, folder / "enhanced" / "0001.dcm")
 
 
 def _canon_copies_two_uids(volumes: list[list[Dataset]], folder: Path) -> None:
-    from mrifoundry.enhanced_writer import write_enhanced
+    from bench.enhanced_writer import write_enhanced
     files = _canon_classic(volumes, folder)
     write_enhanced(files, folder / "enhanced" / "0001.dcm", series_uid=generate_uid())
 

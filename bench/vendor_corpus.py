@@ -3,7 +3,7 @@
 Sources: the test data inside the nibabel and pydicom wheels, pydicom-data, and heudiconv's
 wheel (``make venv`` unpacks its ``tests/data`` into ``.venv/share/heudiconv-data``; set
 ``MRIFOUNDRY_HEUDICONV_DATA`` to use another copy). A case whose source is not installed is
-left out (``missing`` says which). Used by ``python -m mrifoundry.vendor_check`` (the vendor
+left out (``missing`` says which). Used by ``python -m bench.vendor_check`` (the vendor
 table of docs/vendors.md) and by tests/vendor/.
 """
 from __future__ import annotations
