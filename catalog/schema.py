@@ -69,7 +69,7 @@ SERIES = Table(
     (
         Column("series_id", S, "pseudonymous series id (salted hash of the original SeriesInstanceUID, and of the image set when not the main one)"),
         Column("exam_id", S, "exam of the series (exams.exam_id)"),
-        Column("image_set", S, "which images of the DICOM series: '' (magnitude/anatomy), phase, real, imaginary or trace (isotropic DWI); each its own row (docs/vendors.md)"),
+        Column("image_set", S, "which images of the DICOM series: '' (magnitude/anatomy), phase, real, imaginary, trace (isotropic DWI) or reversed (GE epi_pepolar volumes acquired with reversed phase encoding); each its own row (docs/vendors.md)"),
         Column("status", S, "ok (converted) or rejected"),
         Column("reason", S, "reason code when rejected (see stage_results and docs/ledger.md)"),
         Column("series_description", S, "SeriesDescription after Clean Descriptors (e.g. 'SAG PD FS')"),

@@ -72,7 +72,7 @@ class DeidConfig:
 class DeidSeries:
     series_id: str              # ids.series_id(original SeriesInstanceUID[/image set])
     files: list[Path]           # de-identified files written under out_dir/<series_id>/
-    image_set: str = ""         # "" or phase | real | imaginary | trace (tasks.curation.deid.frames.image_set)
+    image_set: str = ""         # "" or phase | real | imaginary | trace (frames.image_set) | reversed (GE pepolar)
     acquisition: dict = field(default_factory=dict)   # tasks.curation.deid.acquisition.describe of its first image
 
 
