@@ -12,7 +12,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import nibabel as nib
 
 from mrifoundry.catalog.store import write_exam_parts
 from mrifoundry import code_version
@@ -156,6 +155,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     signatures = _acquisition_signatures(deid, cont)
     ws.ledger.forget_exam_stage(exam_id, "convert")
     out, rejected, n_slices, failed = {}, {}, 0, 0
+    affines: dict = {}   # of this run's NIfTIs, for the copy check
     for sid, s in cont["series"].items():
         if s["status"] != "ok":
             continue
@@ -184,7 +184,8 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                                 "content_sha256": nrec.content_sha256,
                                 "timepoint": len(vols) // 2 if len(nrec.params["timepoints"]) == 1 else None}
                 extra = write_sidecars(nrec.path, vols, nrec.params["timepoints"], acquisitions.get(sid, {}),
-                                       nib.load(nrec.path).affine)
+                                       nrec.affine)
+                affines[sid] = nrec.affine
                 rec["nifti"]["sidecar"] = ws.rel(extra.pop("sidecars")[0])
                 rec["nifti"].update(extra)
         except RejectedItem as e:   # the converter's validation refused the series: rows kept, reason named
@@ -203,7 +204,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             ws.ledger.record(sid, "convert", "failed", exam_id=exam_id, item_kind="series",
                              reason=reason, message=failure_message(e.__cause__ or e))
             continue
-        kept = _copy_of(ws, sid, rec, out, signatures)
+        kept = _copy_of(sid, rec, out, signatures, affines)
         if kept is not None:
             nii = ws.nifti_path(exam_id, sid)
             for path in [nii] + [nii.with_name(sid + x) for x in (".json", ".bval", ".bvec", "_aslcontext.tsv")]:
@@ -233,7 +234,7 @@ def _acquisition_signatures(deid: dict, cont: dict) -> dict[str, tuple]:
             for sid, c in cont["series"].items()}
 
 
-def _copy_of(ws: Workspace, sid: str, rec: dict, converted: dict, signatures: dict) -> str | None:
+def _copy_of(sid: str, rec: dict, converted: dict, signatures: dict, affines: dict) -> str | None:
     """The series already converted in this exam that ``sid`` copies (a classic and an enhanced
     export of one acquisition under two SeriesInstanceUIDs), or None: same voxels
     (content_sha256), shape, affine (the digest leaves it out) and acquisition signature.
@@ -247,8 +248,7 @@ def _copy_of(ws: Workspace, sid: str, rec: dict, converted: dict, signatures: di
         theirs = r["nifti"] or {}
         if (theirs.get("content_sha256") == mine["content_sha256"] and theirs["shape"] == mine["shape"]
                 and signatures[other] == signatures[sid]
-                and abs(nib.load(ws.research / theirs["path"]).affine
-                        - nib.load(ws.research / mine["path"]).affine).max() <= 0.05):
+                and abs(affines[other] - affines[sid]).max() <= 0.05):
             return other
     return None
 

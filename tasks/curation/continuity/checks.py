@@ -236,9 +236,6 @@ def _split_temporal(imgs: list[_Img], cfg: ContinuityConfig) -> list[list[_Img]]
     else the k-th occurrence of a position in InstanceNumber order is time point k (works for
     time-major and slice-major numbering alike).
     """
-    projs = sorted(i.proj for i in imgs)
-    if all(not _same(a, b, cfg) for a, b in zip(projs, projs[1:])):
-        return [imgs]
     contexts = [str(header_get(i.ds, "ASLContext", "") or "").strip().upper() for i in imgs]
     if len(set(contexts)) > 1:
         return _split_asl(imgs, contexts, cfg)

@@ -77,6 +77,7 @@ class NiftiRecord:
     converter_version: str
     params: dict
     content_sha256: str | None = None  # voxels before resampling (mrifoundry.digest.voxel_sha256)
+    affine: np.ndarray | None = None   # of the written image (sidecar directions, copy detection)
 
 
 @contextlib.contextmanager
@@ -357,5 +358,5 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
                 "n_timepoints": len(volumes), "n_slices": len(volumes[t].files),
                 "reorientation": "nibabel.as_closest_canonical", "resampling": "nibabel.processing",
                 "nibabel_version": nib.__version__, "dtype": str(data.dtype)},
-        content_sha256=digest,
+        content_sha256=digest, affine=img.affine,
     )

@@ -85,8 +85,8 @@ def write_sidecars(nifti_path: Path, volumes: list[Volume], timepoints: list[int
     ``multiband_factor``, ``b_values``, ``asl_context``)."""
     stem = Path(nifti_path).name.split(".")[0]
     folder = Path(nifti_path).parent
-    values = [volume_values(volumes[t]) for t in timepoints]
-    all_values = values if len(timepoints) == len(volumes) else [volume_values(v) for v in volumes]
+    all_values = [volume_values(v) for v in volumes]   # the catalog's b-values and ASL list cover the series
+    values = [all_values[t] for t in timepoints]
     side: dict = {"NumberOfTimepoints": len(volumes), "TimepointsInFile": list(timepoints)}
     acq = acquisition or {}
     pe = pe_world_vector(values[0]["iop"], acq.get("pe_axis"), acq.get("pe_sign"))
@@ -106,7 +106,7 @@ def write_sidecars(nifti_path: Path, volumes: list[Volume], timepoints: list[int
     b_values = None
     if any(v["b"] is not None for v in values):
         bvals = [v["b"] if v["b"] is not None else 0.0 for v in values]
-        bvecs = [bvec_in_image(affine, v["g"] if (v["b"] or 0) > 0 or v["g"] else None) for v in values]
+        bvecs = [bvec_in_image(affine, v["g"]) for v in values]
         _write(folder / f"{stem}.bval", " ".join(f"{b:g}" for b in bvals) + "\n")
         _write(folder / f"{stem}.bvec", "\n".join(" ".join(f"{vec[i]:g}" for vec in bvecs)
                                                       for i in range(3)) + "\n")

@@ -211,14 +211,19 @@ def _pe_sign(ds: Dataset) -> int | None:
     return None
 
 
-def ge_pepolar_reversed(ds: Dataset) -> bool:
-    """A GE research ``epi_pepolar`` image acquired with reversed phase encoding: GE stores its
-    rows mirrored (dcm2niix mirrors them back). (0019,109C) names the sequence; (0019,10B3)
-    says which volumes: 1 all, 2 odd TemporalPositionIdentifier, 3 even."""
+def _ge_pepolar_mode(ds: Dataset) -> int:
+    """GE research ``epi_pepolar``: (0019,109C) names the sequence, (0019,10B3) says which volumes
+    are reversed (1 all, 2 odd TemporalPositionIdentifier, 3 even); 0 for anything else."""
     if _vendor(ds) != "ge" or "EPI_PEPOLAR" not in _text(ds, (0x0019, 0x109C)):
-        return False
+        return 0
     mode = _numbers(ds, (0x0019, 0x10B3))
-    mode = int(mode[0]) if mode else 0
+    return int(mode[0]) if mode else 0
+
+
+def ge_pepolar_reversed(ds: Dataset) -> bool:
+    """A GE ``epi_pepolar`` image acquired with reversed phase encoding: GE stores its rows
+    mirrored (dcm2niix mirrors them back)."""
+    mode = _ge_pepolar_mode(ds)
     try:
         tpi = int(ds.get("TemporalPositionIdentifier"))
     except (TypeError, ValueError):
@@ -228,10 +233,7 @@ def ge_pepolar_reversed(ds: Dataset) -> bool:
 
 def ge_pepolar_alternating(ds: Dataset) -> bool:
     """GE ``epi_pepolar`` with forward and reversed volumes in one series (modes 2 and 3)."""
-    if _vendor(ds) != "ge" or "EPI_PEPOLAR" not in _text(ds, (0x0019, 0x109C)):
-        return False
-    mode = _numbers(ds, (0x0019, 0x10B3))
-    return bool(mode) and int(mode[0]) in (2, 3)
+    return _ge_pepolar_mode(ds) in (2, 3)
 
 
 def _multiband(ds: Dataset, n_slices: int) -> int | None:

@@ -168,9 +168,7 @@ def mirror_rows(ds: Dataset) -> None:
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    arr = np.ascontiguousarray(arr)
-    ds.PixelData = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-    ds["PixelData"].VR = "OW" if int(ds.get("BitsAllocated", 16)) > 8 else "OB"
+    _set_pixels(ds, arr, ds)
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
@@ -209,12 +207,17 @@ def _finish(out: Dataset, ds: Dataset, k: int, tile: np.ndarray) -> Dataset:
     out.SOPInstanceUID = uid
     out.file_meta.MediaStorageSOPClassUID = MRImageStorage
     out.file_meta.MediaStorageSOPInstanceUID = uid
-    tile = np.ascontiguousarray(tile)
     out.Rows, out.Columns = int(tile.shape[0]), int(tile.shape[1])
     out.SamplesPerPixel = 1
-    out.PixelData = tile.astype(tile.dtype.newbyteorder("<"), copy=False).tobytes()
-    out["PixelData"].VR = "OW" if int(ds.get("BitsAllocated", 16)) > 8 else "OB"
+    _set_pixels(out, tile, ds)
     return out
+
+
+def _set_pixels(out: Dataset, arr: np.ndarray, source: Dataset) -> None:
+    """Native little-endian PixelData of ``arr`` (OW, or OB for 8-bit ``source`` pixels)."""
+    arr = np.ascontiguousarray(arr)
+    out.PixelData = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    out["PixelData"].VR = "OW" if int(source.get("BitsAllocated", 16)) > 8 else "OB"
 
 
 # --------------------------------------------------------------------------- Siemens mosaic
