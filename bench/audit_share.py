@@ -23,7 +23,7 @@ TARGET_SHARE = 0.20   # the audit at most a fifth of a run's wall time on real v
 
 
 def run(work: Path, cases: list[str] = CASES) -> dict:
-    from mrifoundry.settings import CurateParams
+    from mrifoundry.params import CurateParams
     from bench.vendor_corpus import build
     from mrifoundry.tasks.curation.audit.identifiers import tokens
     from mrifoundry.tasks.curation.audit.phi_audit import audit_output

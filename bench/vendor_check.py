@@ -53,9 +53,9 @@ class CaseResult:
 
 def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     """The curation stages and the PHI audit on one archive folder (no Prefect); ``params``
-    override :class:`mrifoundry.settings.CurateParams` defaults."""
+    override :class:`mrifoundry.params.CurateParams` defaults."""
     from mrifoundry.catalog.views import connect
-    from mrifoundry.settings import CurateParams
+    from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.audit.phi_audit import audit_output
     from mrifoundry.tasks.curation.runner import CurationFailed, run_curation
     from mrifoundry.tasks.curation.workspace import Workspace

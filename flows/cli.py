@@ -33,7 +33,7 @@ def _cmd_curate(a) -> int:
         res = curate(**kwargs, runner=a.runner, phi_audit=not a.no_phi_audit)
     else:   # the plain runner: no Prefect server to start (tasks/curation/runner.py)
         from mrifoundry.flows.params import resolve
-        from mrifoundry.settings import CurateParams
+        from mrifoundry.params import CurateParams
         from mrifoundry.tasks.curation.runner import run_curation
         params = resolve(CurateParams(**{k: v for k, v in kwargs.items() if k in CurateParams.model_fields}))
         tty = sys.stderr.isatty()

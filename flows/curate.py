@@ -22,7 +22,7 @@ from mrifoundry.flows.params import resolve
 from mrifoundry.run_lock import RunLock
 from mrifoundry.flows.runners import make_task_runner
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation import pipeline
 from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
 from mrifoundry.tasks.curation.runner import audit_or_quarantine, stops_on_full_disk

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrifoundry.settings import CurateParams, Settings
+from mrifoundry.params import CurateParams
+from mrifoundry.settings import Settings
 
 SAMPLE = "sample"
 

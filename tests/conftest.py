@@ -93,7 +93,7 @@ def pytest_sessionfinish(session, exitstatus):
 def small_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog — one brain and two body exams, PNG only,
     curated by the plain stage functions (no Prefect) — for the model and evaluation tests."""
-    from mrifoundry.settings import CurateParams
+    from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.runner import run_curation
     from mrifoundry.tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams
@@ -117,7 +117,7 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
 def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     """Research root of a small curated catalog with NIfTI volumes — two brain exams (T1, T2,
     FLAIR) and one body exam at 3 mm (small volumes, fast tests) — for the volume recipes."""
-    from mrifoundry.settings import CurateParams
+    from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.runner import run_curation
     from mrifoundry.tasks.curation.workspace import Workspace
     from tests.flows.helpers import copy_exams

@@ -20,7 +20,8 @@ import importlib.util, json, sys
 sys.path[:0] = [sys.argv[1]]
 sys.path.append(sys.argv[2])
 import mrifoundry, mrifoundry.tasks.curation.runner as runner
-from mrifoundry.settings import PACKAGED_RULES, CurateParams
+from mrifoundry.params import CurateParams
+from mrifoundry.settings import PACKAGED_RULES
 bare = [n for n in ("tasks", "flows", "models", "catalog") if importlib.util.find_spec(n) is not None]
 res = runner.run_curation(CurateParams(archive=sys.argv[3], reports=None, out=sys.argv[4], workers=1,
                                        write_nifti=False), phi_audit=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from mrifoundry.catalog.store import write_exam_parts
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.archive import open_archive, walk_limits
 from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti

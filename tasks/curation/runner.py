@@ -20,7 +20,7 @@ from typing import Callable
 
 from mrifoundry.errors import DiskFull, is_disk_full
 from mrifoundry.run_lock import RunLock
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
 from mrifoundry.tasks.curation.pipeline import curate_exam
 from mrifoundry.tasks.curation.selection.exams import select_exams

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full, where
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.workspace import Workspace
 
 STAGE_ORDER = ("retrieve", "deid", "continuity", "convert", "catalog")

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow   # curates a small archive (end to end without Pr
 @pytest.fixture(scope="module")
 def curated(manifest, sample, tmp_path_factory) -> Path:
     """OUT of two exams of two patients, curated by the stage functions (PNG + NIfTI)."""
-    from mrifoundry.settings import CurateParams
+    from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.finalize import finalize_catalog
     from mrifoundry.tasks.curation.pipeline import curate_exam
     from mrifoundry.tasks.curation.selection.exams import select_exams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.pipeline import curate_exam
 from mrifoundry.tasks.curation.selection.exams import select_exams
 from mrifoundry.tasks.curation.workspace import Workspace

@@ -38,7 +38,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from mrifoundry.errors import RejectedItem
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from tests.badinput.writers import Study, uid
 
 N_SLICES = 5

@@ -30,7 +30,7 @@ from pydicom.tag import Tag
 from mrifoundry.catalog.reasons import REASONS
 from mrifoundry import ids
 from mrifoundry.errors import RejectedItem
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, check_series
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 from mrifoundry.tasks.curation.convert.png import volume_to_png

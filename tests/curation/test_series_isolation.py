@@ -7,7 +7,7 @@ import pydicom
 import pytest
 
 from mrifoundry import ids
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation import pipeline
 from mrifoundry.tasks.curation.deid import frames
 from mrifoundry.tasks.curation.selection.exams import select_exams

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from mrifoundry.catalog.schema import REPORTS, to_arrow
 from mrifoundry.catalog.store import write_parquet_atomic
 from mrifoundry import ids
-from mrifoundry.settings import CurateParams
+from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.archive import open_archive, walk_limits
 from mrifoundry.tasks.curation.archive.folder_index import archive_sources, unattributed_files
 from mrifoundry.tasks.curation.selection.reports import ReportRules, filter_reports

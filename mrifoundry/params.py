@@ -1,0 +1,251 @@
+"""Parameters of every pipeline: one pydantic model each, the single source of their defaults.
+
+The plain runner in ``tasks/`` takes the model; the Prefect flow of the same name takes its
+fields as keyword parameters (its signature is made from the model, ``flows/wrap.py``); the
+``mrifoundry`` command makes one verb per model (``flows/cli.py``): ``Field`` descriptions are
+the help, defaults are shown. Paths, numbers and switches only — never PHI — because Prefect
+stores flow parameters in its database. ``{home}`` in a path expands to MRIFOUNDRY_HOME.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OUT = Field(None, description="output root (restricted/, research/, state/); default MRIFOUNDRY_OUT, else HOME/out")
+RERUN = Literal["missing", "failed", "all"]
+RERUN_HELP = "missing: new and failed items; failed: only failed items; all: redo everything"
+
+
+class Params(BaseModel):
+    """Base: unknown parameters are an error (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _shape(v):
+    if v in (None, "", [], ()):
+        return None
+    if isinstance(v, str):
+        v = v.lower().replace(",", "x").split("x")
+    return tuple(int(x) for x in v)
+
+
+class CurateParams(Params):
+    """``curate``: a folder archive or a PACS → de-identified PNG/NIfTI corpus + catalog."""
+
+    archive: str | None = Field(None, description="folder of DICOM (any layout), 'sample', or a PACS "
+                                                  "dicom://AET@host:port?calling=OURAET; default MRIFOUNDRY_ARCHIVE")
+    reports: str | None = Field(None, description="report export CSV; none = every study of the archive")
+    out: str | None = OUT
+    rules: str | None = Field(None, description="report-filter rules YAML (default: the packaged Duke-110K rules)")
+    date_start: dt.date | None = Field(dt.date(2016, 1, 1), description="first report date kept")
+    date_end: dt.date | None = Field(dt.date(2020, 12, 31), description="last report date kept")
+    n_per_protocol: int = Field(150, ge=1, description="exams sampled per protocol (all when fewer)")
+    seed: int = Field(0, description="sampling seed")
+    min_slices: int = Field(5, ge=1, description="series with fewer slices are not converted")
+    voxel_size_mm: float | None = Field(1.0, description="isotropic NIfTI resampling in mm; none keeps native spacing")
+    nifti_shape: tuple[int, int, int] | None = Field(None, description="fixed NIfTI shape, e.g. 256x256x128 (Triad)")
+    nifti_timepoints: Literal["middle", "all"] = Field(
+        "middle", description="4D series: the middle time point (3D corpus), or all as one 4D NIfTI")
+    write_png: bool = Field(True, description="write the PNG slices")
+    write_nifti: bool = Field(True, description="write the NIfTI volumes")
+    rerun: RERUN = Field("missing", description=RERUN_HELP)
+    workers: int = Field(2, ge=1, description="concurrent exams (threads or Dask worker processes)")
+    batch_size: int = Field(256, ge=1, description="exams submitted at once (bounds memory at Duke scale)")
+    qc_per_body_part: int = Field(8, ge=1, description="slices per body part in the QC montage")
+    follow_symlinks: bool = Field(False, description="follow symlinks that point outside the archive folder")
+    max_file_mb: int = Field(8192, ge=1, description="archive files larger than this are not read (file_too_large)")
+    max_container_mb: int = Field(65536, ge=1, description="expansion budget of one zip/tar/gzip, nesting included")
+    max_container_ratio: float = Field(100.0, gt=1, description="refuse a container expanding more than this many "
+                                                                "times its size, past 32 MiB (zip bombs)")
+    phi_audit: bool = Field(True, description="end with the PHI audit of the whole output")
+    runner: str = Field("threads", description="threads | dask | dask://host:port | slurm | a cluster YAML "
+                                               "(all but threads run through Prefect)")
+
+    @field_validator("nifti_shape", mode="before")
+    @classmethod
+    def _nifti_shape(cls, v):
+        return _shape(v)
+
+
+class IngestParams(Params):
+    """``ingest``: a BIDS dataset or a NIfTI folder → the same catalog as curated DICOM."""
+
+    bids: str | None = Field(None, description="BIDS dataset root (dataset_description.json, sub-*/)")
+    nifti: str | None = Field(None, description="folder of NIfTI files; subject = first folder level")
+    dataset: str | None = Field(None, description="collection name stored in exams.dataset (default: folder name)")
+    out: str | None = OUT
+    voxel_size_mm: float | None = Field(1.0, description="isotropic mm; none keeps the native spacing")
+    nifti_shape: tuple[int, int, int] | None = Field(None, description="fixed output shape, e.g. 256x256x128")
+    body_part: str | None = Field(None, description="body part when the sidecars do not say (e.g. brain)")
+    rerun: RERUN = Field("missing", description=RERUN_HELP)
+    workers: int = Field(2, ge=1, description="threads (one file each at a time)")
+    phi_audit: bool = Field(True, description="end with the PHI audit of the whole output")
+
+    @field_validator("nifti_shape", mode="before")
+    @classmethod
+    def _nifti_shape(cls, v):
+        return _shape(v)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.bids is None) == (self.nifti is None):
+            raise ValueError("give exactly one of bids=… or nifti=…")
+        return self
+
+
+class DownstreamParams(Params):
+    """``ingest-downstream``: a labelled 3D dataset (MSD/nnU-Net, BraTS, images+labels, DICOM-SEG,
+    classification CSV) → ``labelled_volumes``."""
+
+    root: str = Field(description="dataset folder, or the classification CSV")
+    dataset_id: str = Field(description="the dataset's name in the catalog")
+    out: str | None = OUT
+    layout: Literal["auto", "msd", "brats", "folder", "dicom-seg", "csv"] = Field("auto", description="folder layout")
+    labels: dict | None = Field(None, description='label mapping, {"1": 1, "2": 1} or {"whole_tumor": [1, 2, 4]}')
+    strict_labels: bool = Field(False, description="skip cases with values the mapping leaves out")
+    voxel_size_mm: float | None = Field(1.0, description="isotropic mm; none keeps native spacing")
+    split: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train,val,test fractions of patients")
+    folds: int | None = Field(5, ge=0, description="k of the per-patient k-fold; 0 or none = no folds")
+    seed: int = Field(0, description="split seed")
+
+
+class ModelChoice(Params):
+    """A model: a zoo entry with local weights (none = random init), or a pretrain run of the catalog."""
+
+    model: str = Field("mri-core", description="zoo entry: sam-vit-b | medsam | mri-core | dinov2-vit-b | random | "
+                                               "triad-unet | triad-swin | brainsegfounder | prism")
+    weights: str | None = Field(None, description="local weights file (none: random init)")
+    arch: str | None = Field(None, description="architecture preset override, e.g. vit_tiny, swin_tiny")
+    pretrained: str | None = Field(None, description="a model_id of the catalog's models table (a pretrain run) "
+                                                     "instead of model/weights")
+
+
+class PretrainParams(Params):
+    """``pretrain``: a catalog query → a pretrained encoder (OUT/research/models/RUN/)."""
+
+    out: str | None = OUT
+    query: str | None = Field(None, description="SQL on the catalog; default per recipe (training slices, converted "
+                                                "volumes, paired volumes for PRISM, brain series for BrainFound)")
+    recipe: str = Field("mri-core", description="mri-core | mae | brainfound | triad | triad-unet | brainsegfounder "
+                                                "| prism (each also -tiny)")
+    init_weights: str | None = Field(None, description="local SAM (init=sam) or DINOv2 (init=dinov2) checkpoint")
+    run_name: str | None = Field(None, description="the run's model_id (default from recipe, query, overrides); "
+                                                   "the same name resumes the run")
+    nproc: int = Field(1, ge=1, description="DDP processes (torchrun): GPUs, or CPU with gloo")
+    resume: bool = Field(True, description="resume an existing train state of the run")
+    overrides: dict | None = Field(None, description='recipe fields, e.g. {"epochs": 2, "batch_size": 64}')
+    stage2_query: str | None = Field(None, description="BrainSegFounder: the second stage's volumes (<run>-stage2)")
+    exclude_overlap: list[str] | None = Field(None, description="downstream dataset ids whose patients are dropped "
+                                                                "from the query (it must return series_id)")
+
+
+class FeaturesParams(ModelChoice):
+    """``extract-features``: embed catalog slices (or volumes) with a model → features tables."""
+
+    out: str | None = OUT
+    query: str | None = Field(None, description="SQL returning slice_id (slice models; default every training slice) "
+                                                "or series_id (volume encoders; default every converted volume)")
+    image_size: int | None = Field(None, description="input size override")
+    feature_set: str | None = Field(None, description="name of the feature set (default: the model or run name)")
+    batch_size: int = Field(32, ge=1, description="images per forward pass")
+    patch_grids: bool = Field(False, description="also store patch-token grids (zero-shot)")
+    pool: Literal["mean", "cls"] = Field("mean", description="token pooling")
+
+
+class ProbeParams(ModelChoice):
+    """``linear-probe``: patient-level 60:40 linear probing of frozen features."""
+
+    out: str | None = OUT
+    query: str | None = Field(None, description="SQL returning patient_id, label and png_file (slice models) or "
+                                                "nifti_file (volume models); default: body part / sequence type")
+    image_size: int | None = Field(None, description="input size override")
+    eval_id: str | None = Field(None, description="evaluation id (default probe-MODEL)")
+    epochs: int = Field(100, ge=1, description="probe training epochs")
+    seed: int = Field(0, description="split and init seed")
+
+
+class ZeroShotParams(ModelChoice):
+    """``zero-shot``: segmentation of a labelled dataset by k-means over patch features."""
+
+    dataset_id: str = Field(description="labelled dataset of the catalog")
+    out: str | None = OUT
+    split: str = Field("test", description="which split to score")
+    k_values: list[int] = Field([4, 8, 16, 32, 64, 128], description="k of k-means, each scored")
+    image_size: int | None = Field(None, description="input size override")
+    eval_id: str | None = Field(None, description="evaluation id (default zeroshot-MODEL-DATASET)")
+    seed: int = Field(0, description="k-means seed")
+
+
+class FewShotParams(ModelChoice):
+    """``few-shot``: MRI-CORE's few-shot segmentation (adapters; 5 training slices; R repeats)."""
+
+    dataset_id: str = Field(description="labelled dataset of the catalog")
+    out: str | None = OUT
+    model: str = Field("sam-vit-b", description="zoo entry: sam-vit-b | medsam | mri-core | dinov2-vit-b | random")
+    preset: Literal["mri-core", "tiny"] = Field("mri-core", description="configuration preset")
+    overrides: dict | None = Field(None, description='other config fields, e.g. {"repeats": 3}')
+    eval_id: str | None = Field(None, description="evaluation id (default fewshot-MODEL-DATASET)")
+
+
+class FrdParams(Params):
+    """``frd``: FRDv1 (frd-score) of labelled datasets against the pretraining slices."""
+
+    dataset_ids: list[str] = Field(description="labelled datasets, each compared with the reference")
+    out: str | None = OUT
+    reference_sql: str = Field("SELECT png_file FROM training_slices", description="SQL returning the reference PNGs")
+    n: int = Field(200, ge=2, description="images per side")
+    seed: int = Field(0, description="sampling seed")
+    workers: int = Field(2, ge=1, description="feature-extraction processes")
+    eval_id: str = Field("frd", description="evaluation id")
+
+
+class TransferParams(Params):
+    """``transfer-analysis``: few-shot gain of model A over B per dataset against FRD (MRI-CORE fig. 4)."""
+
+    model_a: str = Field(description="model label of the few-shot evaluations to compare")
+    model_b: str = Field(description="baseline model label")
+    out: str | None = OUT
+    frd_eval_id: str = Field("frd", description="the FRD evaluation to read")
+    metric: str = Field("test_dsc_3d", description="few-shot metric")
+    eval_id: str | None = Field(None, description="evaluation id (default transfer-A-vs-B)")
+
+
+class Volume3dParams(ModelChoice):
+    """What the 3D fine-tuning and classification share."""
+
+    dataset_id: str = Field(description="labelled_volumes dataset of the catalog (ingest-downstream)")
+    out: str | None = OUT
+    model: str = Field("brainsegfounder", description="triad-unet | triad-swin | brainsegfounder | prism")
+    iterations: int | None = Field(None, ge=1, description="training iterations (default: the preset's)")
+    roi: int | None = Field(None, ge=8, description="training crop edge in voxels (default: the preset's)")
+    lr: float | None = Field(None, gt=0, description="learning rate (default: the preset's)")
+    encoder_lr: float | None = Field(None, ge=0, description="encoder learning rate (default: the preset's)")
+    seed: int | None = Field(None, description="seed (default: the preset's)")
+    label_fractions: list[float] | None = Field(None, description="sweep over shares of the training patients, "
+                                                                  "e.g. 0.1,0.25,1")
+    preset: Literal["default", "tiny"] = Field("default", description="configuration preset")
+    overrides: dict | None = Field(None, description='other config fields, e.g. {"overlap": 0.25}')
+    eval_id: str | None = Field(None, description="evaluation id")
+
+
+class Finetune3dParams(Volume3dParams):
+    """``finetune-3d``: a volume encoder + SwinUNETR/UNETR decoder on a labelled 3D dataset."""
+
+    decoder: Literal["swinunetr", "unetr"] | None = Field(None, description="decoder (default: the preset's)")
+    freeze: bool | None = Field(None, description="train the decoder only (default: the preset's)")
+
+
+class Classify3dParams(Volume3dParams):
+    """``classify-3d``: k-fold classification of whole volumes."""
+
+    mode: Literal["finetune", "linear"] | None = Field(None, description="fine-tune or linear probe "
+                                                                         "(default: the preset's)")
+
+
+class DemoEvalParams(Params):
+    """``demo-eval``: every evaluation on the demo catalog and the labelled demo tasks → a report."""
+
+    out: str = Field("{home}/demo", description="output root of the demo curation")
