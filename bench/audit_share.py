@@ -32,8 +32,8 @@ def run(work: Path, cases: list[str] = CASES) -> dict:
     built, missing = build(work / "archive", cases)
     out = work / "out"
     t0 = time.perf_counter()
-    run_curation(CurateParams(archive=str(work / "archive"), reports=None, out=str(out), workers=1),
-                 phi_audit=False)   # timed on its own below
+    run_curation(CurateParams(archive=str(work / "archive"), reports=None, out=str(out), workers=1,
+                              phi_audit=False))   # audited on its own below
     curate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rep = audit_output(out, prefect_home=out / "no-prefect", log_dirs=[])

@@ -61,9 +61,10 @@ def curate_case(archive: Path, out: Path, **params) -> CaseResult:
     from mrifoundry.tasks.curation.workspace import Workspace
 
     ws = Workspace(out)
-    params = CurateParams(**{"archive": str(archive), "reports": None, "out": str(out), "workers": 1, **params})
+    params = CurateParams(**{"archive": str(archive), "reports": None, "out": str(out), "workers": 1, "phi_audit": False,
+                             **params})
     try:
-        run_curation(params, phi_audit=False)   # audited below, without Prefect's database
+        run_curation(params)   # audited below, without Prefect's database
     except CurationFailed:
         pass   # failed items are rows of the table like any other outcome
     report = audit_output(out, prefect_home=Path(out) / "no-prefect", log_dirs=[])

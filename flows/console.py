@@ -107,7 +107,7 @@ def _expected_failure(e: BaseException, a) -> tuple[int, str] | None:
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return errors.EXIT_DISK_FULL, (f"no space left on the device ({e.filename or 'output'}): free space "
                                        "under OUT and re-run; finished exams are kept")
-    if isinstance(e, FileNotFoundError):
+    if isinstance(e, (FileNotFoundError, errors.UsageError)):
         return errors.EXIT_USAGE, _one_line(e)
     if type(e).__name__ == "PhiLeakError" and hasattr(e, "report"):
         rep = e.report

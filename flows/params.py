@@ -3,22 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mrifoundry.errors import UsageError
 from mrifoundry.params import CurateParams
-from mrifoundry.settings import Settings
+from mrifoundry.settings import Settings, expand_home, research_dir  # noqa: F401 - re-exported
 
 SAMPLE = "sample"
-
-
-def expand_home(v: str | None, settings: Settings | None = None) -> str | None:
-    """``{home}`` in a path parameter → MRIFOUNDRY_HOME."""
-    return v.replace("{home}", str((settings or Settings()).home)) if isinstance(v, str) else v
-
-
-def research_dir(out: str | None, settings: Settings | None = None) -> Path:
-    """``OUT/research`` of a flow's ``out`` parameter (default MRIFOUNDRY_OUT, else HOME/out)."""
-    s = settings or Settings()
-    root = Path(expand_home(out, s)) if out else (s.out or s.home / "out")
-    return Path(root).resolve() / "research"
 
 
 def resolve(params: CurateParams, settings: Settings | None = None) -> CurateParams:
@@ -26,7 +15,7 @@ def resolve(params: CurateParams, settings: Settings | None = None) -> CuratePar
     (generated on first use); ``{home}`` expands to MRIFOUNDRY_HOME.
 
     Raises:
-        ValueError: no archive given and none configured.
+        UsageError: no archive given and none configured.
     """
     s = settings or Settings()
     archive, reports, out = (expand_home(v, s) for v in (params.archive, params.reports, params.out))
@@ -41,7 +30,7 @@ def resolve(params: CurateParams, settings: Settings | None = None) -> CuratePar
         if reports == SAMPLE:
             reports = str(s.sample_dir / "reports.csv")
     if archive is None:
-        raise ValueError("no archive: pass archive=… or set MRIFOUNDRY_ARCHIVE (or archive=sample)")
+        raise UsageError("no archive: pass --archive (archive=…) or set MRIFOUNDRY_ARCHIVE (or archive=sample)")
     if out is None:
         out = str(s.out or (s.home / "out"))
     return params.model_copy(update={"archive": archive, "reports": reports, "out": str(Path(out).resolve())})

@@ -51,6 +51,11 @@ class DiskFull(Exception):
                          "free space under OUT and re-run; finished exams are kept, unfinished ones are picked up")
 
 
+class UsageError(ValueError):
+    """A parameter or input the run cannot work with; the message says what to give instead
+    (the command prints it as one line, exit 2)."""
+
+
 #: exit codes of the ``mrifoundry`` command for expected conditions (one line on stderr, no traceback)
 EXIT_FAILED_ITEMS = 1     # the run finished but some items failed (ledger ``failed``)
 EXIT_USAGE = 2            # bad arguments or input that is not there

@@ -9,6 +9,8 @@ stores flow parameters in its database. ``{home}`` in a path expands to MRIFOUND
 from __future__ import annotations
 
 import datetime as dt
+import types
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,17 +21,45 @@ RERUN_HELP = "missing: new and failed items; failed: only failed items; all: red
 
 
 class Params(BaseModel):
-    """Base: unknown parameters are an error (a typo must not silently fall back to a default)."""
+    """Base: unknown parameters are an error (a typo must not silently fall back to a default); a
+    tuple or list given as one string is comma-separated (``"0.6,0.2,0.2"``)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _comma_lists(cls, data):
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                v = data.get(name)
+                if isinstance(v, str) and is_sequence(f.annotation) and name != "nifti_shape":
+                    data = {**data, name: [x.strip() for x in v.split(",") if x.strip()]}
+        return data
+
+    @field_validator("voxel_size_mm", mode="before", check_fields=False)
+    @classmethod
+    def _voxel(cls, v):
+        return _native(v)
+
+
+def is_sequence(annotation) -> bool:
+    """list[...] or tuple[...], optional or not."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(typing.get_origin(a) in (list, tuple) for a in args)
+
 
 def _shape(v):
+    """256x256x128, "256,256,128" or [256, 256, 128] → (256, 256, 128)."""
     if v in (None, "", [], ()):
         return None
     if isinstance(v, str):
         v = v.lower().replace(",", "x").split("x")
     return tuple(int(x) for x in v)
+
+
+def _native(v):
+    """A voxel size of 0 (or "none") keeps the native spacing, like None."""
+    return None if v in (0, "0", "none", "native") else v
 
 
 class CurateParams(Params):
@@ -81,7 +111,7 @@ class IngestParams(Params):
     nifti_shape: tuple[int, int, int] | None = Field(None, description="fixed output shape, e.g. 256x256x128")
     body_part: str | None = Field(None, description="body part when the sidecars do not say (e.g. brain)")
     rerun: RERUN = Field("missing", description=RERUN_HELP)
-    workers: int = Field(2, ge=1, description="threads (one file each at a time)")
+    workers: int = Field(2, ge=1, description="threads (one subject session each at a time)")
     phi_audit: bool = Field(True, description="end with the PHI audit of the whole output")
 
     @field_validator("nifti_shape", mode="before")
@@ -249,3 +279,56 @@ class DemoEvalParams(Params):
     """``demo-eval``: every evaluation on the demo catalog and the labelled demo tasks → a report."""
 
     out: str = Field("{home}/demo", description="output root of the demo curation")
+
+
+# --- the command's tool verbs (no flow): the same shape, so the CLI is made the same way ---------
+
+class SqlParams(Params):
+    """``sql``: a read-only query on the research catalog."""
+
+    query: str = Field(description="SQL on the catalog's views (docs/catalog.md)")
+    out: str | None = OUT
+    format: Literal["table", "csv", "json"] = Field("table", description="output format")
+    unrestricted: bool = Field(False, description="lift the research-zone confinement (power users: the query can "
+                                                  "then read and write any file, the restricted zone included)")
+
+
+class OverlapParams(Params):
+    """``overlap``: pretraining series (SQL returning series_id) that share patients with a downstream dataset."""
+
+    query: str = Field(description="SQL returning series_id")
+    dataset_id: str = Field(description="downstream dataset of the catalog")
+    out: str | None = OUT
+    sql: bool = Field(False, description="also print the SQL that excludes the overlapping patients")
+
+
+class ExportBidsParams(Params):
+    """``export-bids``: the anatomical volumes of a query as a BIDS dataset."""
+
+    dest: str = Field(description="a new, empty folder")
+    out: str | None = OUT
+    query: str = Field("SELECT series_id FROM series WHERE status = 'ok'", description="SQL returning series_id")
+    name: str = Field("mrifoundry export", description="dataset_description.json Name")
+    check: bool = Field(False, description="run bids-validator-deno on the result (exit 1 on an error)")
+
+
+class SampleParams(Params):
+    """``sample``: generate the embedded sample archive."""
+
+    out: str | None = Field(None, description="where (default HOME/sample)")
+    seed: int = Field(0, description="generator seed")
+    force: bool = Field(False, description="regenerate even if it exists")
+
+
+class PhiAuditParams(Params):
+    """``phi-audit``: search every restricted-zone identifier outside it (exit 1 on a hit)."""
+
+    out: str = Field(description="output root of the curation")
+    reports: str | None = Field(None, description="the report export, to also search report-text fragments")
+
+
+class CatalogDocsParams(Params):
+    """``catalog-docs``: write docs/catalog.md from catalog/schema.py."""
+
+    path: str = Field("docs/catalog.md", description="the file to write (relative to the current folder)")
+    check: bool = Field(False, description="only compare (exit 1 when out of date)")

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
         return self.home / "sample"
 
 
+def expand_home(v: str | None, settings: Settings | None = None) -> str | None:
+    """``{home}`` in a path parameter → MRIFOUNDRY_HOME."""
+    return v.replace("{home}", str((settings or Settings()).home)) if isinstance(v, str) else v
+
+
+def research_dir(out: str | None, settings: Settings | None = None) -> Path:
+    """``OUT/research`` of a pipeline's ``out`` parameter (default MRIFOUNDRY_OUT, else HOME/out)."""
+    s = settings or Settings()
+    root = Path(expand_home(out, s)) if out else (s.out or s.home / "out")
+    return Path(root).resolve() / "research"
+
+
 def load_salt(out: Path, settings: Settings | None = None) -> str:
     """The salt: ``MRIFOUNDRY_SALT`` or ``OUT/restricted/salt``, created once with 256 random bits."""
     settings = settings or Settings()

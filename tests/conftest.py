@@ -108,8 +108,8 @@ def small_catalog(manifest, sample, tmp_path_factory) -> Path:
         patients.add(e["patient_mrn"])
     archive, out = tmp_path_factory.mktemp("small-archive"), tmp_path_factory.mktemp("small-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
-    run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_nifti=False),
-                 phi_audit=False)
+    run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_nifti=False,
+                              phi_audit=False))
     return Workspace(out).research
 
 
@@ -132,7 +132,7 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     archive, out = tmp_path_factory.mktemp("volume-archive"), tmp_path_factory.mktemp("volume-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
     run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_png=False,
-                              voxel_size_mm=3.0), phi_audit=False)
+                              voxel_size_mm=3.0, phi_audit=False))
     return Workspace(out).research
 
 

@@ -24,7 +24,7 @@ from mrifoundry.params import CurateParams
 from mrifoundry.settings import PACKAGED_RULES
 bare = [n for n in ("tasks", "flows", "models", "catalog") if importlib.util.find_spec(n) is not None]
 res = runner.run_curation(CurateParams(archive=sys.argv[3], reports=None, out=sys.argv[4], workers=1,
-                                       write_nifti=False), phi_audit=False)
+                                       write_nifti=False, phi_audit=False))
 print(json.dumps({"file": mrifoundry.__file__, "bare": bare, "rules": str(PACKAGED_RULES),
                   "rules_exist": PACKAGED_RULES.is_file(), "catalog": res["catalog"]}))
 """

@@ -1,9 +1,11 @@
 """The curation run without Prefect: select → five stages per exam → catalog → summary → PHI audit.
 
-What the ``curate`` flow does with Prefect tasks, as plain calls: the one-off CLI (``mrifoundry
-curate``, no server to start), the vendor check, the benchmarks and the tests run it. Exams go
-through :func:`tasks.curation.pipeline.curate_exam` on ``params.workers`` threads; the ledger makes
-a re-run pick up what is missing or failed exactly as the flow's does (``params.rerun``). A full
+The one sequence of a curation run. The one-off CLI (``mrifoundry curate``, no server to start),
+the vendor check, the benchmarks and the tests call it as it is: exams go through
+:func:`tasks.curation.pipeline.curate_exam` on ``params.workers`` threads. The ``curate`` flow
+calls it with ``run_exams`` that submits one Prefect task per (exam, stage) instead
+(``flows/curate.py``). The ledger makes a re-run pick up what is missing or failed
+(``params.rerun``). A full
 disk stops new exams and ends the run with :class:`mrifoundry.errors.DiskFull`; a PHI hit
 quarantines the leaking exams and raises :class:`~tasks.curation.audit.phi_audit.PhiLeakError`;
 failed items raise :class:`CurationFailed` after the catalog is written.
@@ -27,12 +29,23 @@ from mrifoundry.tasks.curation.selection.exams import select_exams
 from mrifoundry.tasks.curation.stages import disk_full, reset_disk_full, sweep_temp
 from mrifoundry.tasks.curation.workspace import Workspace
 
-__all__ = ["CurationFailed", "audit_or_quarantine", "run_curation", "stops_on_full_disk"]
+__all__ = ["CurationFailed", "ExamRunner", "audit_or_quarantine", "run_curation", "stops_on_full_disk",
+           "threaded_exams"]
 log = logging.getLogger(__name__)
 
 
 class CurationFailed(RuntimeError):
-    """Some items failed (their rows are in stage_results); ``rerun=failed`` redoes them."""
+    """Some items failed (their rows are in stage_results); ``rerun=failed`` redoes them.
+    ``result`` is the run's result (the catalog of the others is written)."""
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result or {}
+
+
+#: How a run takes its exams through the five stages: ``(ws, params, exam_ids, say)`` → outcome
+#: counts per stage (``{"convert": {"done": 3, "disk_full": 1}, …}``).
+ExamRunner = Callable[[Workspace, CurateParams, list, Callable[[str], None]], dict]
 
 
 @contextlib.contextmanager
@@ -47,12 +60,13 @@ def stops_on_full_disk(out_dir: Path, where: str):
         raise
 
 
-def run_curation(params: CurateParams, run_id: str = "local", *, phi_audit: bool = True,
+def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: ExamRunner | None = None,
                  progress: Callable[[str], None] | None = None) -> dict:
-    """Curate ``params.archive`` into ``params.out`` (paths already resolved, see
-    :func:`mrifoundry.settings.resolve_params`). Returns ``{"selection", "catalog", "stages",
-    "summary"}``: selection counts, catalog row counts, outcome counts per stage, and the run
-    summary's path (markdown; the QC montage beside it).
+    """Curate ``params.archive`` into ``params.out`` (paths already resolved:
+    :func:`mrifoundry.flows.params.resolve`). Returns ``{"selection", "catalog", "stages",
+    "summary", "montage", "phi_audit"}``: selection counts, catalog row counts, outcome counts
+    per stage, the run summary (markdown) and QC montage paths, and the PHI audit's report
+    (places only, no values; None when ``params.phi_audit`` is off).
 
     Raises:
         mrifoundry.run_lock.OutputBusy: another run holds the output folder.
@@ -69,8 +83,12 @@ def run_curation(params: CurateParams, run_id: str = "local", *, phi_audit: bool
         with stops_on_full_disk(out_dir, "archive index"):
             sel = select_exams(ws, params)
         say("selection: " + ", ".join(f"{k}={v}" for k, v in sel.counts.items()))
-        stages = _run_exams(ws, params, sel.exam_ids, say)
-        if stages.pop("_stopped", None):
+        need, free = sel.space
+        if need > free:
+            say(f"free space under OUT ({free >> 20} MiB) may not hold this run (about {need >> 20} MiB); "
+                "a full disk stops the run cleanly and a re-run finishes it")
+        stages = (run_exams or threaded_exams)(ws, params, sel.exam_ids, say)
+        if stages.pop("_stopped", None) or any(c.get("disk_full") for c in stages.values()):
             sweep_temp(out_dir)
             raise DiskFull("exam outputs")
         with stops_on_full_disk(out_dir, "catalog merge"):
@@ -80,18 +98,18 @@ def run_curation(params: CurateParams, run_id: str = "local", *, phi_audit: bool
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(md)
         say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        if phi_audit:
-            audit_or_quarantine(out_dir, params.reports)
+        audit = audit_or_quarantine(out_dir, params.reports).to_markdown() if params.phi_audit else None
         failed_exams = ws.ledger.failed_exams() & set(sel.exam_ids)
+    result = {"selection": sel.counts, "catalog": counts, "stages": stages, "summary": str(summary),
+              "montage": str(montage) if montage else None, "phi_audit": audit}
     failed = sum(c.get("failed", 0) for c in stages.values())
     if failed or failed_exams:
         raise CurationFailed(f"{failed} stage(s) failed, {len(failed_exams)} exam(s) with failed items; see "
-                             "stage_results. Re-run with rerun=failed (--rerun failed).")
-    return {"selection": sel.counts, "catalog": counts, "stages": stages, "summary": str(summary),
-            "montage": str(montage) if montage else None}
+                             "stage_results. Re-run with rerun=failed (--rerun failed).", result)
+    return result
 
 
-def _run_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:
+def threaded_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:
     """Every exam through the five stages on ``params.workers`` threads; outcome counts per stage.
     After a full disk no new exam starts (``_stopped`` is then set)."""
     outcomes: dict = defaultdict(Counter)

@@ -220,23 +220,14 @@ def test_clean_report_moves_nothing(out):
     assert not (out / "restricted" / "quarantine").exists()
 
 
-@pytest.mark.prefect_server
-def test_flow_task_quarantines_then_fails(out, prefect_server):
-    """mrifoundry.flows.curate.phi_audit_task: quarantine before failing; the error carries counts and the report path."""
-    from prefect import flow
-
-    from mrifoundry.flows.curate import phi_audit_task
+def test_run_audit_quarantines_then_fails(out):
+    """tasks.curation.runner.audit_or_quarantine (the end of every curation and ingest run):
+    quarantine before failing; the error carries counts and the report path."""
+    from mrifoundry.tasks.curation.runner import audit_or_quarantine
     leaky, other = _exams(out)
     _plant(out, leaky)
-
-    @flow(name="phi-audit-quarantine-test")
-    def audit_flow(o: str) -> dict:
-        return phi_audit_task(o, None)
-
-    state = audit_flow(str(out), return_state=True)
-    assert state.is_failed()
     with pytest.raises(PhiLeakError) as err:
-        state.result()
+        audit_or_quarantine(out, None)
     msg = str(err.value)
     report = Path(msg.rsplit("report: ", 1)[1])
     assert report.is_file() and report.parent == out / "restricted" / "quarantine"

@@ -65,9 +65,9 @@ def _leak() -> PhiLeakError:
      errors.EXIT_FAILED_ITEMS, "3 stage task(s) failed"),
 ])
 def test_expected_conditions(exc, code, words, tmp_path, capsys, monkeypatch):
-    def verb(a):
+    def verb(params, progress=None):
         raise exc
-    monkeypatch.setattr(cli, "_cmd_curate", verb)
+    monkeypatch.setattr(cli, "run_curate", verb)
     argv = ["curate", "--archive", str(tmp_path), "--out", str(tmp_path / "out")]
     assert cli.main(argv) == code
     line = _one_line(capsys)
@@ -83,9 +83,9 @@ def test_expected_conditions(exc, code, words, tmp_path, capsys, monkeypatch):
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    def verb(a):
+    def verb(params, progress=None):
         raise KeyError("bug")
-    monkeypatch.setattr(cli, "_cmd_curate", verb)
+    monkeypatch.setattr(cli, "run_curate", verb)
     with pytest.raises(KeyError):
         cli.main(["curate", "--archive", str(tmp_path), "--out", str(tmp_path / "out")])
 
@@ -118,7 +118,7 @@ def _user_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_cli_module_does_not_import_prefect(tmp_path):
-    code = "import sys, flows.cli; sys.exit('prefect' in sys.modules)"
+    code = "import sys, mrifoundry.flows.cli; sys.exit('prefect' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_user_env(tmp_path), timeout=120).returncode == 0
 
 
@@ -148,7 +148,7 @@ def test_plain_curate_never_imports_prefect(tmp_path, monkeypatch):
     """The one-off CLI's default path: the plain runner, so no server and no Prefect import."""
     from tests.dicom_factory import write_series
     write_series(tmp_path / "archive" / "s", n_slices=6, extra=dict(PatientID="MRN0002", StudyDate="20180305"))
-    code = ("import sys, flows.cli; rc = flows.cli.main(['curate', '--archive', sys.argv[1], '--out', sys.argv[2], "
+    code = ("import sys, mrifoundry.flows.cli as cli; rc = cli.main(['curate', '--archive', sys.argv[1], '--out', sys.argv[2], "
             "'--workers', '1']); sys.exit(rc or 10 * ('prefect' in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "archive"), str(tmp_path / "out")], cwd=REPO,
                        env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
