@@ -67,6 +67,7 @@ VERBS = (
     Verb("sample", P.SampleParams, f"{_T}:sample", tool=True),
     Verb("phi-audit", P.PhiAuditParams, f"{_T}:phi_audit", inputs=("out",), tool=True),
     Verb("catalog-docs", P.CatalogDocsParams, f"{_T}:catalog_docs", tool=True),
+    Verb("where", P.WhereParams, f"{_T}:where", tool=True),
 )
 
 

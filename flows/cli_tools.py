@@ -110,3 +110,13 @@ def catalog_docs(p: CatalogDocsParams) -> int:
         return 0
     path.write_text(text)
     return 0
+
+
+def where(p) -> int:
+    from importlib.resources import files
+
+    from mrifoundry.settings import PACKAGED_RULES, Settings
+    s = Settings()
+    print(json.dumps({"home": str(s.home), "out": str(s.out or s.home / "out"), "sample": str(s.sample_dir),
+                      "rules": str(PACKAGED_RULES), "deploy": str(files("mrifoundry.deploy"))}, indent=1))
+    return 0

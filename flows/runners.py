@@ -2,17 +2,19 @@
 
 ``threads`` (default): a thread pool in the flow-run process. ``dask``: a local Dask
 cluster of ``workers`` processes. ``dask://host:port`` (or ``tcp://…``): an existing Dask
-scheduler. ``slurm``: a dask-jobqueue SLURM cluster from ``deploy/dask/slurm.yaml``.
-Cluster specs are data in ``deploy/``; flows never hard-code them.
+scheduler. ``slurm``: a dask-jobqueue SLURM cluster from ``deploy/dask/slurm.yaml`` (package data
+of ``mrifoundry.deploy``, so an installed wheel has it too). Cluster specs are data; flows never
+hard-code them.
 """
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 from prefect.task_runners import ThreadPoolTaskRunner
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "dask"
+DEPLOY = Path(str(files("mrifoundry.deploy") / "dask"))
 
 
 def make_task_runner(spec: str, workers: int):

@@ -332,3 +332,7 @@ class CatalogDocsParams(Params):
 
     path: str = Field("docs/catalog.md", description="the file to write (relative to the current folder)")
     check: bool = Field(False, description="only compare (exit 1 when out of date)")
+
+
+class WhereParams(Params):
+    """``where``: where this installation keeps its state, rules and deployment files."""

@@ -25,8 +25,11 @@ from mrifoundry.settings import PACKAGED_RULES
 bare = [n for n in ("tasks", "flows", "models", "catalog") if importlib.util.find_spec(n) is not None]
 res = runner.run_curation(CurateParams(archive=sys.argv[3], reports=None, out=sys.argv[4], workers=1,
                                        write_nifti=False, phi_audit=False))
+from mrifoundry.settings import Settings
+from mrifoundry.flows.runners import DEPLOY
 print(json.dumps({"file": mrifoundry.__file__, "bare": bare, "rules": str(PACKAGED_RULES),
-                  "rules_exist": PACKAGED_RULES.is_file(), "catalog": res["catalog"]}))
+                  "rules_exist": PACKAGED_RULES.is_file(), "catalog": res["catalog"], "home": str(Settings().home),
+                  "slurm": str(DEPLOY / "slurm.yaml"), "slurm_exists": (DEPLOY / "slurm.yaml").is_file()}))
 """
 
 
@@ -46,18 +49,23 @@ def test_wheel_has_one_import_root_and_curates_outside_the_checkout(tmp_path, ma
                    check=True, capture_output=True, timeout=600)
     # one package (bin/ holds the console script)
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "mrifoundry"]
-    for data in ("tasks/curation/deid/ps315_basic_profile.csv", "tasks/curation/selection/duke110k_rules.yaml"):
+    for data in ("tasks/curation/deid/ps315_basic_profile.csv", "tasks/curation/selection/duke110k_rules.yaml",
+                 "deploy/prefect.yaml", "deploy/dask/slurm.yaml", "deploy/constraints.txt", "deploy/server.sh"):
         assert (target / "mrifoundry" / data).is_file(), data
     one = next(e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
                and not any(s.get("defect") for s in e["series"]))
     copy_exams(manifest, sample, tmp_path / "archive", lambda e: e is one)
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "user"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     p = subprocess.run([sys.executable, "-S", "-c", _PROBE, str(target), sysconfig.get_paths()["purelib"],
                         str(tmp_path / "archive"), str(tmp_path / "out")],
-                       cwd=elsewhere, capture_output=True, text=True, timeout=600)
+                       cwd=elsewhere, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["file"].startswith(str(target)) and got["bare"] == []
     assert got["rules_exist"] and got["rules"].startswith(str(target))
     assert got["catalog"]["exams"] == 1 and got["catalog"]["slices"] > 0
+    # state in the user's data directory, not the install location; cluster specs from the package
+    assert got["home"] == str(tmp_path / "xdg" / "mrifoundry")
+    assert got["slurm_exists"] and got["slurm"].startswith(str(target))

@@ -76,7 +76,7 @@ def test_prefect_retry_reexecutes_only_failed_tasks(prefect_server, small_archiv
     blocker.unlink()
     flow_run_id = str(state.state_details.flow_run_id)
     r = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "flow-run", "retry", flow_run_id,
-                        "--entrypoint", "flows/curate.py:curate"], cwd=REPO, capture_output=True, text=True,
+                        "--entrypoint", "mrifoundry.flows.curate:curate"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     after = _attempts(out)
