@@ -14,11 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mrifoundry", "catalog", "flows", "models", "tasks", "bench")
 #: folders installed as ``mrifoundry.<folder>`` (setup.py): imported only under that name
-MAPPED = ("catalog", "flows", "models", "tasks")
+MAPPED = ("catalog", "flows", "models", "tasks", "deploy")
 MAX_LINES = 400
 #: tasks/ domains in dependency order: each may import only those before it
-DOMAINS = ("mrifoundry.tasks.curation", "mrifoundry.tasks.data", "mrifoundry.tasks.pretraining",
-           "mrifoundry.tasks.evaluation")
+DOMAINS = ("mrifoundry.tasks.curation", "mrifoundry.tasks.ingest", "mrifoundry.tasks.data",
+           "mrifoundry.tasks.pretraining", "mrifoundry.tasks.evaluation")
 
 
 def _modules() -> dict[str, Path]:
@@ -127,6 +127,27 @@ def test_layers_import_only_downward(graph):
     harness that need the pipeline live outside core (mrifoundry/sample imports nothing above; the
     vendor check is in bench/)."""
     assert not _upward(graph), f"imports that point up a layer: {_upward(graph)}"
+
+
+def test_core_never_imports_the_sample_generator(graph):
+    """mrifoundry/sample makes test and demo data: core code does not depend on it, and it needs
+    nothing above core (tasks and flows may call it)."""
+    def core(m: str) -> bool:
+        return _layer(m) == 0 and not m.startswith("mrifoundry.sample") and not m.startswith("bench")
+    into = sorted((m, n) for m, deps in graph.items() if core(m) for n in deps if n.startswith("mrifoundry.sample"))
+    out = sorted((m, n) for m, deps in graph.items() if m.startswith("mrifoundry.sample") for n in deps if _layer(n))
+    assert not into and not out, (into, out)
+
+
+def test_plain_runners_do_not_import_prefect():
+    """tasks/ holds the plain runners and their stages: Prefect is imported only in flows/."""
+    bad = []
+    for path in sorted((REPO / "tasks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("prefect", "prefect_dask")]
+    assert not bad, bad
 
 
 def test_the_layer_check_sees_a_planted_upward_import(graph):
