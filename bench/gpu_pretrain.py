@@ -95,7 +95,7 @@ def bench_dino_step(recipe_name: str, batch: int, steps: int, warmup: int, devic
     """The slice trainer's own DINOv2 objective (tasks.pretraining.slices.DinoObjective) on random crops."""
     import numpy as np
 
-    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.recipes import recipe
     from mrifoundry.models.ssl.dino import build_backbone
     from mrifoundry.tasks.pretraining.engine import Dist, optimizer_step
     from mrifoundry.tasks.pretraining.slices import DinoObjective, param_groups

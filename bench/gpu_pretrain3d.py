@@ -41,7 +41,7 @@ def synthetic_batch(cfg, batch: int, device: torch.device, n_body_parts: int = 4
 
 
 def bench_recipe(name: str, batch: int | None, steps: int, warmup: int, device: torch.device) -> dict:
-    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.recipes import recipe
     from mrifoundry.tasks.pretraining.volumes import build_method
     cfg = recipe(name, **({"batch_size": batch} if batch else {}))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)

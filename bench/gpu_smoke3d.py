@@ -42,7 +42,7 @@ def synthetic_rows(root: Path, size: int = 112, seed: int = 0) -> list[dict]:
 
 def run(out: Path, iterations: int) -> dict:
     from mrifoundry.models import zoo
-    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.recipes import recipe
     from mrifoundry.tasks.pretraining.volumes import train_volumes
     cuda = torch.cuda.is_available()
     rows = synthetic_rows(out)

@@ -1,6 +1,6 @@
 """Section: ingesting a NIfTI collection against the bare conform it wraps.
 
-*ours* = ``tasks.curation.ingest.ingest_collection`` (one worker) + ``finalize_catalog`` on a BIDS
+*ours* = ``tasks.ingest.collection.ingest_collection`` (one worker) + ``finalize_catalog`` on a BIDS
 tree: checks, voxel digest, de-duplication, RAS + 1 mm, clean header, ledger, sidecar, catalog rows.
 *reference*, in the same rounds, on the same files: ``nibabel.load`` → ``as_closest_canonical`` →
 ``nibabel.processing.resample_to_output`` (1 mm, linear; skipped when already 1 mm) → ``nibabel.save``
@@ -63,10 +63,11 @@ def _reference(files: list[Path], out: Path) -> float:
 
 def _ours(root: Path, out: Path) -> float:
     from mrifoundry.tasks.curation.finalize import finalize_catalog
-    from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
+    from mrifoundry.params import IngestParams
+    from mrifoundry.tasks.ingest.collection import ingest_collection
     from mrifoundry.tasks.curation.workspace import Workspace
     t = time.perf_counter()
-    res = ingest_collection(out, root, IngestParams("bids", "bench", workers=1))
+    res = ingest_collection(out, IngestParams(bids=str(root), dataset="bench", workers=1))
     finalize_catalog(Workspace(out))
     elapsed = time.perf_counter() - t
     if res["outcomes"].get("done") != len(list(root.rglob("*.nii*"))):
@@ -77,7 +78,7 @@ def _ours(root: Path, out: Path) -> float:
 def run(n_files: int = 6, runs: int = 2, small: bool = False) -> dict:
     # imported before timing: a collection pays the start-up once, not per file
     import mrifoundry.tasks.curation.finalize  # noqa: F401
-    import mrifoundry.tasks.curation.ingest  # noqa: F401
+    import mrifoundry.tasks.ingest.collection  # noqa: F401
     ratios, t_ours, t_ref = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)

@@ -63,7 +63,7 @@ INTROS = {
         "archive, curated by the plain runner (tasks/curation/runner.py, audit off), then `tasks.curation.audit.phi_audit.audit_output` over the output. "
         "Reference in the same run: the whole-file tokenising of research DICOM and PNG that the audit did before."),
     "NIfTI/BIDS ingest": (
-        "`bench/ingest_cost.py`: `tasks.curation.ingest.ingest_collection` (one worker) + `finalize_catalog` on a "
+        "`bench/ingest_cost.py`: `tasks.ingest.collection.ingest_collection` (one worker) + `finalize_catalog` on a "
         "BIDS tree of real NIfTI (nilearn's MNI152 T1 at 1 mm, nibabel's SPM anatomical at 2 mm), against the bare "
         "nibabel conform it wraps (load → `as_closest_canonical` → `resample_to_output` 1 mm → save .nii.gz) on the "
         "same files in the same rounds. The difference is the checks, the voxel digest, the clean header, the ledger "

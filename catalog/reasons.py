@@ -88,7 +88,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
 }
 
 STAGES = ("retrieve", "deid", "continuity", "convert", "catalog")
-INGEST_STAGE = "ingest"   # NIfTI/BIDS collections: one stage per file (tasks/curation/ingest/)
+INGEST_STAGE = "ingest"   # NIfTI/BIDS collections: one stage per file (tasks/ingest/collection/)
 
 
 def describe(code: str) -> str:

@@ -247,8 +247,8 @@ VOLUME_FEATURES = Table(
 
 DATASETS = Table(
     "datasets", "research", ("dataset_id",),
-    "One row per labelled downstream dataset: 2D segmentation slices (tasks/evaluation/labelled.py) or 3D "
-    "segmentation / classification volumes (tasks/evaluation/downstream/).",
+    "One row per labelled downstream dataset: 2D segmentation slices (tasks/ingest/labelled2d.py) or 3D "
+    "segmentation / classification volumes (tasks/ingest/labelled3d/).",
     (
         Column("dataset_id", S, "name of the dataset (OUT/research/labelled/<dataset_id>/)"),
         Column("source", S, "input kind: nifti-pairs (imagesTr/labelsTr), png-list (MRI-CORE list file), "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from mrifoundry.catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
                             to_arrow)
+from mrifoundry.atomic import atomic_path, replace_dir
 from mrifoundry.duck import quiet_connect
 
 
@@ -34,13 +34,9 @@ def table_file(research: Path, table: Table) -> Path:
 
 
 def write_parquet_atomic(tbl: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """``tbl`` as zstd Parquet at ``path``, whole or not at all (:func:`mrifoundry.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
         pq.write_table(tbl, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_exam_parts(research: Path, exam_id: str, rows: dict[str, list[dict]]) -> list[Path]:
@@ -169,14 +165,9 @@ def derived_lock(research: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def swap_dir(work: Path, final: Path) -> None:
-    """Replace folder ``final`` by ``work`` (two renames): readers see the old folder or the
-    new one, never a mix. Call under :func:`derived_lock`."""
-    old = final.with_name(f".{final.name}.old{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    work.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+#: replace folder ``final`` by ``work`` (two renames; readers see the old folder or the new one,
+#: never a mix). Call under :func:`derived_lock`. Kept for its callers; new code: mrifoundry.atomic.
+swap_dir = replace_dir
 
 
 def upsert(research: Path, table: Table, rows: list[dict]) -> int:

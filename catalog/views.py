@@ -9,13 +9,12 @@ folder is queried where it is and a copy never reads the original's files.
 """
 from __future__ import annotations
 
-import os
 import re
-import threading
 from pathlib import Path
 
 import duckdb
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, LABELLED_VOLUMES, MODELS, RESEARCH_TABLES, REPORTS,
                             SERIES, SLICES, VOLUME_FEATURES)
 from mrifoundry.catalog.store import catalog_dir, ensure_derived_tables, table_file
@@ -76,15 +75,13 @@ def _root(research: Path) -> str:
 def build_research_db(research: Path) -> Path:
     """(Re)create ``catalog.duckdb`` with one view per research table, plus helper views."""
     db = catalog_dir(research) / DB_NAME
-    tmp = db.with_name(f".{DB_NAME}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.unlink(missing_ok=True)
     ensure_derived_tables(research)
-    con = duckdb.connect(str(tmp))
-    try:
-        _create_views(con, research)
-    finally:
-        con.close()
-    os.replace(tmp, db)
+    with atomic_path(db) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            _create_views(con, research)
+        finally:
+            con.close()
     return db
 
 
@@ -106,15 +103,13 @@ def _recorded_root(con: duckdb.DuckDBPyConnection) -> str | None:
 def build_restricted_db(restricted: Path) -> Path:
     """``restricted/restricted.duckdb``: the reports view (PHI). Never opened by downstream flows."""
     db = restricted / "restricted.duckdb"
-    tmp = db.with_name(f".restricted.duckdb.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        src = restricted / "reports" / "reports.parquet"
-        con.execute(f"CREATE VIEW {REPORTS.name} AS SELECT * FROM read_parquet({_q(src.resolve())})")
-    finally:
-        con.close()
-    os.replace(tmp, db)
+    with atomic_path(db) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            src = restricted / "reports" / "reports.parquet"
+            con.execute(f"CREATE VIEW {REPORTS.name} AS SELECT * FROM read_parquet({_q(src.resolve())})")
+        finally:
+            con.close()
     return db
 
 

@@ -59,7 +59,7 @@ def _print_rows(cols: list[str], rows: list[tuple], fmt: str) -> None:
 
 
 def overlap(p: OverlapParams) -> int:
-    from mrifoundry.tasks.evaluation.overlap import exclude_overlap, overlap as find_overlap
+    from mrifoundry.tasks.ingest.labelled3d.overlap import exclude_overlap, overlap as find_overlap
     res = find_overlap(research_dir(p.out), p.query, p.dataset_id)
     if p.sql:
         res["exclude_sql"] = exclude_overlap(p.query, p.dataset_id)

@@ -1,7 +1,12 @@
-"""Pretraining recipes: named, complete configurations of the ``pretrain`` flow.
+"""Pretraining recipes, the model side: what each named recipe trains and how.
 
 Slice recipes (:class:`PretrainConfig`, tasks/pretraining/slices.py) and volume recipes
-(:class:`VolumeConfig`, tasks/pretraining/volumes.py). ``mri-core`` is MRI-CORE's recipe as far as the paper and its checkpoint names tell
+(:class:`VolumeConfig`, tasks/pretraining/volumes.py): architecture, objective and losses,
+crops and masking, optimiser and the schedules' shapes, epochs and batch size (the published
+recipe: the lr scales with the batch, the schedules count epochs). How a run is driven — seed,
+data-loader workers, log and checkpoint cadence, early stop, bf16, caches — is the run control
+of tasks/pretraining/recipes.py, which composes both into the recipes the ``pretrain`` pipeline
+runs. ``mri-core`` is MRI-CORE's recipe as far as the paper and its checkpoint names tell
 (docs/models.md): DINOv2 self-distillation, student and teacher both initialised from SAM
 ViT-B, layerscale off, 4 epochs, batch 128 per GPU, a smaller learning rate than DINOv2's
 default (the value is not published; ours is stated below), 2×224 + 8×96 crops. The
@@ -10,7 +15,7 @@ default (the value is not published; ours is stated below), 2×224 + 8×96 crops
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class _Options:
@@ -77,15 +82,6 @@ class PretrainConfig(_Options):
     mae_mask_ratio: float = 0.75
     mae_decoder_dim: int = 512
     mae_decoder_depth: int = 8
-    # run control
-    seed: int = 0
-    num_workers: int = 8
-    log_every: int = 20
-    checkpoint_every: int = 1000               # iterations between resumable train-state saves
-    max_iterations: int | None = None          # stop early (tests, smoke runs)
-    bf16: bool = True                          # autocast on CUDA; ignored on CPU
-    record_indices: bool = False               # write each process's batches (indices.rank<r>.json): audits
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +102,6 @@ class VolumeConfig(_Options):
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
     flip_prob: float = 0.2                     # per axis
-    cache_volumes: bool = True                 # decoded float16 volumes on disk (tasks/data/volume_cache.py)
     # Triad: masked reconstruction + log-ratio alignment with description embeddings
     mask_ratio: float = 0.6
     mask_patch: int = 16
@@ -118,24 +113,17 @@ class VolumeConfig(_Options):
     stage2_lr: float = 6e-6
     # PRISM: anatomy / sequence branches
     sequence_dim: int = 64
-    # run control
-    seed: int = 0
-    num_workers: int = 8
-    log_every: int = 20
-    checkpoint_every: int = 500
-    max_iterations: int | None = None
-    bf16: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 _TINY = dict(arch="vit_tiny", sam_arch="sam_tiny", epochs=2, batch_size=8, base_lr=5e-3, warmup_epochs=0.25,
              teacher_temp_warmup_epochs=0.5, freeze_last_layer_epochs=0.0, head_out_dim=256, head_hidden_dim=64,
              head_bottleneck_dim=32, global_size=64, local_size=32, n_local=2, mae_decoder_dim=32,
-             mae_decoder_depth=1, num_workers=0, log_every=1, checkpoint_every=5, drop_path_rate=0.0)
+             mae_decoder_depth=1, drop_path_rate=0.0)
 
 _TINY3D = dict(roi=32, mask_patch=8, ssl_hidden=32, contrastive_dim=32, sequence_dim=16, epochs=2, batch_size=2,
-               lr=2e-3, warmup_epochs=0.0, num_workers=0, log_every=1, checkpoint_every=5)
+               lr=2e-3, warmup_epochs=0.0)
 
+#: the model side of every named recipe (tasks/pretraining/recipes.py adds the run control)
 RECIPES: dict[str, PretrainConfig | VolumeConfig] = {
     "mri-core": PretrainConfig(),
     "mri-core-tiny": PretrainConfig(init="random", **_TINY),
@@ -165,8 +153,3 @@ RECIPES: dict[str, PretrainConfig | VolumeConfig] = {
     "prism-tiny": VolumeConfig(method="prism", encoder="swin_tiny_v2", flip_prob=0.5, **_TINY3D),
 }
 
-
-def recipe(name: str, **overrides) -> PretrainConfig | VolumeConfig:
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[name].replace(**overrides)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.models import zoo3d
 from mrifoundry.models.checkpoints import inner_state
 from mrifoundry.models.convert import load_mri_core_into_sam, resize_sam_encoder_state
@@ -229,10 +229,8 @@ def save_mri_core_checkpoint(backbone_sd: dict, head_sd: dict, path: str | Path,
     teacher = {f"backbone.{k}": v.detach().cpu() for k, v in bb.items()}
     teacher.update({f"dino_head.{k}": v.detach().cpu() for k, v in bare(head_sd, "dino_head.").items()})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"teacher": teacher}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"teacher": teacher}, tmp)
     return path
 
 

@@ -6,12 +6,13 @@ names, never header values that could be PHI.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mrifoundry.atomic import atomic_path
 
 TILE = 128
 
@@ -56,10 +57,8 @@ def qc_montage(db: Path, out_path: Path, per_body_part: int = 8, seed: int = 0) 
 
 def save_png_atomic(image: Image.Image, out_path: Path) -> Path:
     """Write a picture through a temp file and a rename (no half-written PNG for a viewer)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        image.save(tmp, format="PNG")
     return out_path
 
 

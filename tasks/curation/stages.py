@@ -18,6 +18,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrifoundry.atomic import TEMP_MARKS
+from mrifoundry.atomic import replace_dir as replace_dir  # re-exported: pipeline.py imports it here
 from mrifoundry.errors import CurationError, DiskFull, is_disk_full, where
 from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.workspace import Workspace
@@ -149,7 +151,8 @@ def guarded(stage: str):
     return wrap
 
 
-_TEMP_MARKS = (".tmp", ".old", ".build")
+#: mrifoundry.atomic's temp names, plus the stages' own ``.<name>.build…`` folders
+_TEMP_MARKS = (*TEMP_MARKS, ".build")
 
 
 def _is_temp(name: str) -> bool:
@@ -188,15 +191,3 @@ def sweep_temp(out: Path) -> int:
                 n += _remove(os.path.join(dirpath, name))
             dirs[:] = [d for d in dirs if not _is_temp(d)]
     return n
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a freshly written folder into place; a crash leaves either the old or the new one."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)

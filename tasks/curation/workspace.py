@@ -7,12 +7,11 @@ and relative paths only.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from mrifoundry.atomic import write_text
 from mrifoundry.catalog.ledger import Ledger
 from mrifoundry.errors import StageInputMissing
 from mrifoundry.settings import load_salt
@@ -72,12 +71,7 @@ class Workspace:
         return base / f"{stage}.json"
 
     def write_artifact(self, exam_id: str, stage: str, data: dict, zone: str = "research") -> Path:
-        path = self.artifact(exam_id, stage, zone)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
-        return path
+        return write_text(self.artifact(exam_id, stage, zone), json.dumps(data, indent=1, default=str))
 
     def read_artifact(self, exam_id: str, stage: str, zone: str = "research", made_by: str | None = None) -> dict:
         """Raises StageInputMissing naming the stage that makes the artifact."""

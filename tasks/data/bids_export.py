@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.catalog.views import connect, query_dicts
 from mrifoundry import code_version
 
@@ -69,10 +70,8 @@ def export_bids(research: Path, query: str, dest: Path, *, name: str = "mrifound
         con.close()
     skipped: dict[str, int] = {}
     names: dict[tuple, int] = {}
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp).mkdir(parents=True)
-    try:
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
         for r in rows:
             suffix = _suffix(r)
             if suffix is None:
@@ -96,9 +95,6 @@ def export_bids(research: Path, query: str, dest: Path, *, name: str = "mrifound
                                     "pseudonyms). Exported by `mrifoundry export-bids`.\n")
         if dest.exists():
             dest.rmdir()
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"dest": str(dest), "n_files": sum(names.values()), "n_subjects": len(subjects), "skipped": skipped}
 
 

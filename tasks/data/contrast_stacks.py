@@ -24,7 +24,7 @@ Differences from BrainFound, and why:
 - **Geometry:** the slice is padded to a square (zeros, centred) before resizing, so anatomy
   keeps its aspect ratio on any reference grid; BrainFound resizes 240×240 BraTS-like slices.
 
-Display orientation is that of tasks/evaluation/labelled.py: ``np.rot90`` of the RAS slice, so anterior is
+Display orientation is that of tasks/ingest/labelled2d.py: ``np.rot90`` of the RAS slice, so anterior is
 up and the patient's right is on the image's right (neurological; curated DICOM PNGs are
 usually radiological — the trainers' horizontal flips make the difference immaterial).
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import nibabel.processing
 import numpy as np
 from PIL import Image
 
+from mrifoundry.atomic import atomic_path, write_text
 from mrifoundry.catalog.views import query_dicts
 
 log = logging.getLogger(__name__)
@@ -232,16 +232,6 @@ def _exam_key(research: Path, stack: ExamStack, params: dict) -> dict:
     return {"version": LAYOUT_VERSION, "params": params, "files": files}
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _read_manifest(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -338,7 +328,8 @@ def build_stacks(research: Path, stacks: list[ExamStack], out_dir: Path, *, size
             image = display_slice(_plane(planes, missing), size)
             exam_dir.mkdir(parents=True, exist_ok=True)
             # no pnginfo: Pillow writes only IHDR, IDAT and IEND (no text chunk to leak into)
-            _write_atomic(exam_dir / _png_name(k), lambda p, im=image: im.save(p, format="PNG"))
+            with atomic_path(exam_dir / _png_name(k)) as tmp:
+                image.save(tmp, format="PNG")
             entries.append({"slice_index": k,
                             "channels": ",".join(c if ok else "-" for c, ok in zip(CONTRASTS, covered)),
                             "series_ids": ",".join(str(r["series_id"]) if ok else "-"
@@ -352,7 +343,7 @@ def build_stacks(research: Path, stacks: list[ExamStack], out_dir: Path, *, size
             skip(stack.exam_id, f"no_slices: no axial slice with >= {min_foreground:.0%} foreground "
                                 f"seen by >= {need} contrasts")
             continue
-        _write_atomic(manifest, lambda p: p.write_text(json.dumps({"key": key, "slices": entries})))
+        write_text(manifest, json.dumps({"key": key, "slices": entries}))
         result.rows.extend(_rows(exam_dir, stack.exam_id, entries))
     return result
 

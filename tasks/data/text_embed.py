@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mrifoundry.atomic import atomic_path
+
 __all__ = ["EMBED_DIM", "describe_series", "embed_descriptions", "embed_texts"]
 
 EMBED_DIM = 384
@@ -125,13 +127,8 @@ def _write_cache(path: Path, cache: dict[str, np.ndarray]) -> None:
         "description": pa.array(descs, pa.string()),
         "embedding": pa.array([cache[d] for d in descs], pa.list_(pa.float32())),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def embed_descriptions(rows: Iterable[Mapping], cache_file: Path | None = None, *, device: str = "cpu",

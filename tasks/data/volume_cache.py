@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.tasks.data.volume_io import LOAD_FORMAT, load_volume
 
 __all__ = ["VolumeCache"]
@@ -63,17 +62,11 @@ class VolumeCache:
         return data, affine
 
     def _store(self, final: Path, array: np.ndarray) -> None:
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_path(final) as tmp, open(tmp, "wb") as fh:   # a file handle: np.save adds no .npy
                 np.save(fh, array)
-            os.replace(tmp, final)
-        except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:          # the folder itself is missing or not a folder
-                pass
+        except OSError as e:   # also when the folder is missing or not a folder
             if not self._warned:
                 self._warned = True
                 log.warning("volume cache %s not written (%s): reading volumes uncached", self.root, e.strerror or e)

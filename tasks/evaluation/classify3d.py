@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrifoundry.models.seg3d import build_classifier3d, param_groups
-from mrifoundry.tasks.evaluation.finetune3d import (as_encoder, autocast_for, device_for, load_image, pick_train_patients,
-                                         warmup_cosine)
+from mrifoundry.models.seg3d import build_classifier3d
+from mrifoundry.tasks.evaluation.finetune3d import as_encoder, load_image, pick_train_patients
+from mrifoundry.tasks.evaluation.train3d import autocast_for, device_for, train_loop
 
 __all__ = ["Classify3dConfig", "METRICS", "auroc", "balanced_accuracy", "classification_metrics", "cross_validate",
            "label_fraction_sweep", "load_inputs", "roc_points", "volume_input"]
@@ -136,72 +136,62 @@ def _stack(inputs: dict[str, torch.Tensor], ids: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(model, x_all: torch.Tensor, cfg: Classify3dConfig, dev: torch.device) -> np.ndarray:
-    model.eval()
+def _in_batches(fn, x_all: torch.Tensor, cfg: Classify3dConfig, dev: torch.device) -> torch.Tensor:
+    """``fn`` over ``eval_batch_size`` chunks of ``x_all`` (autocast as in training), float32 on the CPU."""
     out = []
     for s in range(0, len(x_all), cfg.eval_batch_size):
         with autocast_for(dev, cfg):
-            out.append(torch.softmax(model(x_all[s:s + cfg.eval_batch_size].to(dev)).float(), 1).cpu())
-    return torch.cat(out).numpy()
-
-
-def _finetune_fold(encoder, n_classes, x_tr, y_tr, x_te, cfg, dev) -> tuple[np.ndarray, list[float], int]:
-    model = build_classifier3d(encoder, n_classes, hidden=cfg.hidden, dropout=cfg.dropout).to(dev)
-    groups = param_groups(model, cfg.lr, cfg.encoder_lr)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    base = [g["lr"] for g in groups]
-    rng, curve = np.random.default_rng(cfg.seed), []
-    order, pos = rng.permutation(len(x_tr)), 0
-    model.train()
-    for it in range(cfg.iterations):
-        if pos + cfg.batch_size > len(order):
-            order, pos = rng.permutation(len(x_tr)), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += len(idx)
-        x, y = x_tr[idx], torch.as_tensor(y_tr[idx])
-        if cfg.flip:
-            axes = [2 + a for a in range(3) if rng.random() < 0.5]
-            x = x.flip(axes) if axes else x
-        f = warmup_cosine(it, cfg.iterations, cfg.warmup_iters)
-        for g, lr in zip(opt.param_groups, base):
-            g["lr"] = lr * f
-        with autocast_for(dev, cfg):
-            logits = model(x.to(dev))
-        loss = F.cross_entropy(logits.float(), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        curve.append(float(loss.item()))
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return _predict(model, x_te, cfg, dev), curve, int(params)
-
-
-@torch.no_grad()
-def _pooled(encoder, x_all: torch.Tensor, cfg: Classify3dConfig, dev: torch.device) -> torch.Tensor:
-    encoder.eval()
-    out = []
-    for s in range(0, len(x_all), cfg.eval_batch_size):
-        with autocast_for(dev, cfg):
-            out.append(encoder.pooled(x_all[s:s + cfg.eval_batch_size].to(dev)).float().cpu())
+            out.append(fn(x_all[s:s + cfg.eval_batch_size].to(dev)).float().cpu())
     return torch.cat(out)
 
 
-def _linear_fold(feats_tr, y_tr, feats_te, n_classes, cfg) -> tuple[np.ndarray, list[float], int]:
+def _predict(model, x_all: torch.Tensor, cfg: Classify3dConfig, dev: torch.device) -> np.ndarray:
+    model.eval()
+    return _in_batches(lambda x: torch.softmax(model(x).float(), 1), x_all, cfg, dev).numpy()
+
+
+class _Epochs:
+    """Batches of ``batch_size`` through seeded permutations of the training cases (a new one when
+    the rest would not fill a batch)."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray, batch_size: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.order, self.pos = None, 0
+
+    def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.order is None:   # the first permutation is drawn before the check, as it always was
+            self.order = rng.permutation(len(self.x))
+        if self.pos + self.batch_size > len(self.order):
+            self.order, self.pos = rng.permutation(len(self.x)), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += len(idx)
+        return self.x[idx], torch.as_tensor(self.y[idx])
+
+
+def _finetune_fold(encoder, n_classes, x_tr, y_tr, x_te, cfg, dev,
+                   progress=None) -> tuple[np.ndarray, list[float], int]:
+    model = build_classifier3d(encoder, n_classes, hidden=cfg.hidden, dropout=cfg.dropout).to(dev)
+    curve = train_loop(model, _Epochs(x_tr, y_tr, cfg.batch_size), F.cross_entropy, cfg, dev, flip=cfg.flip,
+                       progress=progress)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return _predict(model, x_te, cfg, dev), curve["loss"], int(params)
+
+
+def _pooled(encoder, x_all: torch.Tensor, cfg: Classify3dConfig, dev: torch.device) -> torch.Tensor:
+    encoder.eval()
+    return _in_batches(encoder.pooled, x_all, cfg, dev)
+
+
+def _linear_fold(feats_tr, y_tr, feats_te, n_classes, cfg, progress=None) -> tuple[np.ndarray, list[float], int]:
     mu, sd = feats_tr.mean(0), feats_tr.std(0, unbiased=False).clamp_min(1e-6)
     a, b = (feats_tr - mu) / sd, (feats_te - mu) / sd
     head = torch.nn.Linear(a.shape[1], n_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    y, curve = torch.as_tensor(y_tr), []
-    for it in range(cfg.iterations):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(it, cfg.iterations, cfg.warmup_iters)
-        loss = F.cross_entropy(head(a), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        curve.append(float(loss.item()))
+    y = torch.as_tensor(y_tr)
+    # full batch on the CPU (the features are small), no flips: the pooled features have no axes
+    curve = train_loop(head, lambda rng: (a, y), F.cross_entropy, cfg, torch.device("cpu"), flip=False,
+                       groups=[{"name": "head", "params": list(head.parameters()), "lr": cfg.lr}], progress=progress)
     with torch.no_grad():
-        return torch.softmax(head(b), 1).numpy(), curve, sum(p.numel() for p in head.parameters())
+        return torch.softmax(head(b), 1).numpy(), curve["loss"], sum(p.numel() for p in head.parameters())
 
 
 def _fresh_encoder(factory: Callable[[], object], seed: int):
@@ -211,7 +201,8 @@ def _fresh_encoder(factory: Callable[[], object], seed: int):
 
 
 def cross_validate(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Classify3dConfig,
-                   inputs: dict[str, torch.Tensor] | None = None) -> dict:
+                   inputs: dict[str, torch.Tensor] | None = None, *,
+                   progress: Callable[[str], None] | None = None) -> dict:
     """k-fold cross-validation over the ``fold`` column (every fold present is the test set once).
 
     Args:
@@ -220,6 +211,7 @@ def cross_validate(encoder_factory: Callable[[], object], rows: Sequence[dict], 
         rows: ``labelled_volumes`` rows with ``class_label`` and ``fold``.
         cfg: settings.
         inputs: :func:`load_inputs` of ``rows`` at ``cfg.roi`` (read here when None).
+        progress: called with ``fold <f>: <line of train3d.train_loop>`` during training.
 
     Returns:
         ``summary`` ({metric: {mean, std, values}} over folds), ``folds`` (per fold: ``fold``,
@@ -258,14 +250,15 @@ def cross_validate(encoder_factory: Callable[[], object], rows: Sequence[dict], 
         tr = [i for i in others if ids[i] not in dropped and str(rows[i]["patient_id"]) in keep]
         if not tr:
             raise ValueError(f"fold {f}: no training cases left")
+        say = None if progress is None else (lambda line, f=f: progress(f"fold {f}: {line}"))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + f)
             if feats is not None:
-                probs, curve, params = _linear_fold(feats[tr], y_all[tr], feats[te], len(classes), cfg)
+                probs, curve, params = _linear_fold(feats[tr], y_all[tr], feats[te], len(classes), cfg, say)
             else:
                 enc = _fresh_encoder(encoder_factory, cfg.seed)
                 probs, curve, params = _finetune_fold(enc, len(classes), _stack(inputs, [ids[i] for i in tr]),
-                                                      y_all[tr], _stack(inputs, [ids[i] for i in te]), cfg, dev)
+                                                      y_all[tr], _stack(inputs, [ids[i] for i in te]), cfg, dev, say)
         m = classification_metrics(y_all[te], probs, len(classes))
         out.append({"fold": f, **m, "n_train": len(tr), "n_test": len(te), "train_cases": [ids[i] for i in tr],
                     "test_cases": [ids[i] for i in te], "train_patients": sorted(keep),

@@ -9,7 +9,6 @@ Outputs go to ``OUT/research/evaluations/<eval_id>/``; pictures are linked from 
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -17,23 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrifoundry import code_version
 from mrifoundry.catalog.schema import EVALUATIONS
 from mrifoundry.catalog.store import derived_lock, upsert
 from mrifoundry.catalog.views import build_research_db, connect, query_dicts
-from mrifoundry.models import zoo
-from mrifoundry.models.adapters import build_sam_for_fewshot
-from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
-from mrifoundry import code_version
+from mrifoundry.params import ModelChoice
 from mrifoundry.tasks.data.slices import query_slices
-from mrifoundry.tasks.evaluation.embedding import embed_pooled, load_batch, load_features, weights_digest
+from mrifoundry.tasks.evaluation.embedding import embed_pooled, load_batch, load_features
 from mrifoundry.tasks.evaluation.fewshot import METRICS, run_fewshot
 from mrifoundry.tasks.evaluation.frd import frd, labelled_images, pretraining_images, sample_images
-from mrifoundry.tasks.evaluation.labelled import load_labelled
+from mrifoundry.tasks.evaluation.model_choice import fewshot_factory
+from mrifoundry.tasks.ingest.labelled2d import load_labelled
 from mrifoundry.tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
 from mrifoundry.tasks.evaluation.transfer import transfer_analysis
 from mrifoundry.tasks.evaluation.volume_embed import embed_volumes
 from mrifoundry.tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
-from mrifoundry.tasks.pretraining.pretrained import pretrained_run
 
 
 def eval_dir(research: Path, eval_id: str) -> Path:
@@ -197,48 +194,17 @@ def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: l
     return out
 
 
-SAM_ARCH_FOR_VIT = {"vit_tiny": "sam_tiny", "vit_b16": "mri_core_sam"}
-
-
-def fewshot_factory(research: Path, cfg, *, model: str, weights: str | None, arch: str | None,
-                    pretrained: str | None, seed: int = 0):
-    """(label, weights sha, factory) — the factory builds a fresh adapter SAM for each repeat.
-
-    A pretrain run (``pretrained``) or ``mri-core`` loads into MRI-CORE's SAM fork with the
-    pos_embed fixed; ``random`` is a seeded random SAM encoder (the baseline).
-    """
-    label = pretrained or model
-    if pretrained:
-        run = pretrained_run(research, pretrained)
-        if run.entry != "mri-core":
-            raise ValueError(f"{pretrained!r} is a {run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
-        weights, vit_arch = run.checkpoint, run.arch
-        model, arch = "mri-core", SAM_ARCH_FOR_VIT.get(vit_arch, vit_arch)
-    if model == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            encoder = build_sam_encoder(dataclasses.replace(SAM_CONFIGS[arch or "sam_vit_b"], img_size=cfg.image_size))
-        source = encoder
-    else:
-        opts = {"as_sam": True} if model == "mri-core" else {}
-        source = zoo.load(model, weights, arch=arch, image_size=cfg.image_size, **opts)
-
-    def factory():
-        return build_sam_for_fewshot(source, cfg.image_size, encoder_adapter_depths=cfg.encoder_adapter_depths)
-    return label, weights_digest(weights), factory
-
-
-def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, model: str, weights: str | None = None,
-                 arch: str | None = None, pretrained: str | None = None) -> dict:
-    """MRI-CORE's few-shot protocol on a labelled dataset; mean ± std over ``cfg.repeats``
-    rows in ``evaluations`` (test 2D/3D DSC and 3D NSD, foreground-only and all slices) and a
-    training-curve PNG."""
+def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, choice: ModelChoice) -> dict:
+    """MRI-CORE's few-shot protocol on a labelled dataset with the model of ``choice``
+    (tasks/evaluation/model_choice.py); mean ± std over ``cfg.repeats`` rows in ``evaluations``
+    (test 2D/3D DSC and 3D NSD, foreground-only and all slices) and a training-curve PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label, sha, factory = fewshot_factory(research, cfg, model=model, weights=weights, arch=arch,
-                                          pretrained=pretrained, seed=cfg.seed)
+    loaded = fewshot_factory(research, choice, image_size=cfg.image_size,
+                             encoder_adapter_depths=cfg.encoder_adapter_depths, seed=cfg.seed)
+    label, sha, factory = loaded.label, loaded.weights_sha, loaded.model
     rows = load_labelled(research, dataset_id)
     res = run_fewshot(factory, rows, cfg)
     out = eval_dir(research, eval_id)

@@ -7,7 +7,7 @@ AdamW with linear warm-up then poly decay, joint random-resized-crop + rotation 
 validation 3D DSC every ``val_every`` epochs with early stopping, best weights kept; then test
 2D DSC, 3D DSC and 3D NSD (1 voxel) at ``out_size``.
 
-Inputs are ``tasks.evaluation.labelled.load_labelled`` rows (``image_file``, ``mask_file``, ``patient_id``,
+Inputs are ``tasks.ingest.labelled2d.load_labelled`` rows (``image_file``, ``mask_file``, ``patient_id``,
 ``split``, ``slice_index``, ``has_foreground``). Masks are binary: any non-zero label is
 foreground (MRI-CORE's ``num_cls=1``).
 

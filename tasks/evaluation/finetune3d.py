@@ -29,9 +29,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.models.encoders3d import Encoder3d
-from mrifoundry.models.seg3d import build_segmenter3d, param_groups
+from mrifoundry.models.seg3d import build_segmenter3d
 from mrifoundry.tasks.evaluation.metrics import dice, surface_dice
+from mrifoundry.tasks.evaluation.train3d import autocast_for, device_for, train_loop, warmup_cosine
 
 __all__ = ["Finetune3dConfig", "as_encoder", "autocast_for", "case_metrics", "device_for", "label_fraction_sweep",
            "load_case", "load_image", "parse_zooms", "pick_train_patients", "predict_volume", "run_finetune3d",
@@ -174,24 +176,6 @@ def _lut(labels: Sequence[int]) -> np.ndarray:
 
 # ------------------------------------------------------------------ training
 
-def warmup_cosine(iteration: int, total: int, warmup: int) -> float:
-    """LR factor: linear warm-up ``(t+1)/W`` for t < W, then cosine from 1 to 0 over the rest."""
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    span = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(iteration - warmup, span) / span))
-
-
-def device_for(cfg) -> torch.device:
-    """``cfg.device``, else cuda when available, else cpu."""
-    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def autocast_for(dev: torch.device, cfg):
-    """bf16 autocast on CUDA when ``cfg.amp``; a no-op elsewhere."""
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(cfg.amp and dev.type == "cuda"))
-
-
 class _Cropper:
     """Seeded pos/neg random crops of one case at a time (foreground indices computed once per case)."""
 
@@ -215,35 +199,18 @@ class _Cropper:
         return torch.as_tensor(np.asarray(out["image"])), torch.as_tensor(np.asarray(out["label"]))
 
 
-def _train(model, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig, dev: torch.device) -> dict:
+def _train(model, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig, dev: torch.device,
+           progress: Callable[[str], None] | None = None) -> dict:
     from monai.losses import DiceCELoss
-    groups = param_groups(model, cfg.lr, cfg.encoder_lr)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    base = [g["lr"] for g in groups]
     # batch Dice: a background-only crop does not score its empty foreground channel as a miss
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    crops, rng = _Cropper(cases, lut, cfg), np.random.default_rng(cfg.seed)
-    curve: dict[str, list] = {"loss": [], "lr": []}
-    model.train()
-    for it in range(cfg.iterations):
+    crops = _Cropper(cases, lut, cfg)
+
+    def batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*(crops(int(rng.integers(len(cases)))) for _ in range(cfg.batch_size)))
-        x, y = torch.stack(xs), torch.stack(ys)
-        if cfg.flip:
-            axes = [2 + a for a in range(3) if rng.random() < 0.5]
-            if axes:
-                x, y = x.flip(axes), y.flip(axes)
-        f = warmup_cosine(it, cfg.iterations, cfg.warmup_iters)
-        for g, lr in zip(opt.param_groups, base):
-            g["lr"] = lr * f
-        with autocast_for(dev, cfg):
-            logits = model(x.to(dev))
-        loss = loss_fn(logits.float(), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        curve["loss"].append(float(loss.item()))
-        curve["lr"].append(base[0] * f)
-    return curve
+        return torch.stack(xs), torch.stack(ys)
+
+    return train_loop(model, batch, loss_fn, cfg, dev, flip=cfg.flip, flip_target=True, progress=progress)
 
 
 @torch.no_grad()
@@ -292,17 +259,15 @@ def summarise_cases(per_case: dict[str, dict]) -> tuple[dict, dict]:
 # ------------------------------------------------------------------ the run
 
 def _write_prediction(pred: np.ndarray, affine: np.ndarray, folder: Path, case_id: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id)
     path = folder / f"{safe}.nii.gz"
-    tmp = path.with_name(path.name + ".tmp.nii.gz")
-    nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:   # the temp's .nii.gz tells nibabel to gzip
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), str(tmp))
     return path
 
 
 def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,
-                   out_dir: str | Path | None = None) -> dict:
+                   out_dir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> dict:
     """Fine-tune on the train split (a ``label_fraction`` of its patients) and test on the test split.
 
     Args:
@@ -312,6 +277,7 @@ def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], 
         rows: ``labelled_volumes`` rows with label maps, all splits.
         cfg: settings; ``iterations=0`` tests the untrained network.
         out_dir: where test predictions are written (``<case_id>.nii.gz``); None: not written.
+        progress: called with a line now and then during training (:func:`train3d.train_loop`).
 
     Returns:
         ``metrics`` (``dice_<v>``, ``nsd_<v>``, ``dice_mean``, ``nsd_mean``: means over test
@@ -344,7 +310,7 @@ def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], 
         raise ValueError(f"roi {cfg.roi} is not a multiple of the encoder's stride {model.strides[-1]}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        curve = _train(model, train, lut, cfg, dev) if cfg.iterations else {"loss": [], "lr": []}
+        curve = _train(model, train, lut, cfg, dev, progress) if cfg.iterations else {"loss": [], "lr": []}
     t_train = time.perf_counter() - t0
     del train
     t0 = time.perf_counter()

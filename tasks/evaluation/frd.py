@@ -46,7 +46,7 @@ from mrifoundry.catalog.store import write_parquet_atomic
 from mrifoundry.digest import file_sha256
 from mrifoundry.tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
 from mrifoundry.tasks.data.slices import query_slices
-from mrifoundry.tasks.evaluation.labelled import load_labelled
+from mrifoundry.tasks.ingest.labelled2d import load_labelled
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.models.ssl.ema import unwrap
 
 __all__ = ["Dist", "Recipe", "TrainResult", "atomic_save", "autocast", "finish_job", "load_train_state",
@@ -65,10 +66,8 @@ def autocast(bf16: bool, d: Dist):
 
 
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state() -> dict:

@@ -1,7 +1,7 @@
 """Starting a pretraining run: its inputs written into the run directory, training in this
 process or under torchrun, and the ``models`` row of what it produced.
 
-The flow (flows/pretrain.py) calls these in order: ``write_slices`` / ``write_stacks`` /
+The runner (tasks/pretraining/runner.py) calls these in order: ``write_slices`` / ``write_stacks`` /
 ``write_volumes`` → ``train_slices`` / ``train_volumes_run`` → ``model_row``. Re-running a
 run name resumes it (``default_run_name`` makes the same name for the same request).
 """
@@ -19,7 +19,6 @@ from typing import Callable
 
 import numpy as np
 
-from mrifoundry.models.recipes import PretrainConfig, VolumeConfig
 from mrifoundry import REPO_ROOT
 from mrifoundry.tasks.data.contrast_stacks import DEFAULT_QUERY as STACKS_QUERY
 from mrifoundry.tasks.data.contrast_stacks import brainfound_stacks
@@ -29,6 +28,7 @@ from mrifoundry.tasks.data.text_embed import describe_series, embed_descriptions
 from mrifoundry.tasks.data.volumes import DEFAULT_QUERY as VOLUMES_QUERY
 from mrifoundry.tasks.data.volumes import PAIRED_QUERY, query_volumes, select_pairs
 from mrifoundry.tasks.pretraining import slices, volumes
+from mrifoundry.tasks.pretraining.recipes import SliceRun, VolumeRun
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def train_slices(run_dir: Path, config: dict, init_weights: str | None, resume: 
     gloo on CPU); returns the result as a dict."""
     if nproc <= 1:
         paths = [p for p in (run_dir / "slices.txt").read_text().splitlines() if p]
-        return slices.train(PretrainConfig.from_dict(config), paths, run_dir,
+        return slices.train(SliceRun.from_dict(config), paths, run_dir,
                             init_weights=Path(init_weights) if init_weights else None, resume=resume,
                             on_log=on_log).as_dict()
     job = run_dir / "job.json"
@@ -131,7 +131,7 @@ def train_volumes_run(run_dir: Path, config: dict, resume: bool, nproc: int, on_
     """Train on RUN/volumes.json (and RUN/texts.npy) in this process or under torchrun."""
     rows_file, texts_file = run_dir / "volumes.json", run_dir / "texts.npy"
     if nproc <= 1:
-        return volumes.train_volumes(VolumeConfig.from_dict(config), json.loads(rows_file.read_text()), run_dir,
+        return volumes.train_volumes(VolumeRun.from_dict(config), json.loads(rows_file.read_text()), run_dir,
                                      texts=np.load(texts_file) if texts_file.exists() else None,
                                      init_state=Path(init_state) if init_state else None, resume=resume,
                                      cache_dir=Path(cache_dir) if cache_dir else None, on_log=on_log).as_dict()

@@ -1,7 +1,7 @@
 """Pretraining on catalog slices: DINOv2 (MRI-CORE) or MAE, one process or DDP via torchrun.
 
 ``train(cfg, paths, run_dir)`` is the whole stage as a plain function; ``python -m
-tasks.pretraining.slices RUN_DIR/job.json`` is the same under ``torchrun`` (the flow starts
+tasks.pretraining.slices RUN_DIR/job.json`` is the same under ``torchrun`` (the runner starts
 it for ``nproc > 1``). The loop is the shared engine's (tasks/pretraining/engine.py). A run
 directory holds:
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,6 @@ import torch
 from torch import nn
 
 from mrifoundry.models.heads import DINOHead
-from mrifoundry.models.recipes import PretrainConfig
 from mrifoundry.models.ssl.dino import DinoNet, build_backbone, init_from_dinov2, init_from_sam
 from mrifoundry.models.ssl.ema import update_teacher
 from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
@@ -37,14 +35,16 @@ from mrifoundry.models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_
 from mrifoundry.models.ssl.schedules import build_schedules
 from mrifoundry.models.zoo import save_mri_core_checkpoint
 from mrifoundry.tasks.data.samplers import EpochSampler
+from mrifoundry.atomic import atomic_path
 from mrifoundry.tasks.data.slices import SliceDataset
-from mrifoundry.tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop, seeded_loader,
-                                      setup_distributed, unwrap)
+from mrifoundry.tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop,
+                                                 seeded_loader, setup_distributed, unwrap)
+from mrifoundry.tasks.pretraining.recipes import SliceRun
 
 __all__ = ["DinoObjective", "MaeObjective", "TrainResult", "main", "param_groups", "train"]
 
 
-def param_groups(net: DinoNet | nn.Module, cfg: PretrainConfig, depth: int) -> list[dict]:
+def param_groups(net: DinoNet | nn.Module, cfg: SliceRun, depth: int) -> list[dict]:
     """AdamW groups: layer-wise lr decay, patch_embed lr ×0.2, no weight decay on biases,
     norms and tokens; the head's last layer flagged (frozen during the first steps)."""
     groups: dict[tuple, dict] = {}
@@ -74,14 +74,12 @@ def param_groups(net: DinoNet | nn.Module, cfg: PretrainConfig, depth: int) -> l
 def save_teacher_checkpoint(run_dir: Path, iteration: int, backbone: nn.Module, head: nn.Module | None) -> Path:
     """MRI-CORE layout at ``eval/training_<it>/teacher_checkpoint.pth`` (the dinov2 trainer's path)."""
     path = run_dir / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_mri_core_checkpoint(backbone.state_dict(), head.state_dict() if head is not None else {}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_mri_core_checkpoint(backbone.state_dict(), head.state_dict() if head is not None else {}, tmp)
     return path
 
 
-def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights: Path | None = None,
+def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path | None = None,
           resume: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Pretrain on ``paths`` (PNG slices) into ``run_dir``; resume from its train state.
 
@@ -155,7 +153,7 @@ def train(cfg: PretrainConfig, paths: list[str], run_dir: Path, *, init_weights:
             (run_dir / f"indices.rank{d.rank}.json").write_text(json.dumps(seen))
 
 
-def _backbone(cfg: PretrainConfig, init_weights: Path | None):
+def _backbone(cfg: SliceRun, init_weights: Path | None):
     backbone = build_backbone(cfg)
     if cfg.init in ("sam", "dinov2"):
         if init_weights is None or not Path(init_weights).exists():
@@ -171,7 +169,7 @@ def _backbone(cfg: PretrainConfig, init_weights: Path | None):
 class DinoObjective:
     """DINOv2: student and EMA teacher (both from the same start, as MRI-CORE), multi-crop data."""
 
-    def __init__(self, cfg: PretrainConfig, backbone, paths: list[str], d: Dist):
+    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist):
         self.cfg, self.d = cfg, d
         head = DINOHead(backbone.cfg.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
         self.student = DinoNet(backbone, head).to(d.device)
@@ -212,7 +210,7 @@ class MaeObjective:
 
     after_step = None
 
-    def __init__(self, cfg: PretrainConfig, backbone, paths: list[str], d: Dist):
+    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist):
         self.d = d
         self.student = MAE(backbone, decoder_dim=cfg.mae_decoder_dim, decoder_depth=cfg.mae_decoder_depth,
                            mask_ratio=cfg.mae_mask_ratio).to(d.device)
@@ -234,7 +232,7 @@ class MaeObjective:
 
 
 def _dino_step(batch: dict, model, teacher: DinoNet, dino_loss: DINOLoss, ibot_loss: iBOTPatchLoss,
-               koleo: KoLeoLoss, masker: MaskingGenerator, cfg: PretrainConfig, s: dict, d: Dist, it: int):
+               koleo: KoLeoLoss, masker: MaskingGenerator, cfg: SliceRun, s: dict, d: Dist, it: int):
     """One DINOv2 step's losses: DINO (cls, all crops vs teacher globals), iBOT (masked
     patches vs teacher patches), KoLeo (student global cls tokens)."""
     globals_ = batch["global"].to(d.device, non_blocking=True)
@@ -276,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
+    cfg = SliceRun.from_dict(job["config"])
     paths = Path(job["paths_file"]).read_text().splitlines()
     res = train(cfg, paths, Path(job["run_dir"]), init_weights=Path(job["init_weights"]) if job.get("init_weights")
                 else None, resume=job.get("resume", True),

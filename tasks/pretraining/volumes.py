@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrifoundry.models.recipes import VolumeConfig
 from mrifoundry.models.ssl.schedules import cosine_schedule
 from mrifoundry.tasks.data.samplers import EpochSampler
 from mrifoundry.tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
-from mrifoundry.tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state, run_loop,
-                                      seeded_loader, setup_distributed, unwrap)
+from mrifoundry.tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state,
+                                                 run_loop, seeded_loader, setup_distributed, unwrap)
+from mrifoundry.tasks.pretraining.recipes import VolumeRun
 
 __all__ = ["build_method", "effective_batch_size", "train_volumes"]
 
 
-def build_method(cfg: VolumeConfig, n_body_parts: int = 1) -> nn.Module:
+def build_method(cfg: VolumeRun, n_body_parts: int = 1) -> nn.Module:
     """The method's pretrainer module (models/ssl3d) for ``cfg``."""
     if cfg.method == "triad":
         from mrifoundry.models.ssl3d.triad import TriadPretrainer
@@ -71,7 +71,7 @@ def _param_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
 
 
-def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg: VolumeConfig,
+def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg: VolumeRun,
                             body_parts: list[str]) -> Path:
     path = run_dir / "checkpoints" / f"encoder_{iteration}.pth"
     atomic_save({"state_dict": unwrap(model).encoder_state_dict(), "method": cfg.method, "encoder": cfg.encoder,
@@ -80,7 +80,7 @@ def save_encoder_checkpoint(run_dir: Path, iteration: int, model: nn.Module, cfg
     return path
 
 
-def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: np.ndarray | None = None,
+def train_volumes(cfg: VolumeRun, rows: list[dict], run_dir: Path, *, texts: np.ndarray | None = None,
                   init_state: Path | None = None, resume: bool = True, cache_dir: Path | None = None,
                   on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Pretrain ``cfg.method`` on the volumes of ``rows`` (``query_volumes`` rows) into ``run_dir``.
@@ -88,7 +88,7 @@ def train_volumes(cfg: VolumeConfig, rows: list[dict], run_dir: Path, *, texts: 
     ``texts``: [N, D] description embeddings (Triad); ``init_state``: a finished run's
     ``train_state.pt`` whose model weights start this run (BrainSegFounder's stage 2);
     ``cache_dir``: where decoded volumes are kept when ``cfg.cache_volumes`` (default
-    ``run_dir/volume_cache``; the flow shares ``OUT/research/cache/volumes`` between runs).
+    ``run_dir/volume_cache``; the runner shares ``OUT/research/cache/volumes`` between runs).
 
     Raises:
         ValueError: too few volumes, a Triad run without ``texts``, PRISM rows without a
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
-    cfg = VolumeConfig.from_dict(job["config"])
+    cfg = VolumeRun.from_dict(job["config"])
     rows = json.loads(Path(job["rows_file"]).read_text())
     texts = np.load(job["texts_file"]) if job.get("texts_file") else None
     res = train_volumes(cfg, rows, Path(job["run_dir"]), texts=texts,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mrifoundry.catalog.views import connect
+from mrifoundry.params import IngestParams
 from mrifoundry.tasks.curation.finalize import finalize_catalog
-from mrifoundry.tasks.curation.ingest import IngestParams, ingest_collection
+from mrifoundry.tasks.ingest.collection import ingest_collection
 from mrifoundry.tasks.curation.workspace import Workspace
 from mrifoundry.tasks.data.bids_export import export_bids, validate_bids
 from mrifoundry.sample.bids_corpus import make_bids
@@ -24,7 +25,7 @@ def _rows(research, sql):
 
 
 def _ingest(out, root, dataset):
-    ingest_collection(out, root, IngestParams("bids", dataset))
+    ingest_collection(out, IngestParams(bids=str(root), dataset=dataset, workers=1))
     finalize_catalog(Workspace(out))
     return out / "research"
 

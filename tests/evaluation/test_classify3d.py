@@ -136,9 +136,12 @@ def test_label_fraction_trains_on_whole_patients(cases, inputs):
 
 def test_finetuning_trains_the_encoder_too(cases, inputs):
     two = [{**r, "fold": r["fold"] % 2} for r in cases]
-    res = cross_validate(unet_tiny, two, Classify3dConfig.tiny(iterations=2, batch_size=2), inputs)
+    lines = []
+    res = cross_validate(unet_tiny, two, Classify3dConfig.tiny(iterations=2, batch_size=2), inputs,
+                         progress=lines.append)
     n_encoder = sum(p.numel() for p in unet_tiny().parameters())
     assert [f["fold"] for f in res["folds"]] == [0, 1]
+    assert [ln.split(" loss")[0] for ln in lines] == [f"fold {f}: iteration {i}/2" for f in (0, 1) for i in (1, 2)]
     assert all(f["trainable_params"] > n_encoder and len(f["curve"]) == 2 for f in res["folds"])
     linear = cross_validate(unet_tiny, two, Classify3dConfig.tiny(mode="linear", iterations=2), inputs)
     assert all(f["trainable_params"] == 2 * sum(unet_tiny().channels) + 2 for f in linear["folds"])  # linear head
@@ -150,7 +153,7 @@ def test_classify3d_eval_records_mean_and_std_over_folds(cases, tmp_path):
     from mrifoundry.catalog.schema import RESEARCH_TABLES
     from mrifoundry.catalog.store import table_file, write_parquet_atomic
     from mrifoundry.catalog.views import build_research_db, query_dicts
-    from mrifoundry.tasks.evaluation.finetune3d_eval import classify3d_eval
+    from mrifoundry.tasks.evaluation.volume_eval import classify3d_eval
     research = tmp_path / "research"
     research.mkdir()
     for t in RESEARCH_TABLES:

@@ -142,6 +142,16 @@ def test_a_label_map_off_the_image_grid_is_refused(blobs, tmp_path):
         load_case({**blobs[0], "label_file": str(tmp_path / "small.nii.gz")})
 
 
+def test_the_lr_follows_warmup_then_cosine_and_progress_is_reported(blobs):
+    from mrifoundry.tasks.evaluation.train3d import warmup_cosine
+    lines = []
+    cfg = Finetune3dConfig.tiny(iterations=4, warmup_iters=2, decoder="unetr")
+    res = run_finetune3d(unet_tiny, blobs, cfg, progress=lines.append)
+    assert res["curve"]["lr"] == pytest.approx([cfg.lr * f for f in (0.5, 1.0, 1.0, 0.5)])
+    assert res["curve"]["lr"] == pytest.approx([cfg.lr * warmup_cosine(i, 4, 2) for i in range(4)])
+    assert [ln.split(" loss")[0] for ln in lines] == [f"iteration {i}/4" for i in (1, 2, 3, 4)]
+
+
 def test_a_frozen_encoder_is_not_changed_by_training(blobs):
     torch.manual_seed(0)
     encoder = build_encoder3d("unet_tiny")
@@ -157,7 +167,7 @@ def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
     from mrifoundry.catalog.schema import RESEARCH_TABLES
     from mrifoundry.catalog.store import table_file, write_parquet_atomic
     from mrifoundry.catalog.views import build_research_db, query_dicts
-    from mrifoundry.tasks.evaluation.finetune3d_eval import finetune3d_eval
+    from mrifoundry.tasks.evaluation.volume_eval import finetune3d_eval
     research = tmp_path / "research"
     research.mkdir()
     for t in RESEARCH_TABLES:

@@ -60,7 +60,7 @@ def test_overlap_is_found_and_pretraining_can_drop_it(prefect_server, tmp_path):
              task / "labelsTr" / "case1.nii.gz")
     ingest_downstream_flow(root=str(task), dataset_id="leaky", out=str(out), voxel_size_mm=None,
                            split=(1.0, 0.0, 0.0), folds=None)
-    from mrifoundry.tasks.evaluation.overlap import overlap
+    from mrifoundry.tasks.ingest.labelled3d.overlap import overlap
     query = ("SELECT r.series_id, r.exam_id, r.nifti_file FROM series r WHERE r.status = 'ok' "
              "AND r.sequence_type IN ('T1', 'T2', 'BOLD')")
     rep = overlap(out / "research", query, "leaky")

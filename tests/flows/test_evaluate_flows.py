@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.prefect_server]
 @pytest.fixture(scope="module")
 def research(prefect_server, small_catalog, tmp_path_factory):
     from mrifoundry.sample.labelled import make_mni_wm_dataset
-    from mrifoundry.tasks.evaluation.labelled import ingest_nifti_pairs
+    from mrifoundry.tasks.ingest.labelled2d import ingest_nifti_pairs
     root = make_mni_wm_dataset(tmp_path_factory.mktemp("mni-wm"), n_cases=4, seed=0)
     ingest_nifti_pairs(small_catalog, root, "mni-wm", split=(0.5, 0.0, 0.5), seed=0)
     return small_catalog
@@ -113,7 +113,7 @@ def test_a_volume_run_through_extract_features_and_linear_probe(prefect_server, 
 
     from mrifoundry.flows.evaluate import linear_probe
     from mrifoundry.flows.features import extract_features_flow
-    from mrifoundry.models.recipes import recipe
+    from mrifoundry.tasks.pretraining.recipes import recipe
     from mrifoundry.tasks.pretraining.volumes import train_volumes
     from mrifoundry.tasks.pretraining.report import register_model
     from mrifoundry.tasks.data.volumes import DEFAULT_QUERY, query_volumes

@@ -12,7 +12,7 @@ import torch
 
 from mrifoundry.models import zoo
 from mrifoundry.models.heads import DINOHead
-from mrifoundry.models.recipes import recipe
+from mrifoundry.tasks.pretraining.recipes import recipe
 from mrifoundry.models.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from mrifoundry.models.ssl.masking import MaskingGenerator
 from mrifoundry.models.ssl.multicrop import MultiCrop, MultiCropConfig, collate_multicrop

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mrifoundry.models import zoo
-from mrifoundry.models.recipes import recipe
+from mrifoundry.tasks.pretraining.recipes import recipe
 from mrifoundry.tasks.pretraining import launch
 from mrifoundry.tasks.pretraining.volumes import train_volumes
 from mrifoundry.tasks.data.volumes import DEFAULT_QUERY, PAIRED_QUERY, query_volumes

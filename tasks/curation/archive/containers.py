@@ -14,6 +14,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.errors import is_disk_full
 from mrifoundry.tasks.curation.archive.files import WalkLimits, looks_like_dicom
 
@@ -125,20 +126,16 @@ def expand_container(path: str, size: int, mtime_ns: int, root: Path,
     key = hashlib.sha256(f"{path}|{size}|{mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
     dest = root / key
     if not dest.is_dir():
-        tmp = root / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            _extract(path, tmp, _Budget(size, limits), 1)
+        try:   # the refusals are caught outside the block: a return inside it would commit the folder
+            with atomic_path(dest) as tmp:
+                tmp.mkdir()
+                _extract(path, tmp, _Budget(size, limits), 1)
         except ContainerRefused as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             return None, "rejected", "container_refused", str(e)
         except Exception as e:  # noqa: BLE001 - corrupt, or not a container at all
-            shutil.rmtree(tmp, ignore_errors=True)
             if is_disk_full(e):
                 raise
             return None, "rejected", "container_unreadable", f"does not expand as zip, tar or gzip ({type(e).__name__})"
-        os.replace(tmp, dest)
     members = sorted(str(p) for p in dest.rglob("*") if p.is_file())
     if not members:
         return [], "rejected", "container_empty", "no member with content (empty, or only zero bytes)"

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 
+from mrifoundry.atomic import atomic_path
 from mrifoundry.catalog.store import write_parquet_atomic as write_parquet
 from mrifoundry.duck import quiet_connect
 from mrifoundry.tasks.curation.archive.containers import CONTAINER_SUFFIXES, expand_container  # noqa: F401 - re-exported
@@ -225,22 +226,20 @@ def build_index(root: Path, index_path: Path, workers: int = 2, limits: WalkLimi
         reused = (f"SELECT p.* FROM {prev} p JOIN {stat} s ON p.path = s.path AND p.size = s.size "
                   f"AND p.mtime_ns = s.mtime_ns") if prev else None
         union = " UNION ALL ".join(f"({q})" for q in (parsed, reused) if q)
-        tmp = index_path.with_name(f".{index_path.name}.tmp{os.getpid()}")
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        # a file that does not parse is attributed to its folder's study when exactly one study lives there
-        con.execute(f"""
-            COPY (
-              WITH f AS ({union}),
-              d AS (SELECT folder, min(study_key) AS k, count(DISTINCT study_key) AS n
-                    FROM f WHERE parsed GROUP BY 1)
-              SELECT f.* REPLACE (CASE WHEN f.parsed = false AND d.n = 1 THEN d.k ELSE f.study_key END
-                                  AS study_key)
-              FROM f LEFT JOIN d USING (folder)
-              ORDER BY study_key NULLS LAST, path
-            ) TO {sql_literal(tmp)} (FORMAT parquet, ROW_GROUP_SIZE 20000)""")
-        n = con.execute(f"SELECT COUNT(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
-        con.close()
-        os.replace(tmp, index_path)
+        with atomic_path(index_path) as tmp:
+            # a file that does not parse is attributed to its folder's study when exactly one study lives there
+            con.execute(f"""
+                COPY (
+                  WITH f AS ({union}),
+                  d AS (SELECT folder, min(study_key) AS k, count(DISTINCT study_key) AS n
+                        FROM f WHERE parsed GROUP BY 1)
+                  SELECT f.* REPLACE (CASE WHEN f.parsed = false AND d.n = 1 THEN d.k ELSE f.study_key END
+                                      AS study_key)
+                  FROM f LEFT JOIN d USING (folder)
+                  ORDER BY study_key NULLS LAST, path
+                ) TO {sql_literal(tmp)} (FORMAT parquet, ROW_GROUP_SIZE 20000)""")
+            n = con.execute(f"SELECT COUNT(*) FROM read_parquet({sql_literal(tmp)})").fetchone()[0]
+            con.close()
         return n
     finally:
         shutil.rmtree(work, ignore_errors=True)

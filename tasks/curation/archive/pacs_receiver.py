@@ -3,12 +3,13 @@ folder as opaque ``NNNNNN.dcm`` files and keeps their manifest (:data:`MANIFEST`
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from mrifoundry.atomic import is_temp, write_bytes, write_text
 
 MANIFEST = "pacs_received.jsonl"
 
@@ -32,8 +33,9 @@ class Receiver:
         self._next = 1 + max((int(r["file"].split(".")[0]) for r in self.by_sop.values()), default=0)
 
     def _load(self) -> None:
-        for p in self.dest.glob(".tmp-*"):
-            p.unlink(missing_ok=True)
+        for p in self.dest.glob(".*"):
+            if is_temp(p.name):   # a write cut by a crash
+                p.unlink(missing_ok=True)
         path = self.dest / MANIFEST
         rows = []
         if path.exists():
@@ -59,9 +61,7 @@ class Receiver:
                 p.unlink()  # a duplicate from before the manifest existed
             else:
                 self.by_sop[sop] = {"file": p.name, "sop": sop, "series": series}
-        tmp = path.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.by_sop.values()))
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in self.by_sop.values()))
 
     def count(self, series_uid: str) -> int:
         with self.lock:
@@ -75,12 +75,9 @@ class Receiver:
                 return 0x0000  # already here: never a second copy
             n, self._next = self._next, self._next + 1
         name = f"{n:06d}.dcm"
-        tmp = self.dest / f".tmp-{name}"
         try:
-            tmp.write_bytes(event.encoded_dataset(include_meta=True))
-            os.replace(tmp, self.dest / name)
+            write_bytes(self.dest / name, event.encoded_dataset(include_meta=True))
         except OSError:
-            tmp.unlink(missing_ok=True)
             return 0xA700  # out of resources: the PACS counts a failed sub-operation
         row = {"file": name, "sop": sop, "series": self.series}
         with self.lock:

@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
+from mrifoundry.atomic import write_text
+
 __all__ = ["QuarantineResult", "audit_research", "quarantine_leaks", "write_report"]
 
 #: research folders that hold one sub-folder per exam (Workspace.dicom_dir, png_dir, nifti_path, work)
@@ -244,7 +246,4 @@ def write_report(out: Path, report, quarantine: QuarantineResult | None = None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = report.to_markdown() + ("\n" + quarantine.to_markdown() if quarantine is not None else "")
     text += ("\n" + note) if note else ""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)

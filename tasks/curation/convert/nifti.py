@@ -9,11 +9,9 @@ grouping (we hand it one checked time point, renumbered in slice order).
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.metadata
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ from pydicom.multival import MultiValue
 
 from mrifoundry.catalog.reasons import REASONS
 from mrifoundry.digest import voxel_sha256
-from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
+from mrifoundry.atomic import atomic_path
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
 from mrifoundry.tasks.curation.continuity.checks import Volume
 from mrifoundry.tasks.curation.continuity.screens import MalformedHeader, header_floats, header_int, rescale
 from mrifoundry.tasks.curation.dicom_values import drop_undecodable, value_or_none
@@ -286,15 +285,11 @@ def save_atomic(img: nib.Nifti1Image, out_path: Path, item: str, error_reason: s
         InsufficientDiskSpace: reason ``disk_full``.
         CurationError: ``error_reason`` for other write errors.
     """
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{item}.tmp.nii.gz")  # the suffix tells nibabel to gzip
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
+        with atomic_path(out_path, keep_suffix=True) as tmp:  # the temp's .nii.gz tells nibabel to gzip
+            nib.save(img, tmp)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
+        if is_disk_full(e):
             raise InsufficientDiskSpace(item, "disk_full", "no space left while writing NIfTI") from e
         raise CurationError(item, error_reason, f"{type(e).__name__} while writing NIfTI") from e
 
@@ -336,7 +331,7 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
     except MalformedHeader as e:
         raise RejectedItem(item, e.reason, e.message) from e
     except OSError as e:
-        if e.errno == errno.ENOSPC:
+        if is_disk_full(e):
             raise InsufficientDiskSpace(item, "disk_full", "no space left while converting") from e
         raise CurationError(item, "convert_error", f"{type(e).__name__} while converting to NIfTI") from e
     except Exception as e:  # noqa: BLE001 - dicom2nifti raises plain Exception/TypeError too

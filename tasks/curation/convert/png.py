@@ -6,8 +6,6 @@ to a temp name in the same folder and are renamed, so a killed run leaves no hal
 """
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +13,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem
+from mrifoundry.atomic import atomic_path
+from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
 from mrifoundry.tasks.curation.continuity.checks import Volume
 from mrifoundry.tasks.curation.continuity.screens import MalformedHeader, rescale
 
@@ -63,14 +62,9 @@ def normalize_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _write_png(u8: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path, mkdir=False) as tmp:
         # 2D uint8 -> mode "L"; no pnginfo/dpi arguments: Pillow writes only IHDR, IDAT, IEND
         Image.fromarray(u8).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
@@ -104,7 +98,7 @@ def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
     except MalformedHeader as e:
         raise RejectedItem(item, e.reason, e.message) from e
     except OSError as e:
-        if e.errno == errno.ENOSPC:
+        if is_disk_full(e):
             raise InsufficientDiskSpace(item, "disk_full", "no space left while writing PNG slices") from e
         raise CurationError(item, "convert_error", f"{type(e).__name__} while writing PNG slices") from e
     except Exception as e:  # noqa: BLE001 - decoder/Pillow errors of many types

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
+from mrifoundry.atomic import write_text as _write  # a re-run never finds half a sidecar
 from mrifoundry.tasks.curation.continuity.checks import Volume
 from mrifoundry.tasks.curation.deid.acquisition import pe_world_vector
 
@@ -69,13 +69,6 @@ def volume_values(volume: Volume) -> dict:
     return {"b": float(b) if b is not None and math.isfinite(float(b)) else None,
             "g": g if len(g) == 3 else None,
             "asl": str(ds.get("ASLContext", "") or "").strip().lower() or None, "iop": iop}
-
-
-def _write(path: Path, text: str) -> None:
-    """Through a temp file and a rename: a re-run never finds half a sidecar."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_sidecars(nifti_path: Path, volumes: list[Volume], timepoints: list[int], acquisition: dict,

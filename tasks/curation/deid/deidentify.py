@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import shutil
 import tempfile
 import traceback
@@ -25,6 +24,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from mrifoundry import ids
+from mrifoundry.atomic import replace_dir
 from mrifoundry.errors import is_disk_full, where
 from mrifoundry.tasks.curation.archive.files import looks_like_dicom
 from mrifoundry.tasks.curation.dicom_values import drop_undecodable
@@ -213,18 +213,6 @@ def _sort_key(item: tuple[Path, Dataset]) -> tuple:
     return number, str(hdr.get("SOPInstanceUID", "")), str(path)
 
 
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``tmp`` with renames: no half-written series is ever visible."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     cfg: DeidConfig, store: PseudonymStore) -> DeidResult:
     """De-identify one exam's files into ``out_dir/<series_id>/<NNNN>.dcm``.
@@ -307,7 +295,7 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                     shutil.rmtree(out_dir / part_id, ignore_errors=True)
                     continue
                 dest = out_dir / part_id
-                _swap_in(parts[key], dest)
+                replace_dir(parts[key], dest)   # no half-written series is ever visible
                 series.append(DeidSeries(part_id, [dest / f"{i:04d}.dcm" for i in range(counts[key])], image_set=key,
                                          acquisition=described[key]))
         except Exception as e:  # noqa: BLE001 — one series must not take its exam down

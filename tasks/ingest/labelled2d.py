@@ -4,7 +4,7 @@ Two inputs, one output layout:
 
 * ``ingest_nifti_pairs``: nnU-Net / Medical Segmentation Decathlon folders,
   ``imagesTr/<case>_0000.nii.gz`` (or ``<case>.nii.gz``) + ``labelsTr/<case>.nii.gz``;
-* ``ingest_png_list`` (:mod:`tasks.evaluation.labelled_png`): MRI-CORE list files, one
+* ``ingest_png_list`` (:mod:`tasks.ingest.labelled2d_png`): MRI-CORE list files, one
   ``image,mask`` (or ``image mask``) pair a line.
 
 Output: ``research/labelled/<dataset_id>/{images,masks}/<slice_id>.png`` (image: per-slice
@@ -40,6 +40,7 @@ from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert,
 from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from mrifoundry.tasks.curation.convert.png import normalize_uint8
+from mrifoundry.tasks.ingest.nnunet import label_names as nnunet_label_names, read_nnunet
 
 SPLITS = ("train", "val", "test")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -121,21 +122,6 @@ def _label_names(values: Iterable[int], given: dict | None) -> str:
     for v in values:
         names.setdefault(int(v), "background" if int(v) == 0 else f"label_{int(v)}")
     return json.dumps({str(k): names[k] for k in sorted(names)})
-
-
-def _names_from_dataset_json(root: Path) -> dict | None:
-    """Label names from nnU-Net v2 ({name: value}) or Decathlon ({"value": name}) dataset.json."""
-    path = root / "dataset.json"
-    if not path.exists():
-        return None
-    labels = json.loads(path.read_text()).get("labels") or {}
-    out = {}
-    for k, v in labels.items():
-        if isinstance(v, int):  # nnU-Net v2; region-based labels (lists) are not plain values
-            out[v] = k
-        elif str(k).lstrip("-").isdigit():
-            out[int(k)] = str(v)
-    return out or None
 
 
 def as_label_u8(arr: np.ndarray, what: str) -> np.ndarray:
@@ -238,35 +224,16 @@ def _strip_nii(name: str) -> str | None:
 
 
 def find_nifti_pairs(root: Path) -> tuple[dict[str, tuple[Path, Path]], list[dict]]:
-    """Pair ``imagesTr`` with ``labelsTr`` by case; returns (pairs, skipped cases with reasons).
+    """Pair ``imagesTr`` with ``labelsTr`` by case (:func:`~tasks.ingest.nnunet.read_nnunet`);
+    returns (pairs, skipped cases with reasons).
 
     ``<case>_0000`` is the image of ``<case>`` (other channels are ignored: one image per
     slice); ``<case>`` without a channel suffix is accepted too (Decathlon).
     """
-    images_dir, labels_dir = Path(root) / "imagesTr", Path(root) / "labelsTr"
-    for d in (images_dir, labels_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d} not found: expected the nnU-Net layout imagesTr/ + labelsTr/")
-
-    def stems(d: Path) -> dict[str, Path]:
-        return {s: p for p in sorted(d.iterdir()) if not p.name.startswith(".") and (s := _strip_nii(p.name))}
-
-    labels = stems(labels_dir)
-    images: dict[str, Path] = {}
-    orphans: set[str] = set()
-    for stem, p in stems(images_dir).items():
-        m = re.fullmatch(r"(.+)_(\d{4})", stem)
-        if m and m.group(1) in labels:
-            if m.group(2) == "0000":
-                images[m.group(1)] = p
-        elif stem in labels:
-            images.setdefault(stem, p)
-        else:
-            orphans.add(m.group(1) if m else stem)
-    pairs = {c: (images[c], labels[c]) for c in sorted(labels) if c in images}
-    skipped = [{"case": c, "reason": f"case {c}: label without an image (imagesTr/{c}_0000.nii.gz)"}
-               for c in sorted(labels) if c not in images]
-    skipped += [{"case": c, "reason": f"case {c}: image without a label"} for c in sorted(orphans)]
+    found = read_nnunet(root, _strip_nii)
+    pairs = {c.case: (c.channels[0], c.label) for c in found.cases if 0 in c.channels}
+    skipped = found.skipped + [{"case": c.case, "reason": f"case {c.case}: no channel _0000 in imagesTr/"}
+                               for c in found.cases if 0 not in c.channels]
     return pairs, skipped
 
 
@@ -318,7 +285,7 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
         raise ValueError(f"axis {axis}: 0, 1 or 2")
     research, root = Path(research), Path(root)
     pairs, skipped = find_nifti_pairs(root)
-    names = label_names if label_names is not None else _names_from_dataset_json(root)
+    names = label_names if label_names is not None else nnunet_label_names(root)
     plane = [a for a in range(3) if a != axis]
     work = new_workdir(research, dataset_id)
     try:

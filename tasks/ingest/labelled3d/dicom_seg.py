@@ -27,8 +27,8 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 
-from mrifoundry.tasks.evaluation.downstream.readers import LPS_TO_RAS, SEG_SOP_CLASS, is_dicom_file
-from mrifoundry.tasks.evaluation.labelled import CaseError
+from mrifoundry.tasks.ingest.labelled3d.readers import LPS_TO_RAS, SEG_SOP_CLASS, is_dicom_file
+from mrifoundry.tasks.ingest.labelled2d import CaseError
 
 _TOL = 1e-3  # mm / direction cosine tolerance
 

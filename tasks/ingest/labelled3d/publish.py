@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, LABELLED_VOLUMES, RESEARCH_TABLES, Table, to_arrow
 from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
 from mrifoundry.catalog.views import build_research_db
-from mrifoundry.tasks.evaluation.labelled import dataset_rows, labelled_dir
+from mrifoundry.tasks.ingest.labelled2d import dataset_rows, labelled_dir
 
 VOLUMES = "volumes"
 DESCRIP = b"mrifoundry downstream"

@@ -1,4 +1,4 @@
-"""Recording 3D fine-tuning and 3D classification in the ``evaluations`` table, with a picture.
+"""Volume evaluations: 3D fine-tuning and 3D classification recorded in ``evaluations``, with a picture.
 
 - :func:`finetune3d_eval` (kind ``finetune-3d``): tasks/evaluation/finetune3d.py on a labelled
   3D dataset; metrics ``dice_<v>``, ``nsd_<v>`` per label value and ``dice_mean``, ``nsd_mean``
@@ -11,28 +11,24 @@
 
 With a label-fraction sweep, a fraction f < 1 adds ``@f<f>`` to the metric names
 (``dice_mean@f0.25``), so the rows of one eval_id stay unique. Outputs go to
-``eval_dir(research, eval_id)``: the pictures, ``predictions/`` (NIfTI) and ``result.json``.
+``eval_dir(research, eval_id)``: the pictures, ``predictions/`` (NIfTI) and ``result.json``. The
+encoders come from tasks/evaluation/model_choice.py (``volume_encoder_factory``).
 """
 from __future__ import annotations
 
-import copy
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from mrifoundry.atomic import write_text
 from mrifoundry.tasks.evaluation import classify3d, finetune3d
 from mrifoundry.tasks.evaluation.evaluate import eval_dir, record
 
-__all__ = ["RANDOM_INIT_ARCH", "classify3d_eval", "finetune3d_eval", "metric_name", "nested_regions", "overlay_png", "roc_png",
-           "volume_encoder_factory"]
-
-#: the architecture a volume zoo entry is randomly initialised with when no weights are given
-RANDOM_INIT_ARCH = {"triad-unet": "triad_unet", "triad-swin": "swin_b_v2", "brainsegfounder": "swin_b",
-                    "prism": "swin_b_v2"}
+__all__ = ["classify3d_eval", "data_channels", "finetune3d_eval", "metric_name", "nested_regions", "overlay_png",
+           "roc_png"]
 
 
 def data_channels(rows: Sequence[dict]) -> int:
@@ -54,42 +50,6 @@ def nested_regions(research: Path, dataset_id: str) -> bool:
     return bool(row and row[0])
 
 
-def volume_encoder_factory(research: Path, *, model: str, weights: str | None, arch: str | None,
-                           pretrained: str | None, in_channels: int) -> tuple[str, str, Callable[[], object]]:
-    """(label, weights sha, factory): the factory returns a fresh copy of the encoder.
-
-    ``pretrained`` (a pretrain run of the catalog) or ``weights`` load through the zoo
-    (models.zoo.load); no weights: a random init of ``arch`` (default :data:`RANDOM_INIT_ARCH`),
-    label ``<model>-random``. When the weights have other input channels than the data, the input
-    layer is re-initialised (models.seg3d.with_in_channels) and the rest kept.
-
-    Raises:
-        ValueError: a model that is not a volume zoo entry.
-    """
-    from mrifoundry.models import zoo
-    from mrifoundry.models.encoders3d import build_encoder3d
-    from mrifoundry.models.seg3d import with_in_channels
-    from mrifoundry.tasks.evaluation.embedding import weights_digest
-    from mrifoundry.tasks.pretraining.pretrained import pretrained_run
-    label = pretrained or model
-    if pretrained:
-        run = pretrained_run(research, pretrained)
-        model, weights, arch = run.entry, run.checkpoint, run.arch
-    if model not in RANDOM_INIT_ARCH:
-        raise ValueError(f"{model!r} is not a volume encoder; one of {sorted(RANDOM_INIT_ARCH)}")
-    if weights is None:
-        name = arch or RANDOM_INIT_ARCH[model]
-
-        def factory():  # built on each call, so the caller's seed decides the init
-            return build_encoder3d(name, in_channels=in_channels)
-        return f"{label}-random", weights_digest(None), factory
-    encoder = zoo.load(model, weights, arch=arch).encoder
-
-    def factory():  # a fresh copy; a re-initialised input layer draws from the caller's seed
-        return with_in_channels(copy.deepcopy(encoder), in_channels)[0]
-    return label, weights_digest(weights), factory
-
-
 def metric_name(metric: str, fraction: float) -> str:
     """``dice_mean`` at fraction 1, ``dice_mean@f0.25`` below."""
     return metric if fraction >= 1.0 else f"{metric}@f{fraction:g}"
@@ -103,9 +63,7 @@ def _plt():
 
 
 def _write_json(path: Path, obj) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, default=str))
     return path
 
 

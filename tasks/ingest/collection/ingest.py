@@ -33,36 +33,33 @@ from mrifoundry.catalog.store import table_file, write_exam_parts, write_parquet
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, RejectedItem
 from mrifoundry.ids import opaque_id, patient_id, subject_key
+from mrifoundry.params import IngestParams
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig
-from mrifoundry.tasks.curation.ingest.sidecar import bids_entities_json, series_metadata
-from mrifoundry.tasks.curation.ingest.sources import Source, find_sources
-from mrifoundry.tasks.curation.ingest.volume import CONVERTER, check_nifti, conform
+from mrifoundry.tasks.ingest.collection.sidecar import bids_entities_json, series_metadata
+from mrifoundry.tasks.ingest.collection.sources import Source, find_sources
+from mrifoundry.tasks.ingest.collection.volume import CONVERTER, check_nifti, conform
 from mrifoundry.tasks.curation.workspace import Workspace
 
-__all__ = ["IngestParams", "ingest_collection"]
+__all__ = ["dataset_of", "ingest_collection", "layout_of"]
 
 log = logging.getLogger(__name__)
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class IngestParams:
-    layout: str                          # bids | nifti
-    dataset: str                         # collection name: exams.dataset, the restricted manifest folder
-    voxel_size_mm: float | None = 1.0    # None keeps the native spacing
-    nifti_shape: tuple[int, int, int] | None = None
-    body_part: str | None = None         # when neither sidecar nor name says (most BIDS data: brain)
-    min_voxels: int = 8
-    rerun: str = "failed"                # failed: redo failed and changed files; all: redo every file
-    workers: int = 1                     # threads, one exam at a time each
+def layout_of(p: IngestParams) -> tuple[str, Path]:
+    """(``bids`` | ``nifti``, the folder) of the parameters."""
+    return ("bids", Path(p.bids)) if p.bids else ("nifti", Path(p.nifti))
 
-    def check(self) -> None:
-        if self.layout not in ("bids", "nifti"):
-            raise ValueError(f"layout {self.layout!r}: bids or nifti")
-        if not _DATASET.match(self.dataset or ""):
-            raise ValueError(f"dataset {self.dataset!r}: letters, digits, '.', '_' or '-' (it is stored as is)")
-        if self.rerun not in ("failed", "all"):
-            raise ValueError(f"rerun {self.rerun!r}: failed or all")
+
+def dataset_of(p: IngestParams) -> str:
+    """The collection's name: ``p.dataset``, else the folder's name.
+
+    Raises:
+        ValueError: a name outside the safe alphabet (it is stored and used as a folder name)."""
+    dataset = p.dataset or layout_of(p)[1].resolve().name
+    if not _DATASET.match(dataset):
+        raise ValueError(f"dataset {dataset!r}: letters, digits, '.', '_' or '-' (it is stored as is)")
+    return dataset
 
 
 @dataclass
@@ -134,7 +131,7 @@ def _series_row(item: _Item, p: IngestParams, ws: Workspace, vol, written: nib.N
                 nifti_timepoint=vol.timepoint, converter=CONVERTER, converter_version=nib.__version__,
                 conversion_params=json.dumps({"voxel_size_mm": p.voxel_size_mm, "shape": p.nifti_shape,
                                               "interpolation_order": 1, "reorientation": "nibabel.as_closest_canonical",
-                                              "resampling": "nibabel.processing", "layout": p.layout,
+                                              "resampling": "nibabel.processing", "layout": layout_of(p)[0],
                                               "sidecar_error": bool(s.sidecar_error)}, sort_keys=True),
                 content_sha256=vol.digest, bids_entities=bids_entities_json(s.entities))
 
@@ -161,7 +158,7 @@ def _ingest_one(item: _Item, p: IngestParams, ws: Workspace, digests: _Digests) 
     Raises:
         CurationError: a failure to retry (``ingest_error``, ``disk_full``).
     """
-    vol = check_nifti(item.src.path, item.series_id, p.min_voxels)
+    vol = check_nifti(item.src.path, item.series_id)   # its default: 8 voxels per axis at least
     other = digests.claim(vol.digest, item.series_id)
     if other != item.series_id:
         raise RejectedItem(item.series_id, "duplicate_content", f"same voxels as series {other}")
@@ -179,7 +176,9 @@ def _one_file(it: _Item, prev: dict | None, p: IngestParams, ws: Workspace, dige
     """(outcome, row) of one file: reused from the last run, or ingested now with its ledger row."""
     sig = _signature(it.src.path)
     status = ws.ledger.status(it.series_id, INGEST_STAGE)
-    if (p.rerun != "all" and prev and prev["signature"] == sig and status in ("done", "rejected")
+    if p.rerun == "failed" and status != "failed":    # only what failed; new and changed files wait
+        return "skipped", prev["row"] if prev else None
+    if (p.rerun == "missing" and prev and prev["signature"] == sig and status in ("done", "rejected")
             and (status == "rejected" or (ws.research / prev["row"]["nifti_path"]).exists())):
         return "skipped", prev["row"]
     started, kw = time.time(), dict(exam_id=it.exam_id, item_kind="series")
@@ -207,14 +206,16 @@ def _exam_row(item: _Item, p: IngestParams, rows: list[dict], n_sources: int) ->
     parts = Counter(r["body_part"] for r in ok if r.get("body_part"))
     return dict(exam_id=item.exam_id, patient_id=item.patient_id, protocol=None,
                 body_part=parts.most_common(1)[0][0] if parts else p.body_part, study_date=None, modality="MR",
-                n_series=n_sources, n_series_ok=len(ok), n_slices=0, source=p.layout, dataset=p.dataset,
+                n_series=n_sources, n_series_ok=len(ok), n_slices=0, source=layout_of(p)[0], dataset=p.dataset,
                 subject_key=item.subject_key, curated_at=dt.datetime.now(dt.timezone.utc),
                 code_version=code_version())
 
 
-def ingest_collection(out: Path, root: Path, p: IngestParams, *, run_id: str = "cli",
+def ingest_collection(out: Path, p: IngestParams, *, run_id: str = "cli",
                       progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Ingest every image of ``root`` into ``out``'s catalog parts (call finalize_catalog after).
+    """Ingest every image of ``p.bids`` or ``p.nifti`` into ``out``'s catalog parts (call
+    finalize_catalog after). ``p.rerun``: missing = new, changed and failed files; failed =
+    only the failed ones; all = every file.
 
     Returns:
         {"files", "outcomes": {done, rejected, failed, skipped}, "exams", "unnamed"}: counts only.
@@ -222,9 +223,10 @@ def ingest_collection(out: Path, root: Path, p: IngestParams, *, run_id: str = "
         FileNotFoundError: ``root`` is not a folder / not a BIDS dataset.
         ValueError: bad parameters.
     """
-    p.check()
+    layout, root = layout_of(p)
+    p = p.model_copy(update={"dataset": dataset_of(p)})
     ws = Workspace(Path(out), run_id)
-    sources, unnamed = find_sources(Path(root), p.layout)
+    sources, unnamed = find_sources(root, layout)
     items = _items(sources, p.dataset, ws.salt)
     _write_manifest(ws, p.dataset, items)
     known = _known_digests(ws)
@@ -239,6 +241,12 @@ def ingest_collection(out: Path, root: Path, p: IngestParams, *, run_id: str = "
         nonlocal n_done
         state_path = ws.artifact(exam_id, "ingest")
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        if p.rerun == "failed" and not any(ws.ledger.status(it.series_id, INGEST_STAGE) == "failed"
+                                           for it in group):
+            with lock:     # nothing to redo: the exam's parts and state stay as they are
+                outcomes["skipped"] += len(group)
+                n_done += len(group)
+            return
         rows, new_state = [], {}
         for it in group:
             outcome, row = _one_file(it, state.get(it.series_id), p, ws, digests)

@@ -15,7 +15,7 @@ from mrifoundry.catalog.store import catalog_dir
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
 from mrifoundry.settings import load_salt
-from mrifoundry.tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
+from mrifoundry.tasks.ingest.labelled3d import ingest_downstream, load_labelled_volumes
 
 SALT = "test-salt"
 SHAPE = (12, 10, 8)

@@ -19,14 +19,13 @@ is visibly incomplete goes to ``skipped`` with its reason.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrifoundry.tasks.evaluation.downstream.dicom_seg import is_dicom_seg
-from mrifoundry.tasks.evaluation.downstream.readers import dicom_files, is_dicom_file, is_image_path, split_ext
-from mrifoundry.tasks.evaluation.labelled import _names_from_dataset_json
+from mrifoundry.tasks.ingest.labelled3d.dicom_seg import is_dicom_seg
+from mrifoundry.tasks.ingest.labelled3d.readers import dicom_files, is_dicom_file, is_image_path, split_ext
+from mrifoundry.tasks.ingest.nnunet import label_names, read_nnunet
 
 LAYOUTS = ("msd", "brats", "folder", "dicom-seg", "csv")
 #: layout → datasets.source
@@ -62,59 +61,27 @@ def _visible(d: Path) -> list[Path]:
     return [p for p in sorted(d.iterdir()) if not p.name.startswith(".")]
 
 
-def _dataset_json(root: Path) -> dict:
-    path = root / "dataset.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _channel_names(meta: dict) -> list[str] | None:
-    named = meta.get("channel_names") or meta.get("modality")
-    if not isinstance(named, dict):
-        return None
-    try:
-        return [str(named[k]) for k in sorted(named, key=int)]
-    except (TypeError, ValueError):
-        return None
+def _stem(name: str) -> str | None:
+    return s[0] if (s := split_ext(name)) else None
 
 
 def find_msd(root: Path) -> Found:
-    """``imagesTr/`` + ``labelsTr/`` (MSD, nnU-Net v1/v2).
+    """``imagesTr/`` + ``labelsTr/`` (MSD, nnU-Net v1/v2; :func:`~tasks.ingest.nnunet.read_nnunet`).
 
     Raises:
         FileNotFoundError: either folder is missing.
     """
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    for d in (images_dir, labels_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d} not found: the msd layout is imagesTr/ + labelsTr/")
-    labels = {s[0]: p for p in _visible(labels_dir) if (s := split_ext(p.name))}
-    whole: dict[str, Path] = {}
-    parts: dict[str, dict[int, Path]] = {}
-    for p in _visible(images_dir):
-        if not (s := split_ext(p.name)):
-            continue
-        m = re.fullmatch(r"(.+)_(\d{4})", s[0])
-        if m and s[0] not in labels:
-            parts.setdefault(m.group(1), {})[int(m.group(2))] = p
+    found = read_nnunet(root, _stem)
+    cases, skipped = [], list(found.skipped)
+    for c in found.cases:
+        if (files := c.channel_list()) is None:
+            have = sorted(c.channels)
+            skipped.append({"case": c.case, "reason": f"case {c.case}: channel files {have} are not "
+                                                      f"_0000.._{len(have) - 1:04d}"})
         else:
-            whole[s[0]] = p
-    cases, skipped = [], []
-    for case in sorted(set(labels) | set(whole) | set(parts)):
-        if case not in labels:
-            skipped.append({"case": case, "reason": f"case {case}: image without a label in labelsTr/"})
-        elif case in parts:
-            chans = parts[case]
-            if sorted(chans) != list(range(len(chans))):
-                skipped.append({"case": case, "reason": f"case {case}: channel files {sorted(chans)} are not "
-                                                        f"_0000.._{len(chans) - 1:04d}"})
-            else:
-                cases.append(Case(case, [chans[i] for i in range(len(chans))], labels[case]))
-        elif case in whole:
-            cases.append(Case(case, [whole[case]], labels[case]))
-        else:
-            skipped.append({"case": case, "reason": f"case {case}: label without an image in imagesTr/"})
-    meta = _dataset_json(root)
-    return Found("msd", "segmentation-3d", cases, skipped, _channel_names(meta), _names_from_dataset_json(root))
+            cases.append(Case(c.case, files, c.label))
+    skipped.sort(key=lambda s: s["case"])
+    return Found("msd", "segmentation-3d", cases, skipped, found.channel_names(), found.label_names())
 
 
 def find_brats(root: Path) -> Found:
@@ -167,7 +134,7 @@ def find_folder(root: Path) -> Found:
                if c not in labels]
     skipped += [{"case": c, "reason": f"case {c}: label without an image in images/"} for c in sorted(labels)
                 if c not in images]
-    return Found("folder", "segmentation-3d", cases, skipped, None, _names_from_dataset_json(root))
+    return Found("folder", "segmentation-3d", cases, skipped, None, label_names(root))
 
 
 def find_dicom_seg(root: Path) -> Found:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrifoundry.tasks.evaluation.labelled import CaseError
+from mrifoundry.tasks.ingest.labelled2d import CaseError
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """MRI-CORE's PNG list files as a labelled dataset: one ``image,mask`` (or ``image mask``)
-pair of 2D PNGs a line, ingested into the layout of :mod:`tasks.evaluation.labelled`."""
+pair of 2D PNGs a line, ingested into the layout of :mod:`tasks.ingest.labelled2d`."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mrifoundry.tasks.evaluation.labelled import (CaseError, as_label_u8, check_dataset_id, check_split, finish_dataset,
+from mrifoundry.tasks.ingest.labelled2d import (CaseError, as_label_u8, check_dataset_id, check_split, finish_dataset,
                                        new_workdir, safe_id, slice_row)
 
 __all__ = ["ingest_png_list", "mri_core_patient_id", "read_png_list"]

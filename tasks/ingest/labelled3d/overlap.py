@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrifoundry.catalog.views import connect
-from mrifoundry.tasks.evaluation.labelled import check_dataset_id
+from mrifoundry.tasks.ingest.labelled2d import check_dataset_id
 
 
 def _query(query: str) -> str:

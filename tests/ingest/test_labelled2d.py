@@ -15,8 +15,8 @@ from mrifoundry.catalog.schema import RESEARCH_TABLES
 from mrifoundry.catalog.store import table_file, write_parquet_atomic
 from mrifoundry.catalog.views import build_research_db
 from mrifoundry.sample.labelled import make_mni_wm_dataset, make_phantom_dataset
-from mrifoundry.tasks.evaluation.labelled import assign_splits, ingest_nifti_pairs, load_labelled
-from mrifoundry.tasks.evaluation.labelled_png import ingest_png_list, mri_core_patient_id
+from mrifoundry.tasks.ingest.labelled2d import assign_splits, ingest_nifti_pairs, load_labelled
+from mrifoundry.tasks.ingest.labelled2d_png import ingest_png_list, mri_core_patient_id
 
 
 @pytest.fixture(scope="module")

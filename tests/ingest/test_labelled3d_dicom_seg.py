@@ -14,9 +14,9 @@ from pydicom.pixels import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from mrifoundry.tasks.evaluation.downstream.dicom_seg import is_dicom_seg, read_dicom_seg
-from mrifoundry.tasks.evaluation.downstream.readers import SEG_SOP_CLASS
-from mrifoundry.tasks.evaluation.labelled import CaseError
+from mrifoundry.tasks.ingest.labelled3d.dicom_seg import is_dicom_seg, read_dicom_seg
+from mrifoundry.tasks.ingest.labelled3d.readers import SEG_SOP_CLASS
+from mrifoundry.tasks.ingest.labelled2d import CaseError
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 

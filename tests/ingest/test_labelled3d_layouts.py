@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mrifoundry.tasks.evaluation.downstream import ingest_downstream, load_labelled_volumes
-from mrifoundry.tasks.evaluation.downstream.layouts import detect_layout
-from mrifoundry.tasks.evaluation.downstream.readers import read_image
+from mrifoundry.tasks.ingest.labelled3d import ingest_downstream, load_labelled_volumes
+from mrifoundry.tasks.ingest.labelled3d.layouts import detect_layout
+from mrifoundry.tasks.ingest.labelled3d.readers import read_image
 from tests.dicom_factory import AXIAL, pixel_lps, write_series
-from tests.evaluation.test_downstream_dicom_seg import make_seg
-from tests.evaluation.test_downstream_ingest import SALT, labels, ras, save, volume
+from tests.ingest.test_labelled3d_dicom_seg import make_seg
+from tests.ingest.test_labelled3d_ingest import SALT, labels, ras, save, volume
 
 ORIGIN, SPACING, STEP = (-10.0, -20.0, 30.0), (1.0, 1.5), 2.0  # DICOM series: 4 slices of 6 x 7
 
@@ -147,12 +147,14 @@ def test_unknown_layout(tmp_path):
         ingest_downstream(tmp_path / "r", tmp_path / "nope", "n", salt=SALT)
 
 
-def test_flow_task_wrapper(tmp_path):
-    from mrifoundry.flows.downstream import ingest_task
+def test_the_runner_reads_the_salt_from_out(tmp_path):
+    from mrifoundry.params import DownstreamParams
+    from mrifoundry.tasks.ingest.runner import run_ingest_downstream
     root = tmp_path / "msd"
     save(volume(1, 2), root / "imagesTr" / "c.nii.gz")
     save(labels(), root / "labelsTr" / "c.nii.gz")
-    res = ingest_task.fn(str(tmp_path / "out" / "research"), str(root), "flowds", "auto", {"1": 1, "2": 1, "4": 1},
-                         True, None, [1.0, 0.0, 0.0], None, 0)
+    res = run_ingest_downstream(DownstreamParams(root=str(root), dataset_id="flowds", out=str(tmp_path / "out"),
+                                                 labels={"1": 1, "2": 1, "4": 1}, strict_labels=True,
+                                                 voxel_size_mm=None, split=(1.0, 0.0, 0.0), folds=None))
     assert res["n_volumes"] == 1 and res["label_names"] == {"0": "background", "1": "label_1+label_2+label_4"}
     assert (tmp_path / "out" / "restricted" / "salt").exists()

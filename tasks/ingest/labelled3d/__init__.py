@@ -4,7 +4,7 @@
 DICOM + DICOM-SEG, or a classification CSV), conforms each case and publishes
 ``labelled_volumes`` rows; ``load_labelled_volumes`` reads them back. See docs/downstream.md.
 """
-from mrifoundry.tasks.evaluation.downstream.ingest import ingest_downstream
-from mrifoundry.tasks.evaluation.downstream.publish import load_labelled_volumes
+from mrifoundry.tasks.ingest.labelled3d.ingest import ingest_downstream
+from mrifoundry.tasks.ingest.labelled3d.publish import load_labelled_volumes
 
 __all__ = ["ingest_downstream", "load_labelled_volumes"]

@@ -10,9 +10,9 @@ from mrifoundry.catalog.store import consolidate, write_exam_parts
 from mrifoundry.catalog.views import query_dicts
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
-from mrifoundry.tasks.evaluation.downstream import ingest_downstream
-from mrifoundry.tasks.evaluation.overlap import exclude_overlap, overlap
-from tests.evaluation.test_downstream_ingest import SALT, labels, save, volume
+from mrifoundry.tasks.ingest.labelled3d import ingest_downstream
+from mrifoundry.tasks.ingest.labelled3d.overlap import exclude_overlap, overlap
+from tests.ingest.test_labelled3d_ingest import SALT, labels, save, volume
 
 QUERY = "SELECT series_id FROM series WHERE status = 'ok'"
 

@@ -13,9 +13,10 @@ import datetime as dt
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -23,13 +24,13 @@ import numpy as np
 from mrifoundry import code_version
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
-from mrifoundry.tasks.evaluation.downstream.dicom_seg import is_dicom_seg, read_dicom_seg
-from mrifoundry.tasks.evaluation.downstream.labels import LabelMapping, parse_labels
-from mrifoundry.tasks.evaluation.downstream.layouts import SOURCES, Case, find_cases
-from mrifoundry.tasks.evaluation.downstream.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
-from mrifoundry.tasks.evaluation.downstream.readers import read_image
-from mrifoundry.tasks.evaluation.labelled import (SPLITS, CaseError, _label_names, as_label_u8, check_dataset_id, split_patients,
-                                       check_split, labelled_dir, safe_id)
+from mrifoundry.tasks.ingest.labelled3d.dicom_seg import is_dicom_seg, read_dicom_seg
+from mrifoundry.tasks.ingest.labelled3d.labels import LabelMapping, parse_labels
+from mrifoundry.tasks.ingest.labelled3d.layouts import SOURCES, Case, find_cases
+from mrifoundry.tasks.ingest.labelled3d.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
+from mrifoundry.tasks.ingest.labelled3d.readers import read_image
+from mrifoundry.tasks.ingest.labelled2d import (SPLITS, CaseError, _label_names, as_label_u8, check_dataset_id,
+                                                check_split, labelled_dir, safe_id, split_patients)
 
 log = logging.getLogger(__name__)
 _ATOL = 1e-3  # affine tolerance (mm) for "the same grid"
@@ -117,7 +118,8 @@ def _summary_skip(skipped: list[dict], case: str, e: Exception) -> None:
 def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: str = "auto",
                       labels: dict | None = None, strict_labels: bool = False,
                       voxel_size_mm: float | None = 1.0, split: Sequence[float] = (0.6, 0.2, 0.2),
-                      folds: int | None = 5, seed: int = 0, salt: str | None = None) -> dict:
+                      folds: int | None = 5, seed: int = 0, salt: str | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict:
     """Ingest a 3D downstream dataset into ``labelled_volumes`` (+ one ``datasets`` row).
 
     Args:
@@ -133,6 +135,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
         split: train/val/test fractions of patients; folds: k of the per-patient k-fold (None: no folds).
         seed: seed of the split and folds.
         salt: the project salt for ``subject_key``; default ``load_salt(research.parent)``.
+        progress: called with a line such as ``"12/40 cases (3.10/s)"`` now and then.
 
     Returns:
         Summary: dataset_id, task, layout, n_patients, n_volumes, n_channels, channels,
@@ -164,7 +167,15 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
     seen: dict[str, str] = {}
     work = new_volume_workdir(research, dataset_id)
     try:
-        for case in found.cases:
+        t0, n = time.time(), len(found.cases)
+
+        def say(done: int) -> None:
+            if progress:
+                progress(f"{done}/{n} cases ({done / max(time.time() - t0, 1e-6):.2f}/s)")
+
+        for i, case in enumerate(found.cases):
+            if i and i % 10 == 0:
+                say(i)
             try:
                 case_id = safe_id(case.case)
                 if case_id in seen:
@@ -187,6 +198,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
                          "subject_key": subject_key(patient, salt), "split": None, "fold": None,
                          "class_label": case.class_label, "n_channels": n_channels,
                          "content_sha256": loaded.digests, "source_format": loaded.source_format, **files})
+        say(n)
         splits = split_patients(dataset_id, rows, skipped, split, seed, "no cases found")
         fold_of = assign_folds(splits, folds, seed)
         for r in rows:
