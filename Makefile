@@ -75,10 +75,10 @@ demo-pretrain: venv
 	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" "SELECT feature_set, model, n_slices, dim FROM feature_sets"
 
 ## demo-eval: after `make demo` (and optionally `make demo-pretrain`): probing, zero-shot … on the demo tasks → a report
+## (the plain runner: no Prefect server; `mrifoundry demo-eval --prefect` runs the flow)
 demo-eval: venv
-	@set -e; trap 'deploy/server.sh stop' EXIT; \
+	@set -e; \
 	test -f "$$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb" || { echo "run make demo first"; exit 1; }; \
-	deploy/server.sh start; \
 	$(ENV) $(PY) -m mrifoundry.flows.cli demo-eval --out "$$MRIFOUNDRY_HOME/demo"; \
 	echo "report: $$MRIFOUNDRY_HOME/demo/research/evaluations/demo-report.md"
 

@@ -1,7 +1,7 @@
 """Section 2: full curation cost of one series, in CPU-seconds, stage by stage.
 
 The plain stage functions run in sequence on a generated series, exactly as the flow
-chains them (tasks/curation/pipeline.py): de-id → continuity → PNG → NIfTI (RAS, 1 mm).
+chains them (tasks/curation/stages.py): de-id → continuity → PNG → NIfTI (RAS, 1 mm).
 CPU time is ``time.process_time`` (all threads of this process). Run as
 ``python -m bench.curation --rss SERIES_DIR`` it curates one series in a fresh process
 and prints its peak RSS (used by bench/scaling.py: a worker process's footprint).

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from mrifoundry.catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
                             to_arrow)
-from mrifoundry.atomic import atomic_path, replace_dir
+from mrifoundry.atomic import atomic_path
 from mrifoundry.duck import quiet_connect
 
 
@@ -163,11 +163,6 @@ def derived_lock(research: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-#: replace folder ``final`` by ``work`` (two renames; readers see the old folder or the new one,
-#: never a mix). Call under :func:`derived_lock`. Kept for its callers; new code: mrifoundry.atomic.
-swap_dir = replace_dir
 
 
 def upsert(research: Path, table: Table, rows: list[dict]) -> int:

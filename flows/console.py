@@ -104,9 +104,9 @@ def _expected_failure(e: BaseException, a) -> tuple[int, str] | None:
         return errors.EXIT_BUSY, _one_line(e)
     if isinstance(e, errors.DiskFull):
         return errors.EXIT_DISK_FULL, _one_line(e)
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return errors.EXIT_DISK_FULL, (f"no space left on the device ({e.filename or 'output'}): free space "
-                                       "under OUT and re-run; finished exams are kept")
+    if errors.is_disk_full(e):   # ENOSPC/EDQUOT however it surfaced (OSError, SQLite, Arrow, DuckDB)
+        return errors.EXIT_DISK_FULL, (f"no space left on the device ({getattr(e, 'filename', None) or 'output'}): "
+                                       "free space under OUT and re-run; finished exams are kept")
     if isinstance(e, (FileNotFoundError, errors.UsageError)):
         return errors.EXIT_USAGE, _one_line(e)
     if type(e).__name__ == "PhiLeakError" and hasattr(e, "report"):

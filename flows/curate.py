@@ -2,7 +2,7 @@
 
 Wiring only: the run is tasks/curation/runner.py::run_curation (lock, selection, stages,
 catalog, summary, PHI audit); here its exam step becomes one Prefect task per (exam, stage),
-chained retrieve → deid → continuity → convert → catalog (tasks/curation/pipeline.py). Task
+chained retrieve → deid → continuity → convert → catalog (tasks/curation/stages.py). Task
 arguments are opaque exam ids and PHI-free parameters. Task results are cached per flow
 run, so ``prefect flow-run retry`` re-executes only the tasks that failed.
 """
@@ -22,10 +22,10 @@ from mrifoundry.flows.params import resolve
 from mrifoundry.flows.runners import make_task_runner
 from mrifoundry.flows.wrap import takes
 from mrifoundry.params import CurateParams
-from mrifoundry.tasks.curation import pipeline
+from mrifoundry.tasks.curation import stages
 from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
 from mrifoundry.tasks.curation.runner import CurationFailed, run_curation
-from mrifoundry.tasks.curation.stages import STAGE_ORDER
+from mrifoundry.tasks.curation.stage_guard import STAGE_ORDER
 from mrifoundry.tasks.curation.workspace import Workspace
 
 
@@ -47,7 +47,7 @@ def _per_run_key(ctx: TaskRunContext, parameters: dict) -> str:
 
 
 def _stage_task(stage: str):
-    fn = pipeline.STAGES[stage]
+    fn = stages.STAGES[stage]
 
     @task(name=stage, task_run_name=f"{stage}-{{exam_id}}", cache_key_fn=_per_run_key, persist_result=True,
           result_serializer="json", log_prints=False)
@@ -61,7 +61,7 @@ def _stage_task(stage: str):
     return stage_task
 
 
-STAGE_TASKS = {s: _stage_task(s) for s in pipeline.STAGES}
+STAGE_TASKS = {s: _stage_task(s) for s in stages.STAGES}
 
 
 def _run_id() -> str:

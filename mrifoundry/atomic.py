@@ -3,7 +3,7 @@
 Every writer of the project goes through here. Temp names are ``.<name>.tmp<pid>.<thread>``
 and ``.<name>.old<pid>.<thread>`` beside the target (same file system, so the rename is atomic),
 which is what the curation's temp sweep recognises (:func:`is_temp`) and removes after a killed
-or disk-full run (``tasks/curation/stages.py::sweep_temp``).
+or disk-full run (``tasks/curation/stage_guard.py::sweep_temp``).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mrifoundry.atomic import atomic_path, is_temp, replace_dir, temp_name, write_bytes, write_text
-from mrifoundry.tasks.curation.stages import _is_temp, sweep_temp
+from mrifoundry.tasks.curation.stage_guard import _is_temp, sweep_temp
 
 
 def test_a_write_that_raises_leaves_the_old_file_and_no_temp(tmp_path):

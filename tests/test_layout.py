@@ -151,8 +151,8 @@ def test_plain_runners_do_not_import_prefect():
 
 
 def test_the_layer_check_sees_a_planted_upward_import(graph):
-    planted = {**graph, "mrifoundry.settings": graph["mrifoundry.settings"] | {"mrifoundry.tasks.curation.pipeline"}}
-    assert _upward(planted) == [("mrifoundry.settings", "mrifoundry.tasks.curation.pipeline")]
+    planted = {**graph, "mrifoundry.settings": graph["mrifoundry.settings"] | {"mrifoundry.tasks.curation.stages"}}
+    assert _upward(planted) == [("mrifoundry.settings", "mrifoundry.tasks.curation.stages")]
 
 
 def test_the_checker_sees_a_cycle_and_a_late_import(tmp_path):

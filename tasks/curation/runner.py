@@ -2,7 +2,7 @@
 
 The one sequence of a curation run. The one-off CLI (``mrifoundry curate``, no server to start),
 the vendor check, the benchmarks and the tests call it as it is: exams go through
-:func:`tasks.curation.pipeline.curate_exam` on ``params.workers`` threads. The ``curate`` flow
+:func:`tasks.curation.stages.curate_exam` on ``params.workers`` threads. The ``curate`` flow
 calls it with ``run_exams`` that submits one Prefect task per (exam, stage) instead
 (``flows/curate.py``). The ledger makes a re-run pick up what is missing or failed
 (``params.rerun``). A full
@@ -24,9 +24,9 @@ from mrifoundry.errors import DiskFull, is_disk_full
 from mrifoundry.run_lock import RunLock
 from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
-from mrifoundry.tasks.curation.pipeline import curate_exam
+from mrifoundry.tasks.curation.stages import curate_exam
 from mrifoundry.tasks.curation.selection.exams import select_exams
-from mrifoundry.tasks.curation.stages import disk_full, reset_disk_full, sweep_temp
+from mrifoundry.tasks.curation.stage_guard import disk_full, reset_disk_full, sweep_temp
 from mrifoundry.tasks.curation.workspace import Workspace
 
 __all__ = ["CurationFailed", "ExamRunner", "audit_or_quarantine", "run_curation", "stops_on_full_disk",

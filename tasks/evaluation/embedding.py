@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mrifoundry.catalog.schema import FEATURE_SETS, FEATURES, VOLUME_FEATURES, to_arrow
-from mrifoundry.catalog.store import derived_lock, features_file, swap_dir, upsert, write_parquet_atomic
+from mrifoundry.atomic import replace_dir
+from mrifoundry.catalog.store import derived_lock, features_file, upsert, write_parquet_atomic
 from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from mrifoundry.digest import file_sha256
@@ -172,7 +173,7 @@ def _publish(research: Path, work: Path, final_dir: Path, table, out_rows: list[
            "weights_sha256": weights_digest(weights), "n_slices": len(out_rows), **fields,
            "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
     with derived_lock(research):
-        swap_dir(work, final_dir)  # the whole set: readers see the old one or the new one
+        replace_dir(work, final_dir)  # the whole set: readers see the old one or the new one
         upsert(research, FEATURE_SETS, [row])
         build_research_db(research)
     return row

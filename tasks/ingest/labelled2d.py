@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, RESEARCH_TABLES, to_arrow
-from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
+from mrifoundry.atomic import replace_dir
+from mrifoundry.catalog.store import derived_lock, table_file, upsert, write_parquet_atomic
 from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from mrifoundry.tasks.curation.convert.png import normalize_uint8
@@ -169,7 +170,7 @@ def _publish(research: Path, dataset_id: str, work: Path, rows: list[dict], ds_r
     """Swap the slice folder in, replace the dataset's catalog rows, rebuild the views."""
     final = labelled_dir(research, dataset_id)
     with derived_lock(research):
-        swap_dir(work, final)
+        replace_dir(work, final)
         # one atomic write drops every old row of the dataset (upsert would keep slices that a
         # re-ingest no longer produces, e.g. keep_empty=False) and adds the new ones
         path = table_file(research, LABELLED_SLICES)

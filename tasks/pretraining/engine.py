@@ -3,7 +3,7 @@ state with its RNG, the non-finite-loss guard, metrics logging, checkpoints and 
 job's end.
 
 A trainer (tasks/pretraining/slices.py, volumes.py) builds its model, data and optimizer,
-then hands the engine a :class:`Recipe` of what differs: how one batch becomes losses, the
+then hands the engine a :class:`LoopSpec` of what differs: how one batch becomes losses, the
 schedule of one iteration, what the train state and the loadable checkpoint hold.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from mrifoundry.atomic import atomic_path
 from mrifoundry.models.ssl.ema import unwrap
 
-__all__ = ["Dist", "Recipe", "TrainResult", "atomic_save", "autocast", "finish_job", "load_train_state",
+__all__ = ["Dist", "LoopSpec", "TrainResult", "atomic_save", "autocast", "finish_job", "load_train_state",
            "run_loop", "seeded_loader", "setup_distributed", "unwrap", "wrap_ddp"]
 
 
@@ -124,7 +124,7 @@ class TrainResult:
 
 
 @dataclass
-class Recipe:
+class LoopSpec:
     """What one trainer does differently.
 
     ``schedule(it)`` sets the optimizer's groups for iteration ``it`` and returns the values
@@ -147,7 +147,7 @@ class Recipe:
     epoch_start: Callable[[int], None] = field(default=lambda epoch: None)
 
 
-def run_loop(r: Recipe, d: Dist, sampler, run_dir: Path, *, start_it: int, total: int, stop_at: int, bf16: bool,
+def run_loop(r: LoopSpec, d: Dist, sampler, run_dir: Path, *, start_it: int, total: int, stop_at: int, bf16: bool,
              log_every: int, checkpoint_every: int, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train from ``start_it`` to ``stop_at`` (of ``total``) iterations of ``sampler``'s epochs.
 

@@ -37,7 +37,7 @@ from mrifoundry.models.zoo import save_mri_core_checkpoint
 from mrifoundry.tasks.data.samplers import EpochSampler
 from mrifoundry.atomic import atomic_path
 from mrifoundry.tasks.data.slices import SliceDataset
-from mrifoundry.tasks.pretraining.engine import (Dist, Recipe, TrainResult, finish_job, load_train_state, run_loop,
+from mrifoundry.tasks.pretraining.engine import (Dist, LoopSpec, TrainResult, finish_job, load_train_state, run_loop,
                                                  seeded_loader, setup_distributed, unwrap)
 from mrifoundry.tasks.pretraining.recipes import SliceRun
 
@@ -137,7 +137,7 @@ def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path 
             seen.append(planned[it % steps_per_epoch])
         return net.forward(model, batch, it, s)
 
-    recipe = Recipe(model=net.student, optimizer=opt, clip_grad=cfg.clip_grad,
+    spec = LoopSpec(model=net.student, optimizer=opt, clip_grad=cfg.clip_grad,
                     loader=lambda: seeded_loader(net.dataset, sampler, num_workers=cfg.num_workers, seed=cfg.seed,
                                                  device=d.device, collate=net.collate, persistent=True),
                     schedule=schedule, forward=forward, after_step=net.after_step, epoch_start=epoch_start,
@@ -145,7 +145,7 @@ def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path 
                                    "config": cfg.to_dict()},
                     checkpoint=lambda it: save_teacher_checkpoint(run_dir, it, *net.export()))
     try:
-        return run_loop(recipe, d, sampler, run_dir, start_it=start_it, total=total,
+        return run_loop(spec, d, sampler, run_dir, start_it=start_it, total=total,
                         stop_at=min(total, cfg.max_iterations) if cfg.max_iterations else total, bf16=cfg.bf16,
                         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, on_log=on_log)
     finally:

@@ -25,7 +25,7 @@ from torch import nn
 from mrifoundry.models.ssl.schedules import cosine_schedule
 from mrifoundry.tasks.data.samplers import EpochSampler
 from mrifoundry.tasks.data.volumes import VolumeDataset, body_part_classes, select_pairs
-from mrifoundry.tasks.pretraining.engine import (Recipe, TrainResult, atomic_save, finish_job, load_train_state,
+from mrifoundry.tasks.pretraining.engine import (LoopSpec, TrainResult, atomic_save, finish_job, load_train_state,
                                                  run_loop, seeded_loader, setup_distributed, unwrap)
 from mrifoundry.tasks.pretraining.recipes import VolumeRun
 
@@ -143,14 +143,14 @@ def train_volumes(cfg: VolumeRun, rows: list[dict], run_dir: Path, *, texts: np.
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         return net(batch), batch["image"].shape[0]
 
-    recipe = Recipe(model=model, optimizer=opt, clip_grad=cfg.clip_grad, schedule=schedule, forward=forward,
+    spec = LoopSpec(model=model, optimizer=opt, clip_grad=cfg.clip_grad, schedule=schedule, forward=forward,
                     loader=lambda: seeded_loader(dataset, sampler, num_workers=cfg.num_workers, seed=cfg.seed,
                                                  device=d.device),
                     epoch_start=dataset.set_epoch,
                     state=lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "n_volumes": n,
                                    "body_parts": body_parts, "config": cfg.to_dict()},
                     checkpoint=lambda it: save_encoder_checkpoint(run_dir, it, model, cfg, body_parts or []))
-    return run_loop(recipe, d, sampler, run_dir, start_it=start_it, total=total,
+    return run_loop(spec, d, sampler, run_dir, start_it=start_it, total=total,
                     stop_at=min(total, cfg.max_iterations) if cfg.max_iterations else total, bf16=cfg.bf16,
                     log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, on_log=on_log)
 

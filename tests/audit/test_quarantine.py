@@ -31,7 +31,7 @@ def curated(manifest, sample, tmp_path_factory) -> Path:
     """OUT of two exams of two patients, curated by the stage functions (PNG + NIfTI)."""
     from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.finalize import finalize_catalog
-    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.stages import curate_exam
     from mrifoundry.tasks.curation.selection.exams import select_exams
     from tests.flows.helpers import copy_exams
     clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mrifoundry.params import CurateParams
-from mrifoundry.tasks.curation.pipeline import curate_exam
+from mrifoundry.tasks.curation.stages import curate_exam
 from mrifoundry.tasks.curation.selection.exams import select_exams
 from mrifoundry.tasks.curation.workspace import Workspace
 from tests.badinput.corpus import all_cases, build_corpus

@@ -243,7 +243,7 @@ def apply(series_files: dict[str, list[Path]], mutations) -> None:
 @example(mutations=[("replace", (GENERATED, None), "ImageType", ("US", b"\x05\x00"))])
 def test_fuzzed_exam_never_fails_in_the_pipeline(base_exam, mutations):
     """select → retrieve → deid → continuity → convert → catalog through the plain runners."""
-    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.stages import curate_exam
     from mrifoundry.tasks.curation.selection.exams import select_exams
     from mrifoundry.tasks.curation.workspace import Workspace
 
@@ -299,7 +299,7 @@ def test_fuzzed_deidentified_series_through_check_and_convert(deid_base, mutatio
 
 def test_unmutated_exam_converts(base_exam, tmp_path):
     """The fuzz base itself is clean: both series pass every stage (else the fuzzing proves little)."""
-    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.stages import curate_exam
     from mrifoundry.tasks.curation.selection.exams import select_exams
     from mrifoundry.tasks.curation.workspace import Workspace
 

@@ -230,7 +230,7 @@ def test_malformed_value(name, tmp_path):
 def test_malformed_values_never_end_as_failed_in_the_pipeline(tmp_path):
     """Through the plain stage runners: the malformed series is a rejected ledger row, the
     control converts, nothing is ``failed`` (a failed row is retried on every run, exit 1)."""
-    from mrifoundry.tasks.curation.pipeline import curate_exam
+    from mrifoundry.tasks.curation.stages import curate_exam
     from mrifoundry.tasks.curation.selection.exams import select_exams
     from mrifoundry.tasks.curation.workspace import Workspace
 

@@ -8,10 +8,10 @@ import pytest
 
 from mrifoundry import ids
 from mrifoundry.params import CurateParams
-from mrifoundry.tasks.curation import pipeline
+from mrifoundry.tasks.curation import stages
 from mrifoundry.tasks.curation.deid import frames
 from mrifoundry.tasks.curation.selection.exams import select_exams
-from mrifoundry.tasks.curation.stages import must_run
+from mrifoundry.tasks.curation.stage_guard import must_run
 from mrifoundry.tasks.curation.workspace import Workspace
 from tests.badinput.outcomes import part_rows
 from tests.dicom_factory import write_series
@@ -42,7 +42,7 @@ def _break_series(monkeypatch, series_uid: str):
 def test_deid_error_in_one_series_fails_that_series_only(exam, monkeypatch):
     ws, params, exam_id, bad_uid = exam
     _break_series(monkeypatch, bad_uid)
-    out = pipeline.curate_exam(ws, params, exam_id)
+    out = stages.curate_exam(ws, params, exam_id)
     assert [o.status for o in out] == ["done"] * 5
     bad = ids.series_id(bad_uid, ws.salt)
     row = ws.ledger.get(bad, "deid")
@@ -59,7 +59,7 @@ def test_deid_error_in_one_series_fails_that_series_only(exam, monkeypatch):
     again = params.model_copy(update={"rerun": "failed"})
     assert select_exams(ws, again).exam_ids == [exam_id]
     assert must_run(ws, again, exam_id, "deid") is None
-    pipeline.curate_exam(ws, again, exam_id)
+    stages.curate_exam(ws, again, exam_id)
     assert ws.ledger.failed_exams() == set()
     assert ws.ledger.state(exam_id, "catalog")[0] == "done"
     assert must_run(ws, again, exam_id, "catalog") == "done"   # and now there is nothing left to do
@@ -70,16 +70,16 @@ def test_unfinished_exams_are_picked_up_in_failed_mode(exam):
     failed_mode = params.model_copy(update={"rerun": "failed"})
     # a run that never got to write a ledger row for this exam must not make it look finished
     assert select_exams(ws, failed_mode).exam_ids == [exam_id]
-    pipeline.run_retrieve(ws, params, exam_id)
-    pipeline.run_deid(ws, params, exam_id)          # cut short after deid (a killed or disk-full run)
+    stages.run_retrieve(ws, params, exam_id)
+    stages.run_deid(ws, params, exam_id)          # cut short after deid (a killed or disk-full run)
     assert select_exams(ws, failed_mode).exam_ids == [exam_id]
-    pipeline.curate_exam(ws, params, exam_id)
+    stages.curate_exam(ws, params, exam_id)
     assert select_exams(ws, failed_mode).exam_ids == []
 
 
 def test_a_redone_stage_makes_the_next_one_run_again(exam):
     ws, params, exam_id, _ = exam
-    pipeline.curate_exam(ws, params, exam_id)
+    stages.curate_exam(ws, params, exam_id)
     assert must_run(ws, params, exam_id, "catalog") == "done"
-    pipeline.run_convert(ws, params.model_copy(update={"rerun": "all"}), exam_id)
+    stages.run_convert(ws, params.model_copy(update={"rerun": "all"}), exam_id)
     assert must_run(ws, params, exam_id, "catalog") is None

@@ -8,6 +8,7 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from mrifoundry.atomic import is_temp
 from mrifoundry.models import zoo
 from mrifoundry.models.heads import DINOHead
 from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
@@ -127,7 +128,7 @@ def test_save_mri_core_checkpoint_layout(mri_core_ckpt):
     assert {"backbone.cls_token", "backbone.pos_embed", "backbone.mask_token",
             "backbone.norm.weight", "dino_head.last_layer.weight_g"} <= set(t)
     assert len(t) == len(vit_sd) + len(head_sd)
-    assert not list(path.parent.glob("*.tmp"))
+    assert not [p for p in path.parent.iterdir() if is_temp(p.name)]   # no temp left by the atomic write
 
 
 def test_mri_core_round_trip(mri_core_ckpt):

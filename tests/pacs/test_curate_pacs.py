@@ -92,7 +92,7 @@ def test_unknown_accession_is_rejected_in_the_ledger(curated):
 def test_run_retrieve_records_pacs_unreachable(curated, tmp_path):
     """The stage turns a PACS that is down into a failed ledger row with its reason."""
     from mrifoundry.params import CurateParams
-    from mrifoundry.tasks.curation import pipeline as exam_pipeline
+    from mrifoundry.tasks.curation import stages as exam_pipeline
     from mrifoundry.tasks.curation.workspace import Workspace
     outs, salt = curated
     out = outs["pacs"][0]

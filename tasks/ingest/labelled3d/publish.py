@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, LABELLED_VOLUMES, RESEARCH_TABLES, Table, to_arrow
-from mrifoundry.catalog.store import derived_lock, swap_dir, table_file, upsert, write_parquet_atomic
+from mrifoundry.atomic import replace_dir
+from mrifoundry.catalog.store import derived_lock, table_file, upsert, write_parquet_atomic
 from mrifoundry.catalog.views import build_research_db
 from mrifoundry.tasks.ingest.labelled2d import dataset_rows, labelled_dir
 
@@ -137,7 +138,7 @@ def publish_volumes(research: Path, dataset_id: str, work: Path, rows: list[dict
     """Swap ``work`` in as the dataset's folder, replace its catalog rows, rebuild the views."""
     research = Path(research)
     with derived_lock(research):
-        swap_dir(work, labelled_dir(research, dataset_id))
+        replace_dir(work, labelled_dir(research, dataset_id))
         _replace_rows(research, LABELLED_VOLUMES, dataset_id, rows)
         _replace_rows(research, LABELLED_SLICES, dataset_id, [])
         upsert(research, DATASETS, [ds_row])
