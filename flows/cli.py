@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from mrifoundry import params as P
 from mrifoundry.flows.cli_args import add_model_args, params_from_args
 
-from mrifoundry.flows.console import (  # noqa: F401 - tests patch them here
-    QUIET_PRIVATE_ENV, _check_inputs, _check_not_busy, _debug, _expected_failure, _one_line, _prepare_prefect,
-    quiet_private_env, run_verb, start_quiet_temporary_server,
+from mrifoundry.flows.console import (  # noqa: F401 - QUIET_PRIVATE_ENV: the tests read it here
+    QUIET_PRIVATE_ENV, _check_inputs, _check_not_busy, _prepare_prefect, quiet_private_env, run_verb,
 )
 
 

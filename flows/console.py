@@ -139,7 +139,8 @@ def run_verb(a) -> int:
 
 def _check_inputs(paths: dict[str, str | None]) -> None:
     """A missing input folder or file ({argument: path}) fails here, before Prefect starts (exit EXIT_USAGE)."""
-    from mrifoundry.flows.params import SAMPLE, expand_home
+    from mrifoundry.flows.params import SAMPLE
+    from mrifoundry.settings import expand_home
     for arg, v in paths.items():
         if v and v != SAMPLE and "://" not in v and not Path(expand_home(v)).exists():
             raise FileNotFoundError(errno.ENOENT, f"{arg} not found", v)
@@ -147,7 +148,7 @@ def _check_inputs(paths: dict[str, str | None]) -> None:
 
 def _check_not_busy(out: str | None) -> None:
     """Another run holding OUT/state/run.lock fails here, before Prefect starts (the flow takes the lock)."""
-    from mrifoundry.flows.params import expand_home
+    from mrifoundry.settings import expand_home
     from mrifoundry.run_lock import RunLock
     if out and (Path(expand_home(out)) / "state" / "run.lock").exists():
         with RunLock(Path(expand_home(out)) / "state"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mrifoundry.errors import UsageError
 from mrifoundry.params import CurateParams
-from mrifoundry.settings import Settings, expand_home, research_dir  # noqa: F401 - re-exported
+from mrifoundry.settings import Settings, expand_home
 
 SAMPLE = "sample"
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mrifoundry.errors import NotFound, UsageError
 from mrifoundry.digest import file_sha256
 
 if TYPE_CHECKING:  # for the annotation only
@@ -86,17 +87,17 @@ def load(name: str, weights: str | Path | None = None, *, arch: str | None = Non
         FileNotFoundError: ``weights`` does not exist.
     """
     if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; available: {available()}")
+        raise NotFound(f"unknown zoo model {name!r}; available: {available()}")
     entry = ZOO[name]
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
-        raise ValueError(f"{name!r} does not take options {unknown}; it takes {list(entry.options)}")
+        raise UsageError(f"{name!r} does not take options {unknown}; it takes {list(entry.options)}")
     path = None
     if entry.weights_file is None:
         if weights is not None:
             raise ValueError(f"{name!r} takes no weights")
     elif weights is None:
-        raise ValueError(f"{name!r} needs local weights: pass weights=<path to "
+        raise UsageError(f"{name!r} needs local weights: pass weights=<path to "
                          f"{entry.weights_file}> (from {entry.source}); nothing is downloaded")
     else:
         path = Path(weights)

@@ -56,6 +56,13 @@ class UsageError(ValueError):
     (the command prints it as one line, exit 2)."""
 
 
+class NotFound(UsageError, KeyError):
+    """A named thing (recipe, pretrain run, dataset) that is not there; the message lists what is."""
+
+    def __str__(self) -> str:   # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 #: exit codes of the ``mrifoundry`` command for expected conditions (one line on stderr, no traceback)
 EXIT_FAILED_ITEMS = 1     # the run finished but some items failed (ledger ``failed``)
 EXIT_USAGE = 2            # bad arguments or input that is not there

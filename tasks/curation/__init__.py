@@ -1,4 +1,5 @@
-"""The curation DAG's stages (selection, archive, deid, continuity, convert, audit, ingest).
+"""The curation DAG: the run (runner), its stages (selection, archive, deid, continuity, convert,
+catalog) and the PHI audit (audit).
 
 pydicom's validation messages quote header values ("Invalid value for VR PN: 'DOE^JOHN…'"), which
 may be PHI, and a worker's console ends up in log files: below ERROR they are not emitted by any

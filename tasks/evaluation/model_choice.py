@@ -15,6 +15,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
+from mrifoundry.errors import UsageError
 from mrifoundry import settings
 from mrifoundry.params import ModelChoice
 from mrifoundry.tasks.evaluation.embedding import weights_digest
@@ -100,7 +101,7 @@ def fewshot_factory(research: Path, choice: ModelChoice, *, image_size: int, enc
     entry, arch = r.entry, r.arch
     if r.run is not None:
         if r.run.entry != "mri-core":
-            raise ValueError(f"{r.label!r} is a {r.run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
+            raise UsageError(f"{r.label!r} is a {r.run.objective} volume encoder; few-shot adapts a 2D SAM encoder")
         entry, arch = "mri-core", SAM_ARCH_FOR_VIT.get(r.arch, r.arch)
     if entry == "random":
         with torch.random.fork_rng():
@@ -131,7 +132,7 @@ def volume_encoder_factory(research: Path, choice: ModelChoice, *, in_channels: 
     from mrifoundry.models.seg3d import with_in_channels
     r = resolve_choice(research, choice)
     if r.entry not in RANDOM_INIT_ARCH:
-        raise ValueError(f"{r.entry!r} is not a volume encoder; one of {sorted(RANDOM_INIT_ARCH)}")
+        raise UsageError(f"{r.entry!r} is not a volume encoder; one of {sorted(RANDOM_INIT_ARCH)}")
     if r.weights is None:
         name = r.arch or RANDOM_INIT_ARCH[r.entry]
 

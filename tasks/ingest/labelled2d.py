@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mrifoundry.errors import NotFound, UsageError
 from mrifoundry.catalog.schema import DATASETS, LABELLED_SLICES, RESEARCH_TABLES, to_arrow
 from mrifoundry.atomic import replace_dir
 from mrifoundry.catalog.store import derived_lock, table_file, upsert, write_parquet_atomic
@@ -63,7 +64,7 @@ def labelled_dir(research: Path, dataset_id: str) -> Path:
 def check_dataset_id(dataset_id: str) -> None:
     # the id becomes a folder name and an SQL literal: keep it to a safe alphabet
     if not _ID_RE.match(dataset_id or ""):
-        raise ValueError(f"dataset_id {dataset_id!r}: use letters, digits, '.', '_' or '-'")
+        raise UsageError(f"dataset_id {dataset_id!r}: use letters, digits, '.', '_' or '-'")
 
 
 def safe_id(raw: str) -> str:
@@ -75,7 +76,7 @@ def safe_id(raw: str) -> str:
 
 def check_split(split: Sequence[float]) -> tuple[float, float, float]:
     if len(split) != 3 or any(f < 0 for f in split) or not np.isclose(sum(split), 1.0):
-        raise ValueError(f"split {tuple(split)}: three non-negative fractions (train, val, test) summing to 1")
+        raise UsageError(f"split {tuple(split)}: three non-negative fractions (train, val, test) summing to 1")
     return tuple(float(f) for f in split)
 
 
@@ -347,7 +348,7 @@ def dataset_rows(research: Path, view: str, key: str, dataset_id: str, split: st
     con = connect(Path(research))
     try:
         if not con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
-            raise KeyError(f"dataset {dataset_id!r} not in the catalog: {hint}")
+            raise NotFound(f"dataset {dataset_id!r} not in the catalog: {hint}")
         sql, params = f"SELECT * FROM {view} WHERE dataset_id = ?", [dataset_id]
         if split is not None:
             sql += " AND split = ?"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrifoundry.errors import NotFound
 from mrifoundry.catalog.views import connect
 
 __all__ = ["PretrainedRun", "pretrained_run", "zoo_entry_for"]
@@ -46,7 +47,7 @@ def pretrained_run(research: Path, model_id: str) -> PretrainedRun:
     finally:
         con.close()
     if row is None or row[0] is None:
-        raise LookupError(f"no pretrained model {model_id!r} with a checkpoint in the catalog's models table")
+        raise NotFound(f"no pretrained model {model_id!r} with a checkpoint in the catalog's models table")
     checkpoint, arch, objective = row
     return PretrainedRun(model_id, zoo_entry_for(objective, arch), checkpoint, arch, objective)
 

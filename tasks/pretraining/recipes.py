@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mrifoundry.errors import NotFound
 from mrifoundry.models import recipes as model_recipes
 from mrifoundry.models.recipes import PretrainConfig, VolumeConfig
 
@@ -66,5 +67,5 @@ def recipe(name: str, **overrides) -> SliceRun | VolumeRun:
         KeyError: unknown recipe; ValueError: an unknown field.
     """
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise NotFound(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name].replace(**overrides)

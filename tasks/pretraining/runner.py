@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrifoundry.errors import UsageError
 from mrifoundry import settings
 from mrifoundry.params import PretrainParams
 from mrifoundry.tasks.pretraining import launch
@@ -65,7 +66,7 @@ def run_pretrain(params: PretrainParams, *, progress: Say | None = None) -> dict
     stages = [_Stage(name, run_dir, query, cfg, cfg.init if cfg.kind == "slices" else "random")]
     if params.stage2_query:
         if cfg.kind != "volumes" or cfg.method != "brainsegfounder":
-            raise ValueError("stage2_query is for BrainSegFounder recipes")
+            raise UsageError("stage2_query is for BrainSegFounder recipes")
         stages.append(_Stage(f"{name}-stage2", research / "models" / f"{name}-stage2", params.stage2_query,
                              cfg.replace(lr=cfg.stage2_lr), f"stage 1 ({name})", run_dir / "train_state.pt"))
     result: dict = {}

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import nibabel as nib
 import numpy as np
 
+from mrifoundry.errors import UsageError
 from mrifoundry import code_version
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
@@ -148,7 +149,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
     check_dataset_id(dataset_id)
     check_split(split)
     if voxel_size_mm is not None and not float(voxel_size_mm) > 0:
-        raise ValueError(f"voxel_size_mm {voxel_size_mm}: positive, or None for the native grid")
+        raise UsageError(f"voxel_size_mm {voxel_size_mm}: positive, or None for the native grid")
     assign_folds([], folds)  # validates folds
     research, root = Path(research), Path(root)
     if salt is None:
@@ -157,7 +158,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
     found = find_cases(root, layout)
     classification = found.task == "classification"
     if classification and labels:
-        raise ValueError("labels (a label mapping) apply to segmentation datasets, not classification")
+        raise UsageError("labels (a label mapping) apply to segmentation datasets, not classification")
     mapping = parse_labels(labels, found.label_names, strict_labels)
     skipped = list(found.skipped)
     rows: list[dict] = []
