@@ -83,11 +83,7 @@ def overlay_png(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: Pa
         a.set_title(f"{name} (z={z})")
         a.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def roc_png(folds: Sequence[dict], path: Path, title: str) -> Path:
@@ -102,6 +98,10 @@ def roc_png(folds: Sequence[dict], path: Path, title: str) -> Path:
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -43,6 +43,20 @@ def _sql(out: Path, q: str, params=()) -> list[tuple]:
         con.close()
 
 
+def _full_disk_on_the_second_save(monkeypatch):
+    """nib.save fails with ENOSPC on its second call; returns the real nib.save."""
+    real, calls = nib.save, {"n": 0}
+
+    def full_disk_on_the_second(img, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(img, path)
+
+    monkeypatch.setattr(nib, "save", full_disk_on_the_second)
+    return real
+
+
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory):
     base = tmp_path_factory.mktemp("ingest")
@@ -174,16 +188,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(tmp_path):
 def test_a_failed_write_is_failed_in_the_ledger_and_retried(tmp_path, monkeypatch):
     root = make_bids(tmp_path / "bids", broken=False)
     out = tmp_path / "out"
-    real = nib.save
-    calls = {"n": 0}
-
-    def full_disk_on_the_second(img, path):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device")
-        return real(img, path)
-
-    monkeypatch.setattr(nib, "save", full_disk_on_the_second)
+    real = _full_disk_on_the_second_save(monkeypatch)
     first = _run(out, root)
     assert first["outcomes"] == {"done": 3, "failed": 1}
     assert _sql(out, "SELECT reason FROM stage_results WHERE status = 'failed'") == [("disk_full",)]
@@ -197,15 +202,7 @@ def test_rerun_failed_redoes_only_the_failed_files(tmp_path, monkeypatch):
     """rerun=failed: the failed file is redone; a new and a changed file wait for rerun=missing."""
     root = make_bids(tmp_path / "bids", broken=False)
     out = tmp_path / "out"
-    real, calls = nib.save, {"n": 0}
-
-    def full_disk_on_the_second(img, path):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device")
-        return real(img, path)
-
-    monkeypatch.setattr(nib, "save", full_disk_on_the_second)
+    real = _full_disk_on_the_second_save(monkeypatch)
     assert _run(out, root)["outcomes"] == {"done": 3, "failed": 1}
     monkeypatch.setattr(nib, "save", real)
     (failed,) = _sql(out, "SELECT item_id FROM stage_results WHERE status = 'failed'")[0]
