@@ -1,43 +1,17 @@
-"""Every catalog table, defined once: column, Arrow type, description.
+"""Every catalog table, defined once: column, Arrow type, description (the evaluation statistics
+tables, evaluation_repeats and comparisons, in catalog/schema_stats.py, re-exported here).
 
 ``docs/catalog.md`` is generated from these definitions (``mrifoundry catalog-docs``) and a
 test checks that it is up to date.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: pa.DataType
-    description: str
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    zone: str  # research | restricted
-    key: tuple[str, ...]
-    description: str
-    columns: tuple[Column, ...]
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema(
-            [pa.field(c.name, c.type, metadata={"description": c.description}) for c in self.columns],
-            metadata={"table": self.name, "description": self.description},
-        )
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-
-S, I, F, B, D, TS = pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.date32(), pa.timestamp("us", tz="UTC")
+# Column and Table live in catalog/table.py so that the evaluation-statistics tables
+# (catalog/schema_stats.py) can be defined beside this module without an import cycle.
+from mrifoundry.catalog.table import B, D, F, I, S, TS, Column, Table  # noqa: F401 - re-exported
+from mrifoundry.catalog.schema_stats import COMPARISONS, EVALUATION_REPEATS
 
 EXAMS = Table(
     "exams", "research", ("exam_id",),
@@ -265,7 +239,11 @@ DATASETS = Table(
         Column("nested_regions", B, "label values are nested regions (a {name: [values]} mapping, outermost "
                                     "first, e.g. BraTS WT ⊇ TC ⊇ ET): value v stands for 'label ≥ v', and 3D "
                                     "fine-tuning scores each region that way"),
-        Column("split_seed", I, "seed of the patient-level train/val/test split"),
+        Column("split_seed", I, "seed of the patient-level train/val/test split; null when it was imported"),
+        Column("split_source", S, "'seeded' (drawn with split_seed), or the imported split file: '<file name> "
+                                  "sha256:<prefix>' (2D: --split-file)"),
+        Column("label_mapping", S, "JSON of the label mapping applied to every mask ({\"lut\": {source value: "
+                                   "output value}, \"strict\": …}); null when the labels were kept as they were"),
         Column("created_at", TS, "when the ingest finished"),
         Column("code_version", S, "mrifoundry version and git commit"),
     ),
@@ -335,9 +313,13 @@ EVALUATIONS = Table(
         Column("metric", S, "metric name, e.g. accuracy, dice_2d, dice_3d, nsd_3d, dice_k16, frd; finetune-3d: "
                             "dice_<label value>, nsd_<label value>, dice_mean, nsd_mean (a label-fraction sweep "
                             "adds @f<fraction>); classify-3d: auroc, accuracy, balanced_accuracy"),
-        Column("value", F, "metric value"),
-        Column("std", F, "standard deviation over repeats; null for a single run"),
-        Column("n", I, "items the metric is computed over (slices, patients or images)"),
+        Column("value", F, "metric value; with repeats (evaluation_repeats rows of this eval_id and metric) "
+                            "their mean over the finite values, recomputable from those rows"),
+        Column("std", F, "sample standard deviation (ddof 1) over the finite repeat values of "
+                          "evaluation_repeats when the evaluation has repeats; null for a single run or one "
+                          "finite repeat"),
+        Column("n", I, "items the metric is computed over (slices, patients or images); few-shot: repeats; "
+                        "a repeated probe or zero-shot: the first repeat's (per repeat: evaluation_repeats.n)"),
         Column("details", S, "JSON: parameters and per-item results"),
         Column("picture_path", S, "PNG (confusion matrix, overlays, curves) relative to the research root; null if none"),
         Column("created_at", TS, "when the evaluation finished"),
@@ -348,7 +330,7 @@ EVALUATIONS = Table(
 RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
 #: written by downstream flows (pretrain, extract-features), not by curation
 DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, VOLUME_FEATURES, DATASETS, LABELLED_SLICES, LABELLED_VOLUMES,
-                  EVALUATIONS)
+                  EVALUATIONS, EVALUATION_REPEATS, COMPARISONS)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

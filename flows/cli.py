@@ -45,6 +45,8 @@ VERBS = (
          inputs=("bids", "nifti")),
     Verb("ingest-downstream", P.DownstreamParams, "mrifoundry.tasks.ingest.runner:run_ingest_downstream",
          "mrifoundry.flows.downstream:ingest_downstream_flow", positional=("root",), inputs=("root",)),
+    Verb("ingest-labelled", P.Labelled2dParams, "mrifoundry.tasks.ingest.labelled2d_run:run_ingest_labelled",
+         "mrifoundry.flows.labelled:ingest_labelled", positional=("root",), inputs=("root",)),
     Verb("pretrain", P.PretrainParams, "mrifoundry.tasks.pretraining.runner:run_pretrain",
          "mrifoundry.flows.pretrain:pretrain"),
     Verb("features", P.FeaturesParams, f"{_EV}.runs:run_features", "mrifoundry.flows.features:extract_features_flow"),

@@ -142,6 +142,30 @@ class DownstreamParams(Params):
     seed: int = Field(0, description="split seed")
 
 
+class Labelled2dParams(Params):
+    """``ingest-labelled``: a labelled 2D dataset (NIfTI pairs / MSD / nnU-Net raw, PNG list, mask folder) →
+    ``labelled_slices``."""
+
+    root: str = Field(description="nnU-Net/MSD folder (imagesTr/ + labelsTr/), a mask folder (images/ + masks/) "
+                                  "or an MRI-CORE PNG list file")
+    dataset_id: str = Field(description="the dataset's name in the catalog")
+    out: str | None = OUT
+    layout: Literal["auto", "nifti-pairs", "png-list", "mask-folder"] = Field("auto", description="input layout")
+    labels: dict | None = Field(None, description='label mapping: select/merge {"6": 1, "10": 2} or select+rename '
+                                                  '{"liver": [6], "pancreas": [10]}; unlisted values → background')
+    strict_labels: bool = Field(False, description="skip cases with values the mapping leaves out")
+    split: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train,val,test fractions of patients")
+    split_file: str | None = Field(None, description="a published split instead: CSV (patient,split) or JSON "
+                                                     "{train: [...], val: [...], test: [...]} or nnU-Net "
+                                                     "splits_final.json")
+    split_fold: int = Field(0, ge=0, description="the fold of an nnU-Net splits_final.json")
+    seed: int = Field(0, description="split seed (unused with a split file)")
+    axis: int = Field(2, ge=0, le=2, description="NIfTI pairs: slicing axis of the RAS volume (2 = axial)")
+    keep_empty: bool = Field(True, description="keep slices whose mask is all background")
+    patient_regex: str | None = Field(None, description="PNG layouts: regex on the file name giving the patient "
+                                                        "(group 1); default MRI-CORE's rule")
+
+
 class ModelChoice(Params):
     """A model: a zoo entry with local weights (none = random init), or a pretrain run of the catalog."""
 
@@ -195,6 +219,8 @@ class ProbeParams(ModelChoice):
     eval_id: str | None = Field(None, description="evaluation id (default probe-MODEL)")
     epochs: int = Field(100, ge=1, description="probe training epochs")
     seed: int = Field(0, description="split and init seed")
+    repeats: int = Field(3, ge=1, description="repeated 60:40 splits: repeat r uses seed+r for split and init "
+                                              "(evaluation_repeats; value and std are their mean and sample std)")
 
 
 class ZeroShotParams(ModelChoice):
@@ -207,17 +233,28 @@ class ZeroShotParams(ModelChoice):
     image_size: int | None = Field(None, description="input size override")
     eval_id: str | None = Field(None, description="evaluation id (default zeroshot-MODEL-DATASET)")
     seed: int = Field(0, description="k-means seed")
+    repeats: int = Field(3, ge=1, description="k-means runs: repeat r uses seed+r (evaluation_repeats; value "
+                                              "and std are their mean and sample std)")
 
 
 class FewShotParams(ModelChoice):
-    """``few-shot``: MRI-CORE's few-shot segmentation (adapters; 5 training slices; R repeats)."""
+    """``few-shot``: MRI-CORE's few-shot segmentation (SAM with adapters, LoRA or full fine-tuning; 5 training and
+    5 validation slices; R repeats). SAM's prompt encoder and mask decoder come from ``sam_checkpoint``."""
 
     dataset_id: str = Field(description="labelled dataset of the catalog")
     out: str | None = OUT
     model: str = Field("sam-vit-b", description="zoo entry: sam-vit-b | medsam | mri-core | dinov2-vit-b | random")
     preset: Literal["mri-core", "tiny"] = Field("mri-core", description="configuration preset")
     overrides: dict | None = Field(None, description='other config fields, e.g. {"repeats": 3}')
-    eval_id: str | None = Field(None, description="evaluation id (default fewshot-MODEL-DATASET)")
+    eval_id: str | None = Field(None, description="evaluation id (default fewshot-MODEL-DATASET, "
+                                                  "-lora / -full appended for those modes)")
+    sam_checkpoint: str | None = Field(None, description="local SAM checkpoint (sam_vit_b_01ec64.pth layout) whose "
+                                                         "prompt encoder and mask decoder are loaded ({home} expands)")
+    random_decoder: bool = Field(False, description="allow a randomly initialised prompt encoder and mask decoder "
+                                                    "when no sam_checkpoint is given (recorded in the rows)")
+    mode: Literal["adapter", "lora", "full"] = Field(
+        "adapter", description="adapter: MRI-CORE's adapters; lora: finetune-SAM's LoRA r=4 on q,v + trainable "
+                               "decoder; full: every parameter trains")
 
 
 class FrdParams(Params):
@@ -230,6 +267,19 @@ class FrdParams(Params):
     seed: int = Field(0, description="sampling seed")
     workers: int = Field(2, ge=1, description="feature-extraction processes")
     eval_id: str = Field("frd", description="evaluation id")
+
+
+class CompareParams(Params):
+    """``compare``: every evaluation of the baseline model against the others of the same dataset, kind and
+    metric, paired by repeat (Wilcoxon signed-rank, bootstrap CI of the mean difference) → ``comparisons``."""
+
+    baseline: str = Field(description="model label of the baseline (evaluations.model)")
+    out: str | None = OUT
+    metrics: list[str] | None = Field(None, description="metrics to compare (default: every metric with repeats)")
+    eval_ids: list[str] | None = Field(None, description="evaluations to consider (default: all)")
+    n_boot: int = Field(10000, ge=100, description="bootstrap resamples of the CI")
+    ci_method: Literal["percentile", "BCa"] = Field("percentile", description="bootstrap CI method")
+    seed: int = Field(0, description="bootstrap seed")
 
 
 class TransferParams(Params):

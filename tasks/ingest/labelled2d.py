@@ -42,16 +42,14 @@ from mrifoundry.catalog.store import derived_lock, table_file, upsert, write_par
 from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry import code_version
 from mrifoundry.tasks.curation.convert.png import normalize_uint8
+from mrifoundry.tasks.ingest.labels import CaseError
 from mrifoundry.tasks.ingest.nnunet import label_names as nnunet_label_names, read_nnunet
+from mrifoundry.tasks.ingest.prep import Prep, imported_splits
 
 SPLITS = ("train", "val", "test")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _NII = (".nii.gz", ".nii")
 log = logging.getLogger(__name__)
-
-
-class CaseError(ValueError):
-    """A case (or png-list line) that cannot be ingested; it is skipped with this message."""
 
 
 # ---------------------------------------------------------------- helpers
@@ -187,17 +185,25 @@ def _publish(research: Path, dataset_id: str, work: Path, rows: list[dict], ds_r
 
 
 def finish_dataset(research: Path, dataset_id: str, source: str, root: str, work: Path, rows: list[dict],
-                   label_values: set[int], label_names: dict | None, split, seed: int, skipped: list[dict]) -> dict:
-    """Assign the splits, publish ``work`` and the catalog rows; return the ingest summary.
+                   label_values: set[int], label_names: dict | None, split, seed: int, skipped: list[dict],
+                   prep: Prep = Prep()) -> dict:
+    """Assign the splits (drawn with ``seed``, or ``prep``'s imported ones), publish ``work`` and
+    the catalog rows; return the ingest summary.
 
     Raises:
         ValueError: no slice to ingest (the skipped cases' reasons included).
     """
-    splits = split_patients(dataset_id, rows, skipped, split, seed, "no slices")
+    if prep.split_of is not None:
+        rows, splits = imported_splits(rows, skipped, prep, work)
+    else:
+        splits = split_patients(dataset_id, rows, skipped, split, seed, "no slices")
     for r in rows:
         r["split"] = splits[r["patient_id"]]
     ds_row = {"dataset_id": dataset_id, "source": source, "root": root, "n_patients": len(splits),
-              "n_slices": len(rows), "task": "segmentation", "n_volumes": 0, "label_names": _label_names(label_values, label_names), "split_seed": int(seed),
+              "n_slices": len(rows), "task": "segmentation", "n_volumes": 0,
+              "label_names": _label_names(label_values, prep.names(label_names)),
+              "split_seed": None if prep.split_of is not None else int(seed),
+              "split_source": prep.split_source or "seeded", "label_mapping": prep.mapping_json(),
               "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
     _publish(research, dataset_id, work, rows, ds_row)
     counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
@@ -262,7 +268,7 @@ def _load_pair(case: str, image_path: Path, label_path: Path) -> tuple[np.ndarra
 
 def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int = 2,
                        split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0, keep_empty: bool = True,
-                       label_names: dict | None = None, source: str = "nifti-pairs") -> dict:
+                       label_names: dict | None = None, source: str = "nifti-pairs", prep: Prep = Prep()) -> dict:
     """Ingest an nnU-Net/Decathlon folder as 2D slices along ``axis`` (0, 1 or 2 of RAS).
 
     Args:
@@ -273,6 +279,7 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
         keep_empty: keep slices whose mask is all background.
         label_names: {value: name}; default from ``root/dataset.json``, else 'label_<v>'.
         source: ``datasets.source`` value (e.g. ``mni152-wm`` for the sample task).
+        prep: label mapping and imported split (:class:`Prep`).
 
     Returns:
         Summary: n_patients, n_slices, patients_per_split, skipped ([{case, reason}]), out_dir.
@@ -300,6 +307,7 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
                 if seen.setdefault(patient, case) != case:
                     raise CaseError(f"case {case}: id {patient!r} already used by case {seen[patient]}")
                 data, labels, zooms = _load_pair(case, ip, lp)
+                labels = prep.mask(labels, f"case {case}")
             except CaseError as e:
                 skipped.append({"case": case, "reason": str(e)})
                 continue
@@ -315,7 +323,7 @@ def ingest_nifti_pairs(research: Path, root: Path, dataset_id: str, *, axis: int
                 rows.append(slice_row(dataset_id, patient, k, np.rot90(np.take(data, k, axis=axis)), mask, work,
                                       spacing))
         return finish_dataset(research, dataset_id, source, str(root.resolve()), work, rows, values, names, split,
-                              seed, skipped)
+                              seed, skipped, prep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

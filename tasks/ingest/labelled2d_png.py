@@ -1,5 +1,6 @@
-"""MRI-CORE's PNG list files as a labelled dataset: one ``image,mask`` (or ``image mask``)
-pair of 2D PNGs a line, ingested into the layout of :mod:`tasks.ingest.labelled2d`."""
+"""2D PNG image/mask pairs as a labelled dataset, in the layout of :mod:`tasks.ingest.labelled2d`:
+MRI-CORE's list files (one ``image,mask`` or ``image mask`` pair a line) and mask folders
+(``images/<name>.png`` beside ``masks/<name>.png``)."""
 from __future__ import annotations
 
 import re
@@ -10,10 +11,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mrifoundry.tasks.ingest.labelled2d import (CaseError, as_label_u8, check_dataset_id, check_split, finish_dataset,
-                                       new_workdir, safe_id, slice_row)
+from mrifoundry.tasks.ingest.labelled2d import (as_label_u8, check_dataset_id, check_split, finish_dataset, new_workdir,
+                                                safe_id, slice_row)
+from mrifoundry.tasks.ingest.labels import CaseError
+from mrifoundry.tasks.ingest.prep import Prep
 
-__all__ = ["ingest_png_list", "mri_core_patient_id", "read_png_list"]
+__all__ = ["ingest_mask_folder", "ingest_png_list", "mri_core_patient_id", "read_png_list"]
 
 
 def mri_core_patient_id(path: str | Path) -> str:
@@ -51,30 +54,62 @@ def _read_png(path: Path, what: str) -> np.ndarray:
 
 
 def ingest_png_list(research: Path, list_file: Path, dataset_id: str, *, base_dir: Path | None = None,
-                    patient_regex: str | None = None, split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
-                    keep_empty: bool = True, label_names: dict | None = None, source: str = "png-list") -> dict:
-    """Ingest an MRI-CORE list file of 2D image/mask PNG pairs into the labelled layout.
+                    source: str = "png-list", **options) -> dict:
+    """Ingest an MRI-CORE list file of 2D image/mask PNG pairs (options: :func:`ingest_png_pairs`).
+
+    Raises:
+        ValueError: malformed list file, bad arguments, or nothing could be ingested.
+    """
+    pairs = read_png_list(Path(list_file), base_dir)
+    return ingest_png_pairs(research, pairs, dataset_id, root=str(Path(list_file).resolve()), source=source, **options)
+
+
+def ingest_mask_folder(research: Path, root: Path, dataset_id: str, *, images: str = "images", masks: str = "masks",
+                       source: str = "mask-folder", **options) -> dict:
+    """Ingest ``root/images/<name>.png`` with ``root/masks/<name>.png`` (options: :func:`ingest_png_pairs`);
+    an image without its mask is skipped with the reason.
+
+    Raises:
+        FileNotFoundError: no ``images/`` or ``masks/`` folder.
+    """
+    root = Path(root)
+    for sub in (images, masks):
+        if not (root / sub).is_dir():
+            raise FileNotFoundError(f"{root / sub}: a mask folder needs {images}/ and {masks}/")
+    found = sorted(p for p in (root / images).iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    pairs = [(p, root / masks / p.name) for p in found if (root / masks / p.name).is_file()]
+    missing = [{"case": p.name, "reason": f"{p.name}: no {masks}/{p.name}"} for p in found
+               if not (root / masks / p.name).is_file()]
+    return ingest_png_pairs(research, pairs, dataset_id, root=str(root.resolve()), source=source, skipped=missing,
+                            **options)
+
+
+def ingest_png_pairs(research: Path, pairs: list[tuple[Path, Path]], dataset_id: str, *, root: str, source: str,
+                     patient_regex: str | None = None, split: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
+                     keep_empty: bool = True, label_names: dict | None = None, prep: Prep = Prep(),
+                     skipped: list[dict] | None = None) -> dict:
+    """Ingest (image, mask) PNG pairs into the labelled layout.
 
     Patient ids come from :func:`mri_core_patient_id` on the image file name, or from
     ``patient_regex`` (``re.search`` on the file name; group 1 if it has groups, else the match).
     Images are re-normalised per slice (min-max to uint8); masks keep their values, except that
     masks holding only {0, 255} become {0, 1}. ``slice_index`` is the pair's order among its
     patient's lines; spacing is unknown (null). A pair that cannot be read, whose shapes differ
-    or whose name does not match the regex is skipped with its reason.
+    or whose name does not match the regex is skipped with its reason. ``prep``: label mapping
+    and imported split.
 
     Raises:
-        ValueError: malformed list file, bad arguments, or nothing could be ingested.
+        ValueError: bad arguments, or nothing could be ingested.
     """
     check_dataset_id(dataset_id)
     check_split(split)
-    research, list_file = Path(research), Path(list_file)
+    research = Path(research)
     rx = re.compile(patient_regex) if patient_regex else None
-    pairs = read_png_list(list_file, base_dir)
     work = new_workdir(research, dataset_id)
     try:
         rows: list[dict] = []
         values: set[int] = set()
-        skipped: list[dict] = []
+        skipped = list(skipped or [])
         seen: dict[str, str] = {}
         per_patient: dict[str, int] = {}
         for ip, mp in pairs:
@@ -94,6 +129,10 @@ def ingest_png_list(research: Path, list_file: Path, dataset_id: str, *, base_di
                 if img.shape != mask.shape:
                     raise CaseError(f"{ip.name}: image shape {img.shape} != mask shape {mask.shape}")
                 mask = as_label_u8(mask, mp.name)
+                uniq = np.unique(mask)
+                if uniq.size and set(uniq.tolist()) <= {0, 255} and 255 in uniq:
+                    mask = (mask > 0).astype(np.uint8)  # binary masks saved as 0/255 for viewing
+                mask = prep.mask(mask, mp.name)
             except CaseError as e:
                 skipped.append({"case": ip.name, "reason": str(e)})
                 continue
@@ -101,16 +140,13 @@ def ingest_png_list(research: Path, list_file: Path, dataset_id: str, *, base_di
                 skipped.append({"case": ip.name, "reason": f"{ip.name}: cannot read ({type(e).__name__})"})
                 continue
             uniq = np.unique(mask)
-            if uniq.size and set(uniq.tolist()) <= {0, 255} and 255 in uniq:
-                mask = (mask > 0).astype(np.uint8)  # binary masks saved as 0/255 for viewing
-                uniq = np.unique(mask)
             index = per_patient.get(patient, 0)
             per_patient[patient] = index + 1
             if not keep_empty and not mask.any():
                 continue
             values.update(int(v) for v in uniq)
             rows.append(slice_row(dataset_id, patient, index, img, mask, work, (None, None, None)))
-        return finish_dataset(research, dataset_id, source, str(list_file.resolve()), work, rows, values,
-                              label_names, split, seed, skipped)
+        return finish_dataset(research, dataset_id, source, root, work, rows, values, label_names, split, seed,
+                              skipped, prep)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,7 @@ import nibabel.processing
 import numpy as np
 
 from mrifoundry.tasks.ingest.labelled3d.readers import LPS_TO_RAS, SEG_SOP_CLASS, is_dicom_file
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.tasks.ingest.labels import CaseError
 
 _TOL = 1e-3  # mm / direction cosine tolerance
 

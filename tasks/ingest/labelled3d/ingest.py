@@ -26,7 +26,7 @@ from mrifoundry import code_version
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.ids import subject_key
 from mrifoundry.tasks.ingest.labelled3d.dicom_seg import is_dicom_seg, read_dicom_seg
-from mrifoundry.tasks.ingest.labelled3d.labels import LabelMapping, parse_labels
+from mrifoundry.tasks.ingest.labels import LabelMapping, parse_labels
 from mrifoundry.tasks.ingest.labelled3d.layouts import SOURCES, Case, find_cases
 from mrifoundry.tasks.ingest.labelled3d.publish import assign_folds, new_volume_workdir, publish_volumes, write_case
 from mrifoundry.tasks.ingest.labelled3d.readers import read_image
@@ -213,6 +213,7 @@ def ingest_downstream(research: Path, root: Path, dataset_id: str, *, layout: st
                   "root": str(root.resolve()), "n_patients": len(splits), "n_slices": 0, "n_volumes": len(rows),
                   "channels": json.dumps(channels), "label_names": label_json,
                   "nested_regions": bool(mapping and mapping.nested), "split_seed": int(seed),
+                  "split_source": "seeded", "label_mapping": mapping.to_json() if mapping else None,
                   "created_at": dt.datetime.now(dt.timezone.utc), "code_version": code_version()}
         publish_volumes(research, dataset_id, work, rows, ds_row)
     finally:

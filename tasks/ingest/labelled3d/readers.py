@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.tasks.ingest.labels import CaseError
 
 #: extension → labelled_volumes.source_format (longest first: .nii.gz before .nii)
 IMAGE_EXTS = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}

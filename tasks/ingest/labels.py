@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.errors import UsageError
+
+
+class CaseError(ValueError):
+    """A case (or png-list line) that cannot be ingested; it is skipped with this message."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,12 @@ class LabelMapping:
             lut[src] = dst
         return lut[labels]
 
+    def to_json(self) -> str:
+        """What the catalog's ``datasets.label_mapping`` records."""
+        import json
+        return json.dumps({"lut": {str(k): v for k, v in sorted(self.lut.items())}, "strict": self.strict,
+                           "nested": self.nested})
+
 
 def _int(v, what: str) -> int:
     # ints, or digit strings (JSON object keys, Prefect parameters); not 1.5, True or "a"
@@ -53,9 +63,9 @@ def _int(v, what: str) -> int:
     elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
         out = int(v.strip())
     else:
-        raise ValueError(f"label mapping: {what} {v!r} is not an integer")
+        raise UsageError(f"label mapping: {what} {v!r} is not an integer")
     if not 0 <= out <= 255:
-        raise ValueError(f"label mapping: {what} {out} outside 0..255")
+        raise UsageError(f"label mapping: {what} {out} outside 0..255")
     return out
 
 
@@ -71,21 +81,21 @@ def parse_labels(labels: dict | None, source_names: dict[int, str] | None = None
     source_names = {int(k): str(v) for k, v in (source_names or {}).items()}
     if all(isinstance(v, (list, tuple)) for v in labels.values()):
         if len(labels) > 255:
-            raise ValueError("label mapping: more than 255 regions")
+            raise UsageError("label mapping: more than 255 regions")
         lut: dict[int, int] = {}
         names = {0: "background"}
         for i, (name, values) in enumerate(labels.items(), start=1):
             if not values:
-                raise ValueError(f"label mapping: region {name!r} lists no values")
+                raise UsageError(f"label mapping: region {name!r} lists no values")
             for v in values:
                 src = _int(v, f"value of region {name!r}")
                 if src == 0:
-                    raise ValueError(f"label mapping: region {name!r} lists 0 (background)")
+                    raise UsageError(f"label mapping: region {name!r} lists 0 (background)")
                 lut[src] = i  # later regions win: nested regions from outermost to innermost
             names[i] = str(name)
         return LabelMapping(lut, names, strict, nested=True)
     if any(isinstance(v, (list, tuple, dict)) for v in labels.values()):
-        raise ValueError("label mapping: use either {value: value} or {name: [values]}, not both")
+        raise UsageError("label mapping: use either {value: value} or {name: [values]}, not both")
     lut = {_int(k, "source value"): _int(v, "output value") for k, v in labels.items()}
     merged: dict[int, list[str]] = {}
     for src, dst in sorted(lut.items()):
@@ -95,4 +105,4 @@ def parse_labels(labels: dict | None, source_names: dict[int, str] | None = None
     return LabelMapping(lut, names, strict)
 
 
-__all__ = ["LabelMapping", "parse_labels"]
+__all__ = ["CaseError", "LabelMapping", "parse_labels"]
