@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from mrifoundry.flows.wrap import takes
-from mrifoundry.params import FewShotParams, FrdParams, ProbeParams, TransferParams, ZeroShotParams
+from mrifoundry.params import EpochSweepParams, FewShotParams, FrdParams, ProbeParams, TransferParams, ZeroShotParams
 from mrifoundry.tasks.evaluation.runs import run_few_shot, run_frd, run_linear_probe, run_transfer, run_zero_shot
 
-__all__ = ["few_shot", "frd_flow", "linear_probe", "transfer", "zero_shot"]
+__all__ = ["epoch_sweep", "few_shot", "frd_flow", "linear_probe", "transfer", "zero_shot"]
 
 
 def _log(line: str) -> None:
@@ -64,8 +64,10 @@ def frd_flow(params: FrdParams) -> dict:
 @flow(name="few-shot", log_prints=False)
 @takes(FewShotParams)
 def few_shot(params: FewShotParams) -> dict:
-    """MRI-CORE's few-shot segmentation (adapters in encoder blocks 0, 1, 10, 11 and the mask
-    decoder; 5 training slices; R repeats) on a labelled dataset. ``preset``: mri-core | tiny."""
+    """MRI-CORE's few-shot segmentation on a labelled dataset: SAM's prompt encoder and mask decoder
+    from ``sam_checkpoint``, then ``mode`` adapter (MRI-CORE: encoder blocks 0, 1, 10, 11 and the
+    decoder), lora (finetune-SAM: r = 4 on q and v) or full; 5 training and 5 validation slices; R
+    repeats. ``preset``: mri-core | tiny."""
     res = run_few_shot(params, progress=_log)
     create_link_artifact(f"file://{res['curves_png']}", link_text="few-shot training curves (PNG)",
                          key="few-shot-curves")
@@ -80,3 +82,15 @@ def transfer(params: TransferParams) -> dict:
     res = run_transfer(params, progress=_log)
     create_link_artifact(f"file://{res['png']}", link_text="gain vs FRD (PNG)", key="transfer-plot")
     return res
+
+
+@flow(name="epoch-sweep", log_prints=False)
+@takes(EpochSweepParams)
+def epoch_sweep(params: EpochSweepParams) -> dict:
+    """MRI-CORE's epoch study with the linear-probe proxy: every saved checkpoint of a slice pretrain
+    run probed; the best named (tasks/evaluation/epoch_sweep.py)."""
+    from mrifoundry.tasks.evaluation.epoch_sweep import run_epoch_sweep
+    res = run_epoch_sweep(params, progress=_log)
+    create_link_artifact(f"file://{res['png']}", link_text="probe accuracy per epoch (PNG)", key="epoch-sweep-plot")
+    create_markdown_artifact(res["markdown"], key="epoch-sweep-summary")
+    return {k: res[k] for k in ("points", "best", "png")}

@@ -6,6 +6,8 @@ only adapter parameters train. This module reproduces the placement on the insta
 ``segment_anything`` modules without editing them: an adapted block's class is switched to a
 subclass whose ``forward`` adds the adapters, and the adapters become child modules. Every
 original parameter keeps its state-dict key, so SAM checkpoints still load after adaptation.
+:func:`build_sam_for_fewshot` also builds the two other ways to fine-tune: finetune-SAM's LoRA
+(``models/lora.py``) and full fine-tuning (``mode``).
 
 Differences from MRI-CORE (deliberate): the adapter's up projection is zero-initialised (see
 :class:`Adapter`); the mask decoder is built here with ``num_classes`` + 1 mask tokens, as
@@ -26,15 +28,18 @@ from torch import Tensor, nn
 
 from mrifoundry.models.checkpoints import load_state
 from mrifoundry.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from mrifoundry.models.lora import add_encoder_lora
 
 __all__ = ["Adapter", "AdaptedBlock", "AdaptedTwoWayBlock", "FewShotSam", "MRI_CORE_ENCODER_DEPTHS",
            "add_encoder_adapters", "add_decoder_adapters", "freeze_all_but_adapters",
-           "adapter_parameter_names", "build_sam_for_fewshot"]
+           "adapter_parameter_names", "build_sam_for_fewshot", "decoder_keys", "FEWSHOT_MODES",
+           "TIED_TO_MASK_TOKENS"]
 
 log = logging.getLogger(__name__)
 
 MRI_CORE_ENCODER_DEPTHS: tuple[int, ...] = (0, 1, 10, 11)
 MLP_ADAPTER_SCALE = 0.5  # MRI-CORE / finetune-SAM scale the parallel MLP adapter by 0.5
+FEWSHOT_MODES = ("adapter", "lora", "full")
 
 
 class Adapter(nn.Module):
@@ -249,26 +254,41 @@ def _decoder_heads(dim: int) -> int:
     return 1
 
 
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+#: decoder tensors tied to the number of mask tokens: dropped when it differs (MRI-CORE's load_from)
+TIED_TO_MASK_TOKENS = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
+                       "mask_decoder.iou_prediction_head.")
+
+
+def decoder_keys(sam: nn.Module) -> list[str]:
+    """The prompt-encoder and mask-decoder state-dict keys of ``sam``, sorted, adapters and LoRA excluded."""
+    return sorted(k for k in sam.state_dict() if k.startswith(DECODER_PREFIXES)
+                  and "adapter" not in k.lower() and ".lora_" not in k)
+
+
 def _load_decoder_weights(sam: FewShotSam, path: Path) -> list[str]:
     ckpt = load_state(path, ("model", "state_dict"))
     target = sam.state_dict()
-    prefixes = ("prompt_encoder.", "mask_decoder.")
-    src = {k: v for k, v in ckpt.items() if k.startswith(prefixes)}
+    src = {k: v for k, v in ckpt.items() if k.startswith(DECODER_PREFIXES)}
     if not src:
-        raise ValueError(f"{path}: no prompt_encoder.* / mask_decoder.* keys")
+        raise ValueError(f"{path.name}: no prompt_encoder.* / mask_decoder.* keys (not a SAM checkpoint?)")
     if src.get("mask_decoder.mask_tokens.weight", target["mask_decoder.mask_tokens.weight"]).shape != \
             target["mask_decoder.mask_tokens.weight"].shape:
         # num_classes != 3: like MRI-CORE's load_from, drop everything tied to the mask tokens
-        tied = ("mask_decoder.mask_tokens.", "mask_decoder.output_hypernetworks_mlps.",
-                "mask_decoder.iou_prediction_head.")
-        src = {k: v for k, v in src.items() if not k.startswith(tied)}
-    ok = {k: v for k, v in src.items() if k in target and v.shape == target[k].shape}
+        src = {k: v for k, v in src.items() if not k.startswith(TIED_TO_MASK_TOKENS)}
+    bad = sorted(k for k, v in src.items() if k in target and v.shape != target[k].shape)
+    if bad:
+        # e.g. a ViT-B SAM (256 channels) for a tiny encoder: nothing would load, silently
+        raise ValueError(f"{path.name}: {len(bad)} decoder tensors do not fit this encoder's width "
+                         f"({bad[0]}: {tuple(src[bad[0]].shape)} vs {tuple(target[bad[0]].shape)})")
+    ok = {k: v for k, v in src.items() if k in target}
     sam.load_state_dict(ok, strict=False)
-    return sorted(k for k in target if k.startswith(prefixes) and k not in ok)
+    return [k for k in decoder_keys(sam) if k not in ok]
 
 
 def build_sam_for_fewshot(zoo_model_or_encoder, image_size: int, num_classes: int = 1, *,
                           sam_checkpoint: str | Path | None = None, adapters: bool = True,
+                          mode: str | None = None, lora_rank: int = 4,
                           encoder_adapter_depths: Sequence[int] = MRI_CORE_ENCODER_DEPTHS,
                           adapter_ratio: float = 0.25, zero_init: bool = True,
                           mean: Sequence[float] | None = None,
@@ -284,10 +304,18 @@ def build_sam_for_fewshot(zoo_model_or_encoder, image_size: int, num_classes: in
         sam_checkpoint: local SAM checkpoint for ``prompt_encoder.*`` / ``mask_decoder.*``
             (when the mask-token count differs from the checkpoint's, i.e. ``num_classes != 3``,
             mask tokens, hypernetwork MLPs and IoU head stay random, as in MRI-CORE; other
-            tensors load when shapes match; what stays random is in ``model.decoder_missing_keys``). None: the decoder is randomly initialised.
-        adapters: add encoder adapters at ``encoder_adapter_depths`` (depths past the encoder's
-            are skipped) and decoder adapters, then freeze all but adapters (MRI-CORE's
-            'adapter' mode). False: plain SAM, every parameter trainable.
+            tensors load; a tensor of another shape is a ValueError). None: the decoder is random.
+            ``model.decoder_missing_keys``: the decoder keys that stayed random (all of them
+            without a checkpoint), adapters and LoRA excluded.
+        mode: what trains (``model.mode``):
+            ``adapter`` — MRI-CORE: encoder adapters at ``encoder_adapter_depths`` (depths past
+            the encoder's are skipped) and decoder adapters; everything else frozen.
+            ``lora`` — finetune-SAM: LoRA of rank ``lora_rank`` on q and v of every encoder
+            block (models/lora.py), the rest of the encoder frozen; prompt encoder and mask
+            decoder fully trainable (finetune-SAM's ``LoRA_Sam`` freezes only the image
+            encoder; its decoder LoRA, ``if_decoder_lora_layer``, is off by default).
+            ``full`` — every parameter trainable.
+            None: ``adapter`` if ``adapters`` else ``full`` (the older switch).
         mean, std: per-channel normalisation in [0, 1] units; default the zoo model's, else
             ImageNet's.
 
@@ -320,18 +348,26 @@ def build_sam_for_fewshot(zoo_model_or_encoder, image_size: int, num_classes: in
     p = next(encoder.parameters())
     sam = FewShotSam(encoder, prompt, decoder, pixel_mean=list(mean or zmean),
                      pixel_std=list(std or zstd)).to(device=p.device)
-    sam.decoder_missing_keys = []
+    mode = mode or ("adapter" if adapters else "full")
+    if mode not in FEWSHOT_MODES:
+        raise ValueError(f"mode {mode!r}: one of {FEWSHOT_MODES}")
     if sam_checkpoint is not None:
         sam.decoder_missing_keys = _load_decoder_weights(sam, Path(sam_checkpoint))
         if sam.decoder_missing_keys:
             log.info("decoder tensors left random: %s", ", ".join(sam.decoder_missing_keys))
-    if adapters:
+    else:
+        sam.decoder_missing_keys = decoder_keys(sam)
+    sam.mode, sam.encoder_adapter_depths, sam.lora_blocks = mode, (), ()
+    if mode == "adapter":
         sam.encoder_adapter_depths = add_encoder_adapters(sam.image_encoder, encoder_adapter_depths,
                                                           adapter_ratio, zero_init)
         add_decoder_adapters(sam.mask_decoder, adapter_ratio, zero_init)
         freeze_all_but_adapters(sam)
+    elif mode == "lora":
+        sam.lora_blocks = add_encoder_lora(sam.image_encoder, lora_rank)
+        for name, q in sam.named_parameters():
+            q.requires_grad_(not name.startswith("image_encoder.") or ".lora_" in name)
     else:
-        sam.encoder_adapter_depths = ()
         for q in sam.parameters():
             q.requires_grad_(True)
     return sam

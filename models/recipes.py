@@ -45,7 +45,9 @@ class PretrainConfig(_Options):
     # slice stacks built from the catalog's NIfTI (tasks/data/contrast_stacks.py)
     inputs: str = "slices"
     arch: str = "vit_b16"                      # models.vit.VIT_CONFIGS
-    init: str = "sam"                          # sam (student = teacher = SAM encoder) | dinov2 | random
+    # sam: student = teacher = SAM encoder (MRI-CORE); sam_student: the student only, the teacher
+    # random (the paper's ablation); dinov2 (BrainFound's start); random (plain DINOv2, no SAM)
+    init: str = "sam"
     sam_arch: str = "sam_vit_b"                # models.sam_encoder.SAM_CONFIGS, for init=sam
     epochs: int = 4
     batch_size: int = 128                      # per process (GPU)
@@ -78,6 +80,12 @@ class PretrainConfig(_Options):
     global_size: int = 224
     local_size: int = 96
     n_local: int = 8
+    # MRI-CORE's other ablations (paper §4.2.2): each epoch shows every slice once
+    # (without_replacement, the paper's choice) or draws n slices with replacement (DINOv2's
+    # default); slices min-max normalised on their own (slice, the paper's) or within their
+    # series' intensity range (volume)
+    sampling: str = "without_replacement"
+    normalization: str = "slice"
     # MAE (objective=mae)
     mae_mask_ratio: float = 0.75
     mae_decoder_dim: int = 512

@@ -219,8 +219,7 @@ class ProbeParams(ModelChoice):
     eval_id: str | None = Field(None, description="evaluation id (default probe-MODEL)")
     epochs: int = Field(100, ge=1, description="probe training epochs")
     seed: int = Field(0, description="split and init seed")
-    repeats: int = Field(3, ge=1, description="repeated 60:40 splits: repeat r uses seed+r for split and init "
-                                              "(evaluation_repeats; value and std are their mean and sample std)")
+    repeats: int = Field(3, ge=1, description="repeated 60:40 splits, split and init seed seed+r (evaluation_repeats)")
 
 
 class ZeroShotParams(ModelChoice):
@@ -233,28 +232,42 @@ class ZeroShotParams(ModelChoice):
     image_size: int | None = Field(None, description="input size override")
     eval_id: str | None = Field(None, description="evaluation id (default zeroshot-MODEL-DATASET)")
     seed: int = Field(0, description="k-means seed")
-    repeats: int = Field(3, ge=1, description="k-means runs: repeat r uses seed+r (evaluation_repeats; value "
-                                              "and std are their mean and sample std)")
+    repeats: int = Field(3, ge=1, description="k-means runs, seed seed+r each (evaluation_repeats)")
 
 
 class FewShotParams(ModelChoice):
-    """``few-shot``: MRI-CORE's few-shot segmentation (SAM with adapters, LoRA or full fine-tuning; 5 training and
-    5 validation slices; R repeats). SAM's prompt encoder and mask decoder come from ``sam_checkpoint``."""
+    """``few-shot``: MRI-CORE's few-shot SAM segmentation (5 training + 5 validation slices; R repeats)."""
 
     dataset_id: str = Field(description="labelled dataset of the catalog")
     out: str | None = OUT
-    model: str = Field("sam-vit-b", description="zoo entry: sam-vit-b | medsam | mri-core | dinov2-vit-b | random")
+    model: str = Field("sam-vit-b", description="SAM-family zoo entry: sam-vit-b | medsam | mri-core | random")
     preset: Literal["mri-core", "tiny"] = Field("mri-core", description="configuration preset")
     overrides: dict | None = Field(None, description='other config fields, e.g. {"repeats": 3}')
-    eval_id: str | None = Field(None, description="evaluation id (default fewshot-MODEL-DATASET, "
-                                                  "-lora / -full appended for those modes)")
-    sam_checkpoint: str | None = Field(None, description="local SAM checkpoint (sam_vit_b_01ec64.pth layout) whose "
+    eval_id: str | None = Field(None, description="evaluation id (default fewshot-MODEL-DATASET[-MODE])")
+    sam_checkpoint: str | None = Field(None, description="local SAM checkpoint (sam_vit_b_01ec64.pth layout): its "
                                                          "prompt encoder and mask decoder are loaded ({home} expands)")
-    random_decoder: bool = Field(False, description="allow a randomly initialised prompt encoder and mask decoder "
-                                                    "when no sam_checkpoint is given (recorded in the rows)")
-    mode: Literal["adapter", "lora", "full"] = Field(
-        "adapter", description="adapter: MRI-CORE's adapters; lora: finetune-SAM's LoRA r=4 on q,v + trainable "
-                               "decoder; full: every parameter trains")
+    random_decoder: bool = Field(False, description="allow a random prompt encoder + mask decoder (no sam_checkpoint)")
+    mode: Literal["adapter", "lora", "full"] = Field("adapter", description="adapter: MRI-CORE's adapters; lora: "
+                                                     "finetune-SAM's LoRA r=4 on q,v; full: every parameter")
+
+
+class NnunetParams(Params):
+    """``nnunet-baseline``: nnU-Net v2 (own planning, preprocessing, augmentation; 2D) on few-shot's split."""
+
+    dataset_id: str = Field(description="labelled dataset of the catalog")
+    out: str | None = OUT
+    k_patients: int = Field(5, ge=1, description="training patients (one foreground slice each), as few-shot")
+    n_val_patients: int = Field(5, ge=0, description="validation patients (all foreground slices), as few-shot")
+    seed: int = Field(0, description="repeat r draws the split with seed+r, as few-shot")
+    repeats: int = Field(10, ge=1, le=999, description="repeats (one nnU-Net dataset and training each)")
+    image_size: int = Field(256, ge=16, description="slices exported and scored at this size (few-shot's out_size)")
+    trainer: str = Field("nnUNetTrainer", description="nnU-Net trainer class, e.g. nnUNetTrainer_5epochs")
+    epochs: int | None = Field(None, ge=1, description="epochs (default: the trainer's; nnUNetTrainer 1000)")
+    iterations_per_epoch: int | None = Field(None, ge=1, description="iterations per epoch (default: the trainer's)")
+    val_iterations_per_epoch: int | None = Field(None, ge=1, description="validation iterations per epoch")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when available")
+    workers: int | None = Field(None, ge=0, description="nnU-Net's worker processes (0: in-process augmentation)")
+    eval_id: str | None = Field(None, description="evaluation id (default fewshot-nnunet-v2-DATASET)")
 
 
 class FrdParams(Params):
@@ -270,8 +283,7 @@ class FrdParams(Params):
 
 
 class CompareParams(Params):
-    """``compare``: every evaluation of the baseline model against the others of the same dataset, kind and
-    metric, paired by repeat (Wilcoxon signed-rank, bootstrap CI of the mean difference) → ``comparisons``."""
+    """``compare``: a baseline model's evaluations vs the others, paired by repeat → ``comparisons``."""
 
     baseline: str = Field(description="model label of the baseline (evaluations.model)")
     out: str | None = OUT
@@ -291,6 +303,18 @@ class TransferParams(Params):
     frd_eval_id: str = Field("frd", description="the FRD evaluation to read")
     metric: str = Field("test_dsc_3d", description="few-shot metric")
     eval_id: str | None = Field(None, description="evaluation id (default transfer-A-vs-B)")
+
+
+class EpochSweepParams(Params):
+    """``epoch-sweep``: every saved checkpoint of a slice pretrain run scored by linear probing; the best named."""
+
+    pretrained: str = Field(description="the pretrain run (models.model_id)")
+    out: str | None = OUT
+    query: str | None = Field(None, description="probe query (default: body part of training slices)")
+    probe_epochs: int = Field(100, ge=1, description="probe training epochs")
+    repeats: int = Field(3, ge=1, description="probe splits per checkpoint (seeds seed, seed+1, …)")
+    seed: int = Field(0, description="first split seed")
+    eval_id: str | None = Field(None, description="prefix of the rows' eval_id (default sweep-RUN)")
 
 
 class Volume3dParams(ModelChoice):
@@ -316,6 +340,8 @@ class Finetune3dParams(Volume3dParams):
 
     decoder: Literal["swinunetr", "unetr"] | None = Field(None, description="decoder (default: the preset's)")
     freeze: bool | None = Field(None, description="train the decoder only (default: the preset's)")
+    folds: int | None = Field(None, ge=0, description="k-fold over the data's patient folds; 0/unset: train→test split")
+    val_every: int | None = Field(None, ge=0, description="validate every n iterations, test the best (0: the last)")
 
 
 class Classify3dParams(Volume3dParams):

@@ -32,6 +32,8 @@ class EpochSampler(Sampler[list[int]]):
         world_size: number of processes.
         seed: permutation seed, shared by all ranks.
         shuffle: permute each epoch (otherwise ``range(n)`` in order).
+        replacement: draw each epoch's ``n`` items with replacement (DINOv2's default; some items
+            are then never seen in a short run), seeded like the permutation.
 
     Raises:
         ValueError: when ``n_items < world_size`` (some rank would get no item) or on
@@ -44,7 +46,7 @@ class EpochSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n_items: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, replacement: bool = False) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world_size {world_size}")
         if batch_size < 1:
@@ -58,6 +60,7 @@ class EpochSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.seed = seed
         self.shuffle = shuffle
+        self.replacement = replacement
         self.steps_per_epoch = min(math.ceil(n_items / (batch_size * world_size)), n_items // world_size)
         self.epoch = 0
         self._start_step = 0   # where the next iteration starts (non-zero only after a resume)
@@ -78,7 +81,8 @@ class EpochSampler(Sampler[list[int]]):
         """The global order of items in ``epoch`` (identical on all ranks)."""
         if not self.shuffle:
             return np.arange(self.n_items)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+        rng = np.random.default_rng([self.seed, epoch])
+        return rng.integers(0, self.n_items, self.n_items) if self.replacement else rng.permutation(self.n_items)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches of ``epoch``, all ``steps_per_epoch`` of them."""

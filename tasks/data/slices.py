@@ -48,9 +48,10 @@ def query_slices(research: Path, sql: str) -> list[dict]:
     return rows
 
 
-def load_slice(path: str | Path) -> torch.Tensor:
+def load_slice(path: str | Path, window: tuple[float, float] | None = None) -> torch.Tensor:
     """PNG → float ``[C, H, W]`` in [0, 1], min-max normalised per slice and channel
-    (MRI-CORE: slice-wise beat volume-wise).
+    (MRI-CORE: slice-wise beat volume-wise). ``window`` = (lo, hi): the slice's own range within
+    its series' range (:func:`volume_windows`), so the result is volume-wise min-max instead.
 
     Grey PNGs (curated slices) give ``C = 1``; RGB(A) PNGs — contrast stacks from
     tasks/data/contrast_stacks.py — give ``C = 3`` (alpha dropped), each channel scaled on its own
@@ -64,19 +65,46 @@ def load_slice(path: str | Path) -> torch.Tensor:
     lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
     span = hi - lo
     a = np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    if window is not None:
+        a = (window[0] + a * (window[1] - window[0])).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def volume_windows(research: Path, slice_ids: list[str | None]) -> list[tuple[float, float]]:
+    """Per slice, (lo, hi) = its stored value range within its series' (and time point's) range,
+    both in [0, 1]: the curated PNG spans the slice's own range, so ``lo + png01 · (hi − lo)`` is
+    the pixel min-max normalised over the whole volume. A slice outside the catalog (None) keeps (0, 1)."""
+    con = connect(research)
+    try:
+        got = dict((r[0], (r[1], r[2])) for r in con.execute(
+            "SELECT s.slice_id, (s.min_value - g.lo) / nullif(g.hi - g.lo, 0), "
+            "(s.max_value - g.lo) / nullif(g.hi - g.lo, 0) FROM slices s JOIN (SELECT series_id, temporal_index, "
+            "min(min_value) AS lo, max(max_value) AS hi FROM slices GROUP BY 1, 2) g USING (series_id, temporal_index)"
+        ).fetchall())
+    finally:
+        con.close()
+    return [tuple(0.0 if v is None else float(v) for v in got[s]) if s in got else (0.0, 1.0) for s in slice_ids]
+
+
+def read_slice_list(path: Path) -> tuple[list[str], list[tuple[float, float]] | None]:
+    """RUN/slices.txt: one PNG a line, or ``png<TAB>lo<TAB>hi`` with a volume-wise window."""
+    lines = [ln.split("\t") for ln in Path(path).read_text().splitlines() if ln]
+    windows = [(float(f[1]), float(f[2])) for f in lines] if lines and len(lines[0]) == 3 else None
+    return [f[0] for f in lines], windows
 
 
 class SliceDataset(torch.utils.data.Dataset):
     """Index → ``transform(load_slice(png))``; used with a batch sampler (tasks/data/samplers.py)."""
 
-    def __init__(self, paths: list[str], transform: Callable[[torch.Tensor], object] | None = None):
+    def __init__(self, paths: list[str], transform: Callable[[torch.Tensor], object] | None = None,
+                 windows: list[tuple[float, float]] | None = None):
         self.paths = list(paths)
         self.transform = transform
+        self.windows = windows
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = load_slice(self.paths[i])
+        img = load_slice(self.paths[i], self.windows[i] if self.windows else None)
         return self.transform(img) if self.transform else img

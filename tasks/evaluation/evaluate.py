@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from mrifoundry import code_version
-from mrifoundry.catalog.schema import EVALUATIONS
-from mrifoundry.catalog.store import derived_lock, upsert
+from mrifoundry.catalog.store import derived_lock
 from mrifoundry.catalog.views import build_research_db, connect, query_dicts
 from mrifoundry.params import ModelChoice
 from mrifoundry.tasks.data.slices import query_slices
@@ -28,6 +27,7 @@ from mrifoundry.tasks.evaluation.frd import frd, labelled_images, pretraining_im
 from mrifoundry.tasks.evaluation.model_choice import fewshot_factory
 from mrifoundry.tasks.ingest.labelled2d import load_labelled
 from mrifoundry.tasks.evaluation.probing import patient_split, plot_confusion, train_linear_probe
+from mrifoundry.tasks.evaluation.repeats import repeat_rows, summarise, write_with_repeats
 from mrifoundry.tasks.evaluation.transfer import transfer_analysis
 from mrifoundry.tasks.evaluation.volume_embed import embed_volumes
 from mrifoundry.tasks.evaluation.zero_shot import kmeans_segment, overlay_png, upsample_nearest, zero_shot_dice
@@ -39,14 +39,28 @@ def eval_dir(research: Path, eval_id: str) -> Path:
     return research / "evaluations" / eval_id
 
 
-def record(research: Path, rows: list[dict]) -> None:
-    """Upsert evaluation rows (same eval_id + metric replaces) and refresh the views."""
+def record(research: Path, rows: list[dict], repeats: dict[str, list[float]] | None = None, *,
+           seeds: list[int] | None = None, repeat_n: list[int] | None = None) -> dict[str, dict]:
+    """Upsert evaluation rows (same eval_id + metric replaces) and refresh the views; returns the
+    rows written by metric.
+
+    ``repeats``: metric → its value in each repeat (repeat r ran with ``seeds[r]``, default r,
+    over ``repeat_n[r]`` items), written to ``evaluation_repeats``; that metric's row then gets
+    value = mean and std = sample std (ddof 1) of the finite repeat values
+    (tasks/evaluation/repeats.py). A row rewritten without repeats drops its old repeat rows."""
     now, version = dt.datetime.now(dt.timezone.utc), code_version()
-    rows = [{"std": None, "n": None, "details": None, "picture_path": None, **r, "created_at": now,
-             "code_version": version} for r in rows]
+    repeats = repeats or {}
+    if set(repeats) - {r["metric"] for r in rows}:
+        raise ValueError(f"repeat values of metrics without a row: {sorted(set(repeats) - {r['metric'] for r in rows})}")
+    rows = [{"std": None, "n": None, "details": None, "picture_path": None, **r,
+             **(summarise(repeats[r["metric"]]) if r["metric"] in repeats else {}),
+             "created_at": now, "code_version": version} for r in rows]
+    reps = [x for r in rows if r["metric"] in repeats
+            for x in repeat_rows(r["eval_id"], r["metric"], repeats[r["metric"]], seeds, repeat_n)]
     with derived_lock(research):
-        upsert(research, EVALUATIONS, rows)
+        write_with_repeats(research, rows, reps)
         build_research_db(research)
+    return {r["metric"]: r for r in rows}
 
 
 #: An example probing query per input kind (the flow's default is the slice one).
@@ -58,7 +72,8 @@ PROBE_QUERIES = {
 
 
 def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, query: str,
-                      epochs: int = 100, seed: int = 0, batch_size: int = 32, feature_set: str | None = None) -> dict:
+                      epochs: int = 100, seed: int = 0, batch_size: int = 32, feature_set: str | None = None,
+                      repeats: int = 1) -> dict:
     """Probe ``model`` on the images of ``query``, which returns ``patient_id``, ``label`` and
     the images: slices by ``slice_id`` or ``png_file`` (slice models), volumes by
     ``nifti_file`` (volume models, family ``volume``; one vector per volume,
@@ -66,6 +81,10 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
 
     ``feature_set``: read the slices' stored vectors from that feature set (its model must be
     ``model``) instead of embedding them again.
+
+    ``repeats``: repeated 60:40 splits (MRI-CORE repeats its splits); repeat r draws the split
+    and the probe's init with ``seed + r`` on the same embeddings. The rows hold mean and sample
+    std, ``evaluation_repeats`` each split's value; the picture is the first split's.
 
     Raises:
         ValueError: the query lacks a column, or fewer than two classes or patients, or a
@@ -88,21 +107,27 @@ def linear_probe_eval(research: Path, model, *, eval_id: str, model_label: str, 
         X = _stored_vectors(research, feature_set, [r["slice_id"] for r in data])
     else:
         X = embed_pooled(model, [r["png_file"] for r in data], batch_size)
-    tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=seed, labels=labels)
-    y = np.array(labels)
-    res = train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=seed)
+    y, seeds, runs = np.array(labels), [seed + r for r in range(repeats)], []
+    for s in seeds:
+        tr, te = patient_split([r["patient_id"] for r in data], train_fraction=0.6, seed=s, labels=labels)
+        runs.append((tr, te, train_linear_probe(X[tr], y[tr], X[te], y[te], epochs=epochs, seed=s)))
+    tr, te, res = runs[0]   # the first split's confusion matrix is the picture
     out = eval_dir(research, eval_id)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(res, out / "confusion.png", f"{model_label}: linear probe ({len(te)} test {unit})")
     details = json.dumps({"query": query, "unit": unit, "feature_set": feature_set, "epochs": epochs, "seed": seed, "classes": res.class_names,
                           "confusion": res.confusion.tolist(), "n_train": len(tr), "n_test": len(te),
-                          "best_epoch_accuracy": res.best_accuracy})
+                          "best_epoch_accuracy": res.best_accuracy, "repeats": repeats, "seeds": seeds})
     base = {"eval_id": eval_id, "kind": "linear-probe", "model": model_label, "weights_sha256": weights_sha,
             "dataset": query, "n": len(te), "details": details, "picture_path": str(png.relative_to(research))}
-    record(research, [{**base, "metric": "accuracy", "value": res.accuracy},
-                      {**base, "metric": "balanced_accuracy", "value": res.balanced_accuracy}])
-    return {"accuracy": res.accuracy, "balanced_accuracy": res.balanced_accuracy, "n_test": len(te), "unit": unit,
-            "classes": res.class_names, "confusion_png": str(png)}
+    got = record(research, [{**base, "metric": m} for m in ("accuracy", "balanced_accuracy")],
+                 repeats={"accuracy": [x.accuracy for *_, x in runs],
+                          "balanced_accuracy": [x.balanced_accuracy for *_, x in runs]},
+                 seeds=seeds, repeat_n=[len(t) for _, t, _ in runs])
+    return {"accuracy": got["accuracy"]["value"], "balanced_accuracy": got["balanced_accuracy"]["value"],
+            "accuracy_std": got["accuracy"]["std"], "balanced_accuracy_std": got["balanced_accuracy"]["std"],
+            "repeats": repeats, "n_test": len(te), "unit": unit, "classes": res.class_names,
+            "confusion_png": str(png)}
 
 
 def _stored_vectors(research: Path, feature_set: str, slice_ids: list[str]) -> np.ndarray:
@@ -117,8 +142,11 @@ def _stored_vectors(research: Path, feature_set: str, slice_ids: list[str]) -> n
 @torch.no_grad()
 def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, weights_sha: str, dataset_id: str,
                    split: str = "test", k_values=(4, 8, 16, 32, 64, 128), seed: int = 0, n_overlays: int = 3,
-                   batch_size: int = 16, foreground_only: bool = True) -> dict:
+                   batch_size: int = 16, foreground_only: bool = True, repeats: int = 1) -> dict:
     """k-means zero-shot segmentation of a labelled dataset's ``split`` (foreground = label > 0).
+
+    ``repeats``: k-means runs with seeds ``seed + r`` on the same features; rows hold the mean
+    and sample std per k, ``evaluation_repeats`` each run's DSC; overlays use ``seed``.
 
     MRI-CORE evaluates slices with foreground only (its loaders drop empty masks); set
     ``foreground_only=False`` to include the empty ones.
@@ -143,7 +171,9 @@ def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, wei
                 (model.image_size, model.image_size), Image.NEAREST)) > 0)
         images.append(x[:, 0].numpy())
     F, M, imgs = np.concatenate(feats), np.stack(masks), np.concatenate(images)
-    scores = zero_shot_dice(F, M, k_values=k_values, seed=seed)
+    seeds = [seed + r for r in range(repeats)]
+    per_seed = [zero_shot_dice(F, M, k_values=k_values, seed=s) for s in seeds]
+    scores = {k: float(np.mean([d[k] for d in per_seed])) for k in per_seed[0]}
     out = eval_dir(research, eval_id)
     out.mkdir(parents=True, exist_ok=True)
     best_k = max(scores, key=scores.get) if scores else None
@@ -155,11 +185,13 @@ def zero_shot_eval(research: Path, model, *, eval_id: str, model_label: str, wei
     base = {"eval_id": eval_id, "kind": "zero-shot", "model": model_label, "weights_sha256": weights_sha,
             "dataset": f"{dataset_id}:{split}", "n": len(F)}
     rows_out = [{**base, "metric": f"dice_k{k}", "value": v,
-                 "details": json.dumps({"k": k, "seed": seed, "foreground_only": foreground_only}),
+                 "details": json.dumps({"k": k, "seed": seed, "seeds": seeds, "foreground_only": foreground_only}),
                  "picture_path": str(pictures[0].relative_to(research)) if (pictures and k == best_k) else None}
                 for k, v in scores.items()]
-    record(research, rows_out)
-    return {"dice_per_k": scores, "best_k": best_k, "n_slices": len(F), "overlays": [str(p) for p in pictures]}
+    got = record(research, rows_out, repeats={f"dice_k{k}": [d[k] for d in per_seed] for k in scores},
+                 seeds=seeds, repeat_n=[len(F)] * repeats)
+    return {"dice_per_k": scores, "dice_std_per_k": {k: got[f"dice_k{k}"]["std"] for k in scores}, "best_k": best_k,
+            "repeats": repeats, "n_slices": len(F), "overlays": [str(p) for p in pictures]}
 
 
 def non_blank(paths: list[str]) -> list[str]:
@@ -194,16 +226,21 @@ def frd_eval(research: Path, *, eval_id: str, reference_sql: str, dataset_ids: l
     return out
 
 
-def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, choice: ModelChoice) -> dict:
+def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, choice: ModelChoice,
+                 sam_checkpoint: str | None = None, random_decoder: bool = False) -> dict:
     """MRI-CORE's few-shot protocol on a labelled dataset with the model of ``choice``
-    (tasks/evaluation/model_choice.py); mean ± std over ``cfg.repeats`` rows in ``evaluations``
-    (test 2D/3D DSC and 3D NSD, foreground-only and all slices) and a training-curve PNG."""
+    (tasks/evaluation/model_choice.py), fine-tuned as ``cfg.mode`` says, the decoder from
+    ``sam_checkpoint`` (or random, only with ``random_decoder``); mean ± std over
+    ``cfg.repeats`` rows in ``evaluations`` (test 2D/3D DSC and 3D NSD, foreground-only and all
+    slices) and a training-curve PNG. ``details`` records the config, per-repeat values, the
+    mode and the decoder's source, digest and the keys that stayed random."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     loaded = fewshot_factory(research, choice, image_size=cfg.image_size,
-                             encoder_adapter_depths=cfg.encoder_adapter_depths, seed=cfg.seed)
+                             encoder_adapter_depths=cfg.encoder_adapter_depths, seed=cfg.seed, mode=cfg.mode,
+                             lora_rank=cfg.lora_rank, sam_checkpoint=sam_checkpoint, random_decoder=random_decoder)
     label, sha, factory = loaded.label, loaded.weights_sha, loaded.model
     rows = load_labelled(research, dataset_id)
     res = run_fewshot(factory, rows, cfg)
@@ -220,19 +257,21 @@ def fewshot_eval(research: Path, *, eval_id: str, dataset_id: str, cfg, choice: 
     ax[0].set_xlabel("epoch")
     ax[1].set_xlabel("epoch")
     ax[0].legend(fontsize=7)
-    fig.suptitle(f"{label} few-shot on {dataset_id}", fontsize=10)
+    fig.suptitle(f"{label} few-shot ({cfg.mode}) on {dataset_id}", fontsize=10)
     fig.tight_layout()
     png = out / "curves.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
     details = json.dumps({"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-                          "per_repeat": {m: res["summary"][m]["values"] for m in METRICS}})
+                          "per_repeat": {m: res["summary"][m]["values"] for m in METRICS},
+                          **loaded.provenance})
     base = {"eval_id": eval_id, "kind": "few-shot", "model": label, "weights_sha256": sha, "dataset": dataset_id,
             "n": cfg.repeats, "details": details, "picture_path": str(png.relative_to(research))}
-    record(research, [{**base, "metric": m, "value": res["summary"][m]["mean"], "std": res["summary"][m]["std"]}
-                      for m in METRICS])
+    record(research, [{**base, "metric": m} for m in METRICS],   # value, std: mean, sample std of the repeats
+           repeats={m: res["summary"][m]["values"] for m in METRICS},
+           seeds=[cfg.seed + r for r in range(cfg.repeats)])
     return {"summary": {m: {k: v for k, v in s.items() if k != "values"} for m, s in res["summary"].items()},
-            "curves_png": str(png)}
+            "curves_png": str(png), **loaded.provenance}
 
 
 def transfer_eval(research: Path, *, eval_id: str, model_a: str, model_b: str, frd_eval_id: str = "frd",

@@ -1,8 +1,11 @@
 """Few-shot segmentation as MRI-CORE's ``main.py`` runs it, as plain functions.
 
 Protocol (docs: /work/shared/notes/model-anchors.md §1): per repeat, ``k`` training patients
-with one random foreground slice each, ``n_val`` validation patients (all foreground slices),
-the dataset's test split for testing; SAM with adapters (``models.adapters``), DiceCE loss,
+with one random foreground slice each, ``n_val`` validation patients with
+``val_slices_per_patient`` random foreground slices each (default 1: "five slices for
+fine-tuning and five slices for fine-tuning-related validation", the paper's §2.2), the
+dataset's test split for testing; SAM fine-tuned with adapters (MRI-CORE, the default), LoRA
+or in full (``cfg.mode``; ``models.adapters``, ``models.lora``), DiceCE loss,
 AdamW with linear warm-up then poly decay, joint random-resized-crop + rotation augmentation,
 validation 3D DSC every ``val_every`` epochs with early stopping, best weights kept; then test
 2D DSC, 3D DSC and 3D NSD (1 voxel) at ``out_size``.
@@ -51,7 +54,12 @@ METRICS = ("test_dsc_2d", "test_dsc_3d", "test_nsd_3d", "test_all_dsc_2d", "test
 
 @dataclass(frozen=True)
 class FewShotConfig:
-    """MRI-CORE's few-shot settings (defaults as its ``main.py``); ``tiny()`` for tests.
+    """MRI-CORE's few-shot settings (defaults as its ``main.py`` and the paper); ``tiny()`` for tests
+    and the demo only.
+
+    ``mode``: adapter (MRI-CORE), lora (finetune-SAM, rank ``lora_rank``) or full
+    (``models.adapters.build_sam_for_fewshot``). ``val_slices_per_patient``: foreground slices
+    drawn per validation patient (None: all of them).
 
     An epoch is one pass over the ``k`` training slices (``ceil(k / batch_size)`` iterations);
     warm-up and poly decay count iterations. Early stopping: after ``min_epochs`` epochs, stop
@@ -60,6 +68,9 @@ class FewShotConfig:
 
     k_patients: int = 5
     n_val_patients: int = 5
+    val_slices_per_patient: int | None = 1
+    mode: str = "adapter"
+    lora_rank: int = 4
     image_size: int = 1024
     out_size: int = 256
     epochs: int = 3000
@@ -101,15 +112,16 @@ def _patients(rows: list[dict]) -> list[str]:
     return sorted({str(r["patient_id"]) for r in rows})
 
 
-def pick_fewshot(rows: list[dict], k: int, n_val: int, seed: int, *,
-                 random_patients: bool = False) -> dict[str, list[dict]]:
+def pick_fewshot(rows: list[dict], k: int, n_val: int, seed: int, *, random_patients: bool = False,
+                 val_slices: int | None = None) -> dict[str, list[dict]]:
     """Split labelled rows into few-shot train / val / test sets.
 
     - ``train``: the first ``k`` train-split patients with foreground (sorted ids; MRI-CORE takes
       the first ``fs_num`` of its list) or, with ``random_patients``, ``k`` drawn with ``seed``;
       one foreground slice each, drawn with ``seed``.
     - ``val``: ``n_val`` val-split patients chosen the same way (fewer if the split has fewer),
-      all their foreground slices.
+      ``val_slices`` foreground slices each drawn with ``seed`` after the training draw (all
+      when None or when a patient has fewer).
     - ``test``: the test split's foreground slices (MRI-CORE's ``delete_empty_masks``);
       ``test_all``: every test-split slice.
 
@@ -146,8 +158,14 @@ def pick_fewshot(rows: list[dict], k: int, n_val: int, seed: int, *,
     val_ids = set(choose(_patients(fg_val), n_val))
     if len(val_ids) < n_val:
         log.warning("only %d val patients with foreground (asked %d)", len(val_ids), n_val)
+    val = []
+    for pid in sorted(val_ids):
+        slices = _ordered([r for r in fg_val if str(r["patient_id"]) == pid])
+        if val_slices is not None and val_slices < len(slices):
+            slices = [slices[i] for i in sorted(rng.choice(len(slices), size=val_slices, replace=False))]
+        val += slices
     test_all = _ordered(by_split["test"])
-    return {"train": train, "val": _ordered([r for r in fg_val if str(r["patient_id"]) in val_ids]),
+    return {"train": train, "val": val,
             "test": [r for r in test_all if r["has_foreground"]], "test_all": test_all}
 
 
@@ -280,7 +298,7 @@ def train_fewshot(model_factory: Callable[[], nn.Module], rows: list[dict], cfg:
         ``train_slices`` / ``val_patients``, slice counts, ``seconds`` and ``config``.
     """
     seed = cfg.seed + repeat
-    split = pick_fewshot(rows, cfg.k_patients, cfg.n_val_patients, seed)
+    split = pick_fewshot(rows, cfg.k_patients, cfg.n_val_patients, seed, val_slices=cfg.val_slices_per_patient)
     dev = _device(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -4,11 +4,18 @@ Protocol: a :class:`models.seg3d.SegNet3d` (the encoder from ``encoder_factory``
 or UNETR decoder) is trained on random ``roi``³ crops of the training cases — centres drawn
 foreground:background ``pos:neg`` (MONAI ``RandCropByPosNegLabeld``), random flips on each axis
 — with Dice + cross-entropy (MONAI ``DiceCELoss``, softmax over background + labels, Dice pooled
-over the batch), AdamW, a linear warm-up then cosine decay, for a fixed number of iterations
-(the last weights are tested; the val split is not used). Test cases are predicted whole by Gaussian-weighted
-sliding-window inference (``monai.inferers.sliding_window_inference``) and scored per label
-value with tasks/evaluation/metrics.py: DSC, and NSD at ``nsd_tolerance`` mm with the case's
-voxel size.
+over the batch), AdamW, a linear warm-up then cosine decay, for a fixed number of iterations.
+With ``val_every`` > 0 the network is scored every ``val_every`` iterations on validation patients
+(sliding windows, mean DSC over labels and cases) and the best weights are tested (train3d's hook);
+else the last weights. Test cases are predicted whole by Gaussian-weighted sliding windows
+(``monai.inferers.sliding_window_inference``) and scored per label value: DSC, NSD at
+``nsd_tolerance`` mm, HD95 in mm and the ATLAS lesion-wise F1 (tasks/evaluation/metrics.py).
+
+Splits and scoring (tasks/evaluation/seg3d_protocol.py): ``folds`` None/0 trains on the ``train``
+split and tests on ``test`` (validation: the ``val`` split, else a seeded ``val_fraction`` of the
+training patients); ``folds=k`` runs k-fold over the ``fold`` column — each fold is tested once by
+a network trained on the other folds' patients (minus a seeded ``val_fraction`` for validation
+when ``val_every`` > 0; patients with a case in the test fold never train), at seed ``seed + fold``.
 
 Inputs are ``labelled_volumes`` rows (``case_id``, ``patient_id``, ``split``, ``fold``,
 ``image_file`` NIfTI [X, Y, Z] or [X, Y, Z, C], ``label_file`` uint8 label map on the image's
@@ -32,12 +39,14 @@ import torch
 from mrifoundry.atomic import atomic_path
 from mrifoundry.models.encoders3d import Encoder3d
 from mrifoundry.models.seg3d import build_segmenter3d
-from mrifoundry.tasks.evaluation.metrics import dice, surface_dice
+from mrifoundry.tasks.evaluation.metrics import dice
+from mrifoundry.tasks.evaluation.seg3d_protocol import (SEG_METRICS, case_metrics, fold_plan, hold_out_patients,
+                                                     labels_of, masks_of, summarise_cases, summarise_folds)
 from mrifoundry.tasks.evaluation.train3d import autocast_for, device_for, train_loop, warmup_cosine
 
-__all__ = ["Finetune3dConfig", "as_encoder", "autocast_for", "case_metrics", "device_for", "label_fraction_sweep",
-           "load_case", "load_image", "parse_zooms", "pick_train_patients", "predict_volume", "run_finetune3d",
-           "summarise_cases", "warmup_cosine"]
+__all__ = ["Finetune3dConfig", "SEG_METRICS", "as_encoder", "autocast_for", "case_metrics", "device_for",
+           "label_fraction_sweep", "load_case", "load_image", "parse_zooms", "pick_train_patients", "predict_volume",
+           "run_finetune3d", "summarise_cases", "warmup_cosine"]
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +84,14 @@ class Finetune3dConfig:
     amp: bool = True                # bf16 autocast on CUDA only
     labels: tuple[int, ...] | None = None
     regions: bool = False           # nested regions (datasets.nested_regions): score 'label ≥ v' per v
+    folds: int | None = None        # None/0: train split → test split; k: k-fold over the rows' `fold`
+    val_every: int = 200            # validate every n iterations and test the best weights; 0: the last
+    val_fraction: float = 0.2       # share of training patients held out for validation (no `val` split)
 
     @classmethod
     def tiny(cls, **overrides) -> Finetune3dConfig:
         base = cls(roi=32, batch_size=2, iterations=40, lr=3e-3, warmup_iters=0, feature_size=8, sw_batch_size=2,
-                   amp=False)
+                   amp=False, val_every=0)
         return replace(base, **overrides)
 
 
@@ -200,7 +212,7 @@ class _Cropper:
 
 
 def _train(model, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig, dev: torch.device,
-           progress: Callable[[str], None] | None = None) -> dict:
+           progress: Callable[[str], None] | None = None, validate: Callable[[int], float] | None = None) -> dict:
     from monai.losses import DiceCELoss
     # batch Dice: a background-only crop does not score its empty foreground channel as a miss
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -210,7 +222,16 @@ def _train(model, cases: list[dict], lut: np.ndarray, cfg: Finetune3dConfig, dev
         xs, ys = zip(*(crops(int(rng.integers(len(cases)))) for _ in range(cfg.batch_size)))
         return torch.stack(xs), torch.stack(ys)
 
-    return train_loop(model, batch, loss_fn, cfg, dev, flip=cfg.flip, flip_target=True, progress=progress)
+    return train_loop(model, batch, loss_fn, cfg, dev, flip=cfg.flip, flip_target=True, progress=progress,
+                      validate=validate, val_every=cfg.val_every)
+
+
+def _validator(model, cases: list[dict], labels: Sequence[int], cfg: Finetune3dConfig) -> Callable[[int], float]:
+    """The checkpoint score: mean over validation cases of the mean DSC over labels."""
+    def score(_iteration: int) -> float:
+        return float(np.mean([np.mean([dice(*masks_of(predict_volume(model, c["image"], labels, cfg), c["target"],
+                                                        v, cfg.regions)) for v in labels]) for c in cases]))
+    return score
 
 
 @torch.no_grad()
@@ -232,30 +253,6 @@ def predict_volume(model, image: np.ndarray, labels: Sequence[int], cfg: Finetun
     return values[idx]
 
 
-# ------------------------------------------------------------------ metrics
-
-def case_metrics(pred: np.ndarray, target: np.ndarray, labels: Sequence[int], spacing, tolerance: float,
-                 regions: bool = False) -> dict:
-    """``{"dice_<v>", "nsd_<v>"}`` per label value ``v`` (tasks.evaluation.metrics.dice /
-    surface_dice at ``tolerance`` in the units of ``spacing``), plus their means over labels.
-    ``regions``: the values are nested regions, so ``v`` is scored as ``label ≥ v`` (BraTS WT/TC/ET)."""
-    out = {}
-    for v in labels:
-        p, t = (pred >= v, target >= v) if regions else (pred == v, target == v)
-        out[f"dice_{v}"] = dice(p, t)
-        out[f"nsd_{v}"] = surface_dice(p, t, tolerance=tolerance, spacing=spacing)
-    out["dice_mean"] = float(np.mean([out[f"dice_{v}"] for v in labels]))
-    out["nsd_mean"] = float(np.mean([out[f"nsd_{v}"] for v in labels]))
-    return out
-
-
-def summarise_cases(per_case: dict[str, dict]) -> tuple[dict, dict]:
-    """(mean, population std) over cases of every metric of :func:`case_metrics`."""
-    keys = list(next(iter(per_case.values()))) if per_case else []
-    vals = {k: [c[k] for c in per_case.values()] for k in keys}
-    return ({k: float(np.mean(v)) for k, v in vals.items()}, {k: float(np.std(v)) for k, v in vals.items()})
-
-
 # ------------------------------------------------------------------ the run
 
 def _write_prediction(pred: np.ndarray, affine: np.ndarray, folder: Path, case_id: str) -> Path:
@@ -266,38 +263,24 @@ def _write_prediction(pred: np.ndarray, affine: np.ndarray, folder: Path, case_i
     return path
 
 
-def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,
-                   out_dir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> dict:
-    """Fine-tune on the train split (a ``label_fraction`` of its patients) and test on the test split.
+def _scored(case: dict, labels: Sequence[int]) -> dict:
+    """The case with ``target``: its label map with values outside ``labels`` as background."""
+    return {**case, "target": np.where(np.isin(case["label"], labels), case["label"], 0)}
 
-    Args:
-        encoder_factory: returns a fresh :class:`models.encoders3d.Encoder3d` (or anything with
-            an ``.encoder``, e.g. a ``VolumeZooModel``), pretrained or not; called under
-            ``torch.manual_seed(cfg.seed)``, as is the decoder's init.
-        rows: ``labelled_volumes`` rows with label maps, all splits.
-        cfg: settings; ``iterations=0`` tests the untrained network.
-        out_dir: where test predictions are written (``<case_id>.nii.gz``); None: not written.
-        progress: called with a line now and then during training (:func:`train3d.train_loop`).
 
-    Returns:
-        ``metrics`` (``dice_<v>``, ``nsd_<v>``, ``dice_mean``, ``nsd_mean``: means over test
-        cases), ``std`` (population std over cases), ``per_case``, ``labels``, ``curve``
-        (``loss`` and ``lr`` per iteration), ``train_patients``, ``n_train_cases``,
-        ``n_test_cases``, ``predictions`` (case → file), ``trainable_params``, ``seconds``, ``config``.
+def _of(rows: Sequence[dict], patients) -> list[dict]:
+    return [r for r in rows if str(r["patient_id"]) in patients]   # the rows of these patients
 
-    Raises:
-        ValueError: no train or test cases with label maps, no foreground labels, a bad roi.
-    """
-    if not all(r.get("label_file") for r in rows):
-        raise ValueError("segmentation fine-tuning needs a label_file in every row")
-    patients = set(pick_train_patients(rows, cfg.label_fraction, cfg.seed))
-    train_rows = [r for r in rows if r["split"] == "train" and str(r["patient_id"]) in patients]
-    test_rows = [r for r in rows if r["split"] == "test"]
+
+def _fit_and_test(encoder_factory, train_rows, val_rows, test_rows, labels, cfg: Finetune3dConfig, out_dir,
+                  progress) -> dict:
+    """Train on ``train_rows`` (best weights on ``val_rows`` when ``cfg.val_every``), test on
+    ``test_rows``; ``labels`` None: the values of the training label maps."""
     if not test_rows:
         raise ValueError("no test cases")
     t0 = time.perf_counter()
     train = [load_case(r) for r in train_rows]
-    labels = list(cfg.labels) if cfg.labels else sorted({int(v) for c in train for v in np.unique(c["label"]) if v})
+    labels = list(labels or cfg.labels or sorted({int(v) for c in train for v in np.unique(c["label"]) if v}))
     if not labels:
         raise ValueError("the training label maps hold no foreground label")
     lut, dev = _lut(labels), device_for(cfg)
@@ -308,27 +291,104 @@ def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], 
                                   feature_size=cfg.feature_size).to(dev)
     if cfg.roi % model.strides[-1]:
         raise ValueError(f"roi {cfg.roi} is not a multiple of the encoder's stride {model.strides[-1]}")
+    val = [_scored(load_case(r), labels) for r in val_rows] if cfg.val_every > 0 else []
+    validate = _validator(model, val, labels, cfg) if val else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        curve = _train(model, train, lut, cfg, dev, progress) if cfg.iterations else {"loss": [], "lr": []}
+        curve = _train(model, train, lut, cfg, dev, progress, validate) if cfg.iterations else {"loss": [], "lr": []}
     t_train = time.perf_counter() - t0
-    del train
+    del train, val
     t0 = time.perf_counter()
     per_case, preds = {}, {}
     for r in test_rows:
-        case = load_case(r)
+        case = _scored(load_case(r), labels)
         pred = predict_volume(model, case["image"], labels, cfg)
-        target = np.where(np.isin(case["label"], labels), case["label"], 0)
-        per_case[case["case_id"]] = case_metrics(pred, target, labels, case["spacing"], cfg.nsd_tolerance,
+        per_case[case["case_id"]] = case_metrics(pred, case["target"], labels, case["spacing"], cfg.nsd_tolerance,
                                                    cfg.regions)
         if out_dir is not None:
             preds[case["case_id"]] = str(_write_prediction(pred, case["affine"], Path(out_dir), case["case_id"]))
     mean, std = summarise_cases(per_case)
     return {"metrics": mean, "std": std, "per_case": per_case, "labels": labels, "curve": curve,
-            "train_patients": sorted(patients), "n_train_cases": len(train_rows), "n_test_cases": len(test_rows),
-            "predictions": preds,
+            "best_iteration": curve.get("best_iteration"), "n_train_cases": len(train_rows),
+            "n_val_cases": len(val_rows) if validate else 0, "n_test_cases": len(test_rows), "predictions": preds,
             "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-            "seconds": {"train": t_train, "test": time.perf_counter() - t0}, "config": asdict(cfg)}
+            "seconds": {"train": t_train, "test": time.perf_counter() - t0}}
+
+
+def run_finetune3d(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,
+                   out_dir: str | Path | None = None, *, progress: Callable[[str], None] | None = None) -> dict:
+    """Fine-tune and test: train split → test split, or k-fold (``cfg.folds``; module docstring).
+
+    Args:
+        encoder_factory: returns a fresh :class:`models.encoders3d.Encoder3d` (or anything with
+            an ``.encoder``, e.g. a ``VolumeZooModel``), pretrained or not; called under
+            ``torch.manual_seed(cfg.seed)`` (per fold: ``seed + fold``), as is the decoder's init.
+        rows: ``labelled_volumes`` rows with label maps, all splits.
+        cfg: settings; ``iterations=0`` tests the untrained network.
+        out_dir: where test predictions are written (``<case_id>.nii.gz``); None: not written.
+        progress: called with a line now and then during training (:func:`train3d.train_loop`).
+
+    Returns:
+        ``metrics`` (``<dice|nsd|hd95|lesion_f1>_<v>``, ``<…>_mean``: mean over test cases; k-fold: over
+        the folds' means), ``std`` (population std over cases; k-fold: sample sd over folds), ``per_case``,
+        ``labels``, ``curve`` (``loss``, ``lr``, with validation ``val``, ``best_iteration``; k-fold:
+        None), ``best_iteration`` (k-fold: per fold), ``train_patients``, ``val_patients``, ``n_*_cases``,
+        ``predictions`` (case → file), ``trainable_params``, ``seconds``, ``config``; k-fold also
+        ``folds`` (per fold: ``fold``, ``seed``, ``metrics``, ``std``, patients, counts, ``test_cases``,
+        ``dropped_train_cases``, ``best_iteration``, ``curve``) and ``fold_values`` (metric → per fold).
+
+    Raises:
+        ValueError: no label maps, train or test cases, no foreground label, a bad roi, a fold count
+            the rows do not hold, too few patients for a validation hold-out.
+    """
+    if not all(r.get("label_file") for r in rows):
+        raise ValueError("segmentation fine-tuning needs a label_file in every row")
+    if cfg.folds:
+        return _cross_validate(encoder_factory, rows, cfg, out_dir, progress)
+    pool, val_rows = [r for r in rows if r["split"] == "train"], []
+    if cfg.val_every > 0:
+        val_rows = [r for r in rows if r["split"] == "val"]
+        if not val_rows:   # no val split: a seeded share of the training patients
+            held, rest = hold_out_patients(pool, cfg.val_fraction, cfg.seed)
+            val_rows, pool = _of(pool, set(held)), _of(pool, set(rest))
+    val_patients = sorted({str(r["patient_id"]) for r in val_rows})
+    patients = set(pick_train_patients(pool, cfg.label_fraction, cfg.seed))
+    res = _fit_and_test(encoder_factory, _of(pool, patients), val_rows, [r for r in rows if r["split"] == "test"],
+                        None, cfg, out_dir, progress)
+    return {**res, "train_patients": sorted(patients), "val_patients": val_patients, "config": asdict(cfg),
+            "folds": None}
+
+
+def _cross_validate(encoder_factory, rows: Sequence[dict], cfg: Finetune3dConfig, out_dir, progress) -> dict:
+    labels = list(cfg.labels) if cfg.labels else labels_of(rows)
+    folds, per_case, preds = [], {}, {}
+    for plan in fold_plan(rows, int(cfg.folds)):
+        f = plan["fold"]
+        fcfg = replace(cfg, seed=cfg.seed + f, folds=None)
+        pool, val_rows, val_patients = plan["pool"], [], []
+        if cfg.val_every > 0:
+            val_patients, rest = hold_out_patients(pool, cfg.val_fraction, fcfg.seed)
+            val_rows, pool = _of(pool, set(val_patients)), _of(pool, set(rest))
+        keep = pick_train_patients(pool, cfg.label_fraction, fcfg.seed, split=None)
+        say = None if progress is None else (lambda line, f=f: progress(f"fold {f}: {line}"))
+        res = _fit_and_test(encoder_factory, _of(pool, set(keep)), val_rows, plan["test"], labels, fcfg, out_dir,
+                            say)
+        per_case.update(res["per_case"])
+        preds.update(res["predictions"])
+        folds.append({"fold": f, "seed": fcfg.seed, "train_patients": keep, "val_patients": val_patients,
+                      "test_cases": [str(r["case_id"]) for r in plan["test"]], "dropped_train_cases": plan["dropped"],
+                      **{k: res[k] for k in ("metrics", "std", "n_train_cases", "n_val_cases", "n_test_cases",
+                                             "best_iteration", "curve", "trainable_params", "seconds")}})
+    mean, sd, values = summarise_folds([fold["metrics"] for fold in folds])
+    return {"metrics": mean, "std": sd, "fold_values": values, "folds": folds, "per_case": per_case,
+            "labels": labels, "curve": None, "best_iteration": [fold["best_iteration"] for fold in folds],
+            "train_patients": sorted({p for fold in folds for p in fold["train_patients"]}),
+            "val_patients": sorted({p for fold in folds for p in fold["val_patients"]}),
+            "n_train_cases": sum(fold["n_train_cases"] for fold in folds),
+            "n_val_cases": sum(fold["n_val_cases"] for fold in folds), "n_test_cases": len(per_case),
+            "predictions": preds, "trainable_params": folds[0]["trainable_params"],
+            "seconds": {k: sum(fold["seconds"][k] for fold in folds) for k in ("train", "test")},
+            "config": asdict(cfg)}
 
 
 def label_fraction_sweep(encoder_factory: Callable[[], object], rows: Sequence[dict], cfg: Finetune3dConfig,

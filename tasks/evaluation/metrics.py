@@ -38,7 +38,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_surface_dice
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+from scipy import ndimage
 
 Spacing = float | Sequence[float] | None
 
@@ -135,3 +136,63 @@ def nsd_3d(pred, target, patient_ids: Sequence[Hashable], tolerance: float = 1.0
     p, t = _masks(pred, target, ndim=3)
     return PatientScores({pid: surface_dice(p[idx], t[idx], tolerance, spacing)
                           for pid, idx in group_by_patient(patient_ids, len(p)).items()})
+
+
+# ------------------------------------------------------------------ 3D segmentation: HD95, lesion-wise F1
+
+def field_diagonal(shape: Sequence[int], spacing: Spacing = None) -> float:
+    """Diagonal of the field of view, (Σ (n_i · s_i)²)^½ in spacing units: the HD95 of a case where
+    exactly one mask is empty (BraTS's 373.13 mm is this at 240 × 240 × 155, 1 mm)."""
+    sp = _spacing(spacing, len(shape)) or (1.0,) * len(shape)
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp))))
+
+
+def hd95(pred, target, spacing: Spacing = None) -> float:
+    """95th-percentile symmetric Hausdorff distance of one mask pair (2D or 3D), in spacing units
+    (voxels when None): MONAI's ``compute_hausdorff_distance(percentile=95, directed=False)``, the
+    larger of the two directed 95th percentiles (linear interpolation) of the Euclidean distances
+    from each surface voxel of one mask to the nearest surface voxel of the other (surface as in
+    :func:`surface_dice`). Both empty → 0.0; exactly one empty → :func:`field_diagonal` (MONAI
+    gives NaN/inf there, which would drop or break the mean over cases)."""
+    p, t = _masks(pred, target)
+    if p.ndim not in (2, 3):
+        raise ValueError(f"hd95 needs 2-D or 3-D masks, got shape {p.shape}")
+    sp = _spacing(spacing, p.ndim)
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if not (has_p and has_t):
+        return 0.0 if has_p == has_t else field_diagonal(p.shape, sp)
+    with warnings.catch_warnings():   # MONAI's own deprecated argument, as in surface_dice
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        hd = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None],
+                                        include_background=True, distance_metric="euclidean", percentile=95,
+                                        directed=False, spacing=sp)
+    return float(hd[0, 0])
+
+
+def lesion_counts(pred, target) -> dict[str, int]:
+    """Lesion-wise counts of one mask pair, the ATLAS R2.0 challenge's rule
+    (npnl/atlas2_grand_challenge ``isles/scoring.py``, by which BrainSegFounder's ATLAS F1 was scored):
+    lesions are connected components with full connectivity (``scipy.ndimage.label`` with a 3×…×3
+    structure: 26 neighbours in 3D, 8 in 2D); a ground-truth lesion is a TP when at least one of its
+    voxels is predicted, else a FN; a predicted lesion is a FP when none of its voxels is in the ground
+    truth. TP are counted on the ground-truth side: one predicted blob over two lesions gives 2 TP,
+    two predicted blobs on one lesion give 1 TP and no FP.
+
+    Returns ``{"tp", "fp", "fn", "n_target", "n_pred"}``.
+    """
+    p, t = _masks(pred, target)
+    structure = ndimage.generate_binary_structure(p.ndim, p.ndim)
+    lab_t, n_t = ndimage.label(t, structure=structure)
+    lab_p, n_p = ndimage.label(p, structure=structure)
+    both = p & t
+    tp = int(np.count_nonzero(np.unique(lab_t[both])))          # lesions with ≥ 1 predicted voxel
+    hit_pred = int(np.count_nonzero(np.unique(lab_p[both])))    # predicted lesions touching the truth
+    return {"tp": tp, "fp": int(n_p) - hit_pred, "fn": int(n_t) - tp, "n_target": int(n_t), "n_pred": int(n_p)}
+
+
+def lesion_f1(pred, target) -> float:
+    """Lesion-wise F1 = 2TP / (2TP + FP + FN) with :func:`lesion_counts`; no lesion in either mask → 1.0
+    (the ATLAS scorer's ``empty_value``); lesions in only one of them → 0.0."""
+    c = lesion_counts(pred, target)
+    denom = 2 * c["tp"] + c["fp"] + c["fn"]
+    return 1.0 if denom == 0 else 2 * c["tp"] / denom

@@ -6,7 +6,7 @@ through the zoo entry of its method from its latest checkpoint (tasks/pretrainin
 Three shapes of result, one resolution (:func:`resolve_choice`):
 
 - :func:`load_model`: a frozen zoo model (features, probing, zero-shot);
-- :func:`fewshot_factory`: fresh adapter SAMs (few-shot);
+- :func:`fewshot_factory`: fresh few-shot SAMs (adapters, LoRA or full fine-tuning);
 - :func:`volume_encoder_factory`: fresh 3D encoders (3D fine-tuning, classification).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from mrifoundry.errors import UsageError
+from mrifoundry.errors import NotFound, UsageError
 from mrifoundry import settings
 from mrifoundry.params import ModelChoice
 from mrifoundry.tasks.evaluation.embedding import weights_digest
@@ -54,6 +54,7 @@ class Loaded:
     label: str
     weights_sha: str
     weights: str | None
+    provenance: dict = dataclasses.field(default_factory=dict)  # few-shot: mode and the decoder's source
 
 
 def resolve_choice(research: Path, choice: ModelChoice) -> Resolved:
@@ -83,14 +84,22 @@ def load_model(research: Path, choice: ModelChoice, *, image_size: int | None = 
 
 
 def fewshot_factory(research: Path, choice: ModelChoice, *, image_size: int, encoder_adapter_depths,
-                    seed: int = 0) -> Loaded:
-    """A factory of fresh adapter SAMs (one per repeat).
+                    seed: int = 0, mode: str = "adapter", lora_rank: int = 4, sam_checkpoint: str | None = None,
+                    random_decoder: bool = False) -> Loaded:
+    """A factory of fresh few-shot SAMs (one per repeat), fine-tuned as ``mode`` says.
 
     A pretrain run or ``mri-core`` loads into MRI-CORE's SAM fork with the pos_embed fixed;
-    ``random`` is a seeded random SAM encoder (the baseline).
+    ``random`` is a seeded random SAM encoder (the baseline). The prompt encoder and mask
+    decoder load from ``sam_checkpoint`` ({home} expands), as MRI-CORE starts from SAM's; without
+    one the run is refused unless ``random_decoder``. ``provenance``: ``mode``,
+    ``decoder_source`` (the checkpoint's file name, or ``random``), ``decoder_sha256`` (16 hex,
+    as ``weights_sha256``), ``decoder_random_keys`` (the decoder state-dict keys left random),
+    ``trainable_params``.
 
     Raises:
-        ValueError: the pretrain run is a volume encoder.
+        UsageError: no decoder checkpoint and not ``random_decoder``; not a SAM-family model;
+            a checkpoint that does not fit the encoder.
+        NotFound: ``sam_checkpoint`` is not a file.
     """
     import torch
 
@@ -98,6 +107,13 @@ def fewshot_factory(research: Path, choice: ModelChoice, *, image_size: int, enc
     from mrifoundry.models.adapters import build_sam_for_fewshot
     from mrifoundry.models.sam_encoder import SAM_CONFIGS, build_sam_encoder
     r = resolve_choice(research, choice)
+    ckpt = settings.expand_home(sam_checkpoint)
+    if ckpt is None and not random_decoder:
+        raise UsageError(f"few-shot of {r.label!r} needs SAM's prompt encoder and mask decoder: give "
+                         "--sam-checkpoint PATH (e.g. sam_vit_b_01ec64.pth), or --random-decoder to train from a "
+                         "random decoder")
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise NotFound(f"SAM checkpoint {ckpt} is not a file")
     entry, arch = r.entry, r.arch
     if r.run is not None:
         if r.run.entry != "mri-core":
@@ -112,8 +128,20 @@ def fewshot_factory(research: Path, choice: ModelChoice, *, image_size: int, enc
         source = zoo.load(entry, r.weights, arch=arch, image_size=image_size, **opts)
 
     def factory():
-        return build_sam_for_fewshot(source, image_size, encoder_adapter_depths=encoder_adapter_depths)
-    return Loaded(factory, r.label, r.weights_sha, r.weights)
+        return build_sam_for_fewshot(source, image_size, sam_checkpoint=ckpt, mode=mode, lora_rank=lora_rank,
+                                     encoder_adapter_depths=encoder_adapter_depths)
+    try:
+        with torch.random.fork_rng():   # one build up front: errors now, and what stayed random
+            probe = factory()
+    except TypeError as e:
+        raise UsageError(f"few-shot fine-tunes a SAM-family encoder, not {r.label!r} ({e})") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    provenance = {"mode": probe.mode, "decoder_source": Path(ckpt).name if ckpt else "random",
+                  "decoder_sha256": weights_digest(ckpt), "decoder_random_keys": list(probe.decoder_missing_keys),
+                  "trainable_params": sum(p.numel() for p in probe.parameters() if p.requires_grad)}
+    del probe
+    return Loaded(factory, r.label, r.weights_sha, r.weights, provenance)
 
 
 def volume_encoder_factory(research: Path, choice: ModelChoice, *, in_channels: int) -> Loaded:

@@ -66,11 +66,14 @@ def run_linear_probe(params: ProbeParams, *, progress: Progress = None) -> dict:
     query = params.query or PROBE_QUERIES["volumes" if getattr(loaded.model, "family", None) == "volume"
                                           else "slices"]
     res = linear_probe_eval(research, loaded.model, eval_id=name, model_label=loaded.label,
-                            weights_sha=loaded.weights_sha, query=query, epochs=params.epochs, seed=params.seed)
-    _say(progress)(f"linear probe {name}: accuracy {res['accuracy']:.3f} (balanced {res['balanced_accuracy']:.3f}) "
-                   f"on {res['n_test']} test {res['unit']}")
-    md = (f"# Linear probe `{name}`\n\naccuracy **{res['accuracy']:.3f}**, balanced {res['balanced_accuracy']:.3f}, "
-          f"{res['n_test']} test {res['unit']}, classes {', '.join(res['classes'])}")
+                            weights_sha=loaded.weights_sha, query=query, epochs=params.epochs, seed=params.seed,
+                            repeats=params.repeats)
+    acc, bal = (f"{res[m]:.3f}" + (f" ± {res[m + '_std']:.3f}" if res[m + "_std"] is not None else "")
+                for m in ("accuracy", "balanced_accuracy"))
+    _say(progress)(f"linear probe {name}: accuracy {acc} (balanced {bal}) over {res['repeats']} split(s), "
+                   f"{res['n_test']} test {res['unit']} in the first")
+    md = (f"# Linear probe `{name}`\n\naccuracy **{acc}**, balanced {bal} (mean ± sample sd over {res['repeats']} "
+          f"split(s)), {res['n_test']} test {res['unit']} in the first, classes {', '.join(res['classes'])}")
     return {**res, "markdown": md}
 
 
@@ -78,33 +81,52 @@ def run_zero_shot(params: ZeroShotParams, *, progress: Progress = None) -> dict:
     """Zero-shot k-means segmentation (eval_id default ``zeroshot-<run or model>-<dataset>``);
     ``dice_per_k`` keyed by str(k)."""
     from mrifoundry.tasks.evaluation.evaluate import zero_shot_eval
+    from mrifoundry.tasks.evaluation.zero_shot import RAW_PIXELS, raw_pixels
     research = settings.research_dir(params.out)
     name = params.eval_id or f"zeroshot-{params.pretrained or params.model}-{params.dataset_id}"
-    loaded = load_model(research, choice_of(params), image_size=params.image_size, seed=params.seed)
+    if params.model == RAW_PIXELS and not params.pretrained:  # the baseline: k-means on pixel intensities
+        loaded = raw_pixels(params.image_size)
+    else:
+        loaded = load_model(research, choice_of(params), image_size=params.image_size, seed=params.seed)
     res = zero_shot_eval(research, loaded.model, eval_id=name, model_label=loaded.label,
                          weights_sha=loaded.weights_sha, dataset_id=params.dataset_id, split=params.split,
-                         k_values=tuple(params.k_values), seed=params.seed)
-    res = {**res, "dice_per_k": {str(k): v for k, v in res["dice_per_k"].items()}}
-    _say(progress)(f"zero-shot {name}: best k={res['best_k']}, DSC per k {res['dice_per_k']}")
-    table = "\n".join(f"| {k} | {v:.3f} |" for k, v in res["dice_per_k"].items())
-    return {**res, "markdown": f"# Zero-shot `{name}`\n\n| k | DSC |\n|---|---|\n{table}"}
+                         k_values=tuple(params.k_values), seed=params.seed, repeats=params.repeats)
+    res = {**res, "dice_per_k": {str(k): v for k, v in res["dice_per_k"].items()},
+           "dice_std_per_k": {str(k): v for k, v in res["dice_std_per_k"].items()}}
+    _say(progress)(f"zero-shot {name}: best k={res['best_k']}, mean DSC per k over {res['repeats']} k-means "
+                   f"seed(s) {res['dice_per_k']}")
+    sd = {k: (f" ± {v:.3f}" if v is not None else "") for k, v in res["dice_std_per_k"].items()}
+    table = "\n".join(f"| {k} | {v:.3f}{sd[k]} |" for k, v in res["dice_per_k"].items())
+    return {**res, "markdown": f"# Zero-shot `{name}`\n\nDSC: mean ± sample sd over {res['repeats']} k-means "
+                               f"seed(s)\n\n| k | DSC |\n|---|---|\n{table}"}
 
 
 def run_few_shot(params: FewShotParams, *, progress: Progress = None) -> dict:
-    """MRI-CORE's few-shot segmentation (eval_id default ``fewshot-<run or model>-<dataset>``;
-    ``preset`` mri-core | tiny, then ``overrides``)."""
+    """MRI-CORE's few-shot segmentation (eval_id default ``fewshot-<run or model>-<dataset>``, ``-lora`` /
+    ``-full`` appended for those modes; ``preset`` mri-core | tiny, then ``overrides``; ``mode`` from
+    the params). The decoder loads from ``sam_checkpoint``; without one the run is refused
+    (UsageError) unless ``random_decoder``."""
+    from mrifoundry.errors import UsageError
     from mrifoundry.tasks.evaluation.evaluate import fewshot_eval
     from mrifoundry.tasks.evaluation.fewshot import FewShotConfig
     research = settings.research_dir(params.out)
-    name = params.eval_id or f"fewshot-{params.pretrained or params.model}-{params.dataset_id}"
+    suffix = "" if params.mode == "adapter" else f"-{params.mode}"
+    name = params.eval_id or f"fewshot-{params.pretrained or params.model}-{params.dataset_id}{suffix}"
     overrides = dict(params.overrides or {})
+    if overrides.setdefault("mode", params.mode) != params.mode:
+        raise UsageError(f"mode is {params.mode!r} but overrides say {overrides['mode']!r}: give --mode only")
     cfg = FewShotConfig.tiny(**overrides) if params.preset == "tiny" else FewShotConfig(**overrides)
-    res = fewshot_eval(research, eval_id=name, dataset_id=params.dataset_id, cfg=cfg, choice=choice_of(params))
+    res = fewshot_eval(research, eval_id=name, dataset_id=params.dataset_id, cfg=cfg, choice=choice_of(params),
+                       sam_checkpoint=params.sam_checkpoint, random_decoder=params.random_decoder)
     s = res["summary"]
-    _say(progress)(f"few-shot {name}: test 3D DSC {s['test_dsc_3d']['mean']:.3f} ± {s['test_dsc_3d']['std']:.3f}, "
-                   f"3D NSD {s['test_nsd_3d']['mean']:.3f} ± {s['test_nsd_3d']['std']:.3f}")
+    src = "random" if res["decoder_source"] == "random" else f"{res['decoder_source']} ({res['decoder_sha256']})"
+    decoder = f"decoder {src}, {len(res['decoder_random_keys'])} decoder tensors random"
+    _say(progress)(f"few-shot {name} ({cfg.mode}; {decoder}): test 3D DSC {s['test_dsc_3d']['mean']:.3f} ± "
+                   f"{s['test_dsc_3d']['std']:.3f}, 3D NSD {s['test_nsd_3d']['mean']:.3f} ± "
+                   f"{s['test_nsd_3d']['std']:.3f}")
     table = "\n".join(f"| {m} | {v['mean']:.3f} ± {v['std']:.3f} |" for m, v in s.items())
-    return {**res, "markdown": f"# Few-shot `{name}`\n\n| metric | mean ± std |\n|---|---|\n{table}"}
+    return {**res, "markdown": f"# Few-shot `{name}`\n\nmode **{cfg.mode}**, {decoder}\n\n"
+                               f"| metric | mean ± std |\n|---|---|\n{table}"}
 
 
 def run_frd(params: FrdParams, *, progress: Progress = None) -> dict:

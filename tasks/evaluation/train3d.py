@@ -1,8 +1,11 @@
 """The one training loop of the 3D evaluations (segmentation fine-tuning, classification
 fine-tuning and its linear probe): AdamW over parameter groups (head at ``lr``, encoder at
 ``encoder_lr``: :func:`models.seg3d.param_groups`), a linear warm-up then cosine decay,
-``iterations`` steps, random flips, bf16 autocast on CUDA when ``cfg.amp``. No validation split
-is used: the last weights are the result.
+``iterations`` steps, random flips, bf16 autocast on CUDA when ``cfg.amp``. Without a
+``validate`` hook the last weights are the result; with one, the model is scored every
+``val_every`` steps (and after the last) and the best-scoring weights are loaded at the end
+(segmentation fine-tuning: mean validation DSC; BrainSegFounder's trainer keeps its best
+validation Dice the same way, a strictly higher score replacing the kept one).
 
 Seeding: the loop's numpy generator (batch picks, flips) is ``default_rng(cfg.seed)``; the torch
 RNG (weight init, dropout) is the caller's to seed, since what the callers seed spans more than
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +52,8 @@ def autocast_for(dev: torch.device, cfg):
 
 def train_loop(model: nn.Module, batch: BatchFn, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                cfg, dev: torch.device, *, flip: bool, flip_target: bool = False, groups: list[dict] | None = None,
-               progress: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+               progress: Callable[[str], None] | None = None, validate: Callable[[int], float] | None = None,
+               val_every: int = 0) -> dict[str, Any]:
     """Train ``model`` (already on ``dev``) in place for ``cfg.iterations`` steps.
 
     Args:
@@ -62,9 +67,14 @@ def train_loop(model: nn.Module, batch: BatchFn, loss_fn: Callable[[torch.Tensor
             ``flip_target``: the target too (a label map).
         groups: optimiser groups; None: :func:`param_groups` of ``model`` (needs ``model.encoder``).
         progress: called with a line about every 5 % of the steps.
+        validate: called with the step count after every ``val_every``-th step and after the last,
+            returns a score (higher is better; NaN counts as the worst); leaves RNG and weights alone
+            (the loop puts the model back in train mode after it). None or ``val_every`` < 1: no validation.
 
     Returns:
-        ``{"loss": [...], "lr": [...]}`` per step (``lr`` of the first group).
+        ``{"loss": [...], "lr": [...]}`` per step (``lr`` of the first group); with validation also
+        ``"val"`` ([step, score] pairs), ``"best_iteration"`` and ``"best_val"`` (the first step with
+        the highest score, whose weights — copied to the CPU when scored — the model holds on return).
     """
     groups = param_groups(model, cfg.lr, cfg.encoder_lr) if groups is None else groups
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -72,6 +82,10 @@ def train_loop(model: nn.Module, batch: BatchFn, loss_fn: Callable[[torch.Tensor
     rng = np.random.default_rng(cfg.seed)
     curve: dict[str, list] = {"loss": [], "lr": []}
     n, every = cfg.iterations, max(1, cfg.iterations // 20)
+    checking = validate is not None and val_every > 0
+    if checking:
+        curve["val"] = []
+    best: tuple[float, int, dict] | None = None
     model.train()
     for it in range(n):
         x, y = batch(rng)
@@ -93,4 +107,17 @@ def train_loop(model: nn.Module, batch: BatchFn, loss_fn: Callable[[torch.Tensor
         curve["lr"].append(base[0] * f)
         if progress is not None and ((it + 1) % every == 0 or it + 1 == n):
             progress(f"iteration {it + 1}/{n} loss {curve['loss'][-1]:.4f} lr {curve['lr'][-1]:.2e}")
+        if checking and ((it + 1) % val_every == 0 or it + 1 == n):
+            score = float(validate(it + 1))
+            model.train()
+            curve["val"].append([it + 1, score])
+            key = score if math.isfinite(score) else -math.inf
+            if best is None or key > best[0]:   # strictly higher: the first of equal scores is kept
+                best = (key, it + 1, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            if progress is not None:
+                progress(f"validation at iteration {it + 1}: {score:.4f} (best at {best[1]})")
+    if best is not None:
+        model.load_state_dict(best[2])
+        curve["best_iteration"] = best[1]
+        curve["best_val"] = next(s for i, s in curve["val"] if i == best[1])
     return curve

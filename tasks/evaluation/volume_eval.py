@@ -1,10 +1,12 @@
 """Volume evaluations: 3D fine-tuning and 3D classification recorded in ``evaluations``, with a picture.
 
 - :func:`finetune3d_eval` (kind ``finetune-3d``): tasks/evaluation/finetune3d.py on a labelled
-  3D dataset; metrics ``dice_<v>``, ``nsd_<v>`` per label value and ``dice_mean``, ``nsd_mean``
-  (mean over test cases, ``std`` the population std over cases, ``n`` the test cases); an
-  overlay PNG of label vs prediction on the middle axial slice through the label of the first
-  test case.
+  3D dataset; metrics ``dice_<v>``, ``nsd_<v>``, ``hd95_<v>`` (mm), ``lesion_f1_<v>`` per label
+  value and their ``_mean`` over labels (mean over test cases, ``std`` the population std over
+  cases; k-fold: mean and sample sd over folds, each fold's value in ``evaluation_repeats``
+  (repeat = fold index, seed = seed + fold, n = the fold's test cases) and ``details.folds``;
+  ``n`` the test cases); an overlay PNG of label vs prediction on the middle axial slice through the label
+  of the first test case.
 - :func:`classify3d_eval` (kind ``classify-3d``): tasks/evaluation/classify3d.py k-fold
   cross-validation; metrics ``auroc``, ``accuracy``, ``balanced_accuracy`` (mean over folds,
   ``std`` over folds, ``n`` the cases); a PNG of every fold's ROC curve.
@@ -119,8 +121,8 @@ def finetune3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model
     """Fine-tune ``model_factory``'s encoder on ``rows`` (tasks.evaluation.finetune3d.run_finetune3d)
     at ``cfg.label_fraction``, or at each of ``fractions``; record the rows and the overlay.
 
-    Returns ``{"fractions": {f: {"metrics", "std", "n_test_cases", "train_patients"}},
-    "overlay_png", "result_json"}``.
+    Returns ``{"fractions": {f: {"metrics", "std", "n_test_cases", "train_patients", "best_iteration",
+    "n_folds"}}, "overlay_png", "result_json"}`` (``n_folds`` 0 for the train/test split).
     """
     out = eval_dir(research, eval_id)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,21 +138,35 @@ def finetune3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model
                           f"{model_label} + {cfg.decoder} on {dataset_id}: {case_id} "
                           f"(DSC {top['per_case'][case_id]['dice_mean']:.3f})")
     _write_json(out / "result.json", {str(f): r for f, r in results.items()})
-    rows_out = []
+    rows_out, repeats, seeds, fold_n = [], {}, None, None   # the folds (so seeds, n) are the same at every fraction
     for f, r in results.items():
         details = json.dumps({"config": _config(cfg), "label_fraction": f, "labels": r["labels"],
                               "per_case": r["per_case"], "train_patients": r["train_patients"],
-                              "n_train_cases": r["n_train_cases"], "loss_curve": r["curve"]["loss"],
-                              "trainable_params": r["trainable_params"], "seconds": r["seconds"]})
+                              "val_patients": r["val_patients"], "n_train_cases": r["n_train_cases"],
+                              "n_val_cases": r["n_val_cases"], "best_iteration": r["best_iteration"],
+                              **_curves(r), "trainable_params": r["trainable_params"], "seconds": r["seconds"]})
         base = {"eval_id": eval_id, "kind": "finetune-3d", "model": model_label, "weights_sha256": weights_sha,
                 "dataset": dataset_id, "n": r["n_test_cases"], "details": details,
                 "picture_path": str(png.relative_to(research)) if png is not None and f == max(fracs) else None}
         rows_out += [{**base, "metric": metric_name(m, f), "value": v, "std": r["std"][m]}
                      for m, v in r["metrics"].items()]
-    record(research, rows_out)
-    return {"fractions": {f: {k: r[k] for k in ("metrics", "std", "n_test_cases", "train_patients")}
+        if r["folds"]:   # k-fold: one evaluation_repeats row per fold (repeat = fold index, seed = seed + fold)
+            repeats.update({metric_name(m, f): vals for m, vals in r["fold_values"].items()})
+            seeds, fold_n = [fold["seed"] for fold in r["folds"]], [fold["n_test_cases"] for fold in r["folds"]]
+    record(research, rows_out, repeats or None, seeds=seeds, repeat_n=fold_n)
+    return {"fractions": {f: {**{k: r[k] for k in ("metrics", "std", "n_test_cases", "train_patients",
+                                                   "best_iteration")}, "n_folds": len(r["folds"] or [])}
                           for f, r in results.items()},
             "overlay_png": str(png) if png else None, "result_json": str(out / "result.json")}
+
+
+def _curves(r: dict) -> dict:
+    """The loss and validation curves for ``details``: the run's, or per fold with the fold's values."""
+    if not r["folds"]:
+        return {"loss_curve": r["curve"]["loss"], "val_curve": r["curve"].get("val")}
+    return {"fold_values": r["fold_values"],
+            "folds": [{**{k: v for k, v in fold.items() if k != "curve"}, "loss_curve": fold["curve"]["loss"],
+                       "val_curve": fold["curve"].get("val")} for fold in r["folds"]]}
 
 
 def classify3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model_label: str, weights_sha: str,

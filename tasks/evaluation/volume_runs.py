@@ -48,19 +48,26 @@ def run_finetune_3d(params: Finetune3dParams, *, progress: Callable[[str], None]
     name = params.eval_id or f"finetune3d-{params.pretrained or params.model}-{params.dataset_id}"
     overrides = {"regions": nested_regions(research, params.dataset_id), **(params.overrides or {})}
     cfg = _config(Finetune3dConfig, params.preset, overrides, decoder=params.decoder, iterations=params.iterations,
-                  roi=params.roi, freeze=params.freeze, lr=params.lr, encoder_lr=params.encoder_lr, seed=params.seed)
+                  roi=params.roi, freeze=params.freeze, lr=params.lr, encoder_lr=params.encoder_lr, seed=params.seed,
+                  folds=params.folds, val_every=params.val_every)
     rows, loaded = _data_and_model(research, params)
     res = finetune3d_eval(research, rows, eval_id=name, model_label=loaded.label, weights_sha=loaded.weights_sha,
                           dataset_id=params.dataset_id, cfg=cfg, model_factory=loaded.model,
                           fractions=_fractions(params))
     res = {**res, "fractions": {str(f): v for f, v in res["fractions"].items()}}
-    lines = ["| label fraction | DSC (mean over labels) | NSD | test cases |", "|---|---|---|---|"]
+    k = next(iter(res["fractions"].values()))["n_folds"]
+    lines = [f"Mean over labels; ± is the sample sd over {k} folds." if k else
+             "Mean over labels; ± is the sd over test cases.", "",
+             "| label fraction | DSC | NSD | HD95 (mm) | lesion F1 | test cases | best iteration |",
+             "|---|---|---|---|---|---|---|"]
     for f, r in res["fractions"].items():
         m, s = r["metrics"], r["std"]
-        lines.append(f"| {f} | {m['dice_mean']:.3f} ± {s['dice_mean']:.3f} | {m['nsd_mean']:.3f} ± "
-                     f"{s['nsd_mean']:.3f} | {r['n_test_cases']} |")
-        say(f"finetune-3d {name} @{f}: DSC {m['dice_mean']:.3f}, NSD {m['nsd_mean']:.3f} on "
-            f"{r['n_test_cases']} test cases")
+        cells = " | ".join(f"{m[f'{x}_mean']:.3f} ± {s[f'{x}_mean']:.3f}" for x in ("dice", "nsd", "hd95", "lesion_f1"))
+        best = r["best_iteration"]
+        best = "last" if best is None or (isinstance(best, list) and None in best) else best
+        lines.append(f"| {f} | {cells} | {r['n_test_cases']} | {best} |")
+        say(f"finetune-3d {name} @{f}: DSC {m['dice_mean']:.3f}, NSD {m['nsd_mean']:.3f}, HD95 {m['hd95_mean']:.2f} "
+            f"mm, lesion F1 {m['lesion_f1_mean']:.3f} on {r['n_test_cases']} test cases" + (f", {k} folds" if k else ""))
     return {**res, "markdown": f"# 3D fine-tuning `{name}`\n\n" + "\n".join(lines)}
 
 

@@ -10,6 +10,14 @@ maps are upsampled by nearest neighbour to [H, W] once, and that same map is use
 vote and for the DSC (``tasks.evaluation.metrics.dice_2d``), so the vote is pixel-wise and no mask is
 ever downsampled. (MRI-CORE's §2.4 text alternatively picks the single cluster overlapping the
 target most; §4.3.3's majority vote is what is implemented here.)
+
+Raw-pixel baseline (MRI-CORE §2.4: "K-means was directly applied to the original images"):
+:class:`RawPixels` stands in for an encoder whose "patch grid" is the pixel grid and whose one
+feature is the pixel's intensity (slice-wise min-max, as every model sees it, on 256 levels), so
+the same joint clustering over the split, the same majority vote and the same DSC apply
+(``model="raw-pixels"`` in the zero-shot runner). One-dimensional points are clustered as their
+distinct values weighted by their counts: the same Lloyd iterations as on every pixel, at the
+cost of at most 256 points.
 """
 from __future__ import annotations
 
@@ -24,6 +32,31 @@ from sklearn.exceptions import ConvergenceWarning
 from mrifoundry.tasks.evaluation.metrics import dice_2d
 
 DEFAULT_K = (4, 8, 16, 32, 64, 128)
+#: the zero-shot runner's model name for the raw-pixel k-means baseline
+RAW_PIXELS = "raw-pixels"
+
+
+class RawPixels:
+    """The raw-pixel "encoder": ``embed`` maps images [B, C, S, S] in [0, 1] to their grey value
+    [B, 1, S, S], rounded to 256 levels (8-bit slices have no more). ``image_size`` is both the
+    input and the pixel grid the clusters and the DSC live on."""
+
+    family = "slice"
+    name = RAW_PIXELS
+    embed_dim = 1
+
+    def __init__(self, image_size: int = 256) -> None:
+        self.image_size = int(image_size)
+
+    def embed(self, x):
+        return (x.float().mean(1, keepdim=True) * 255).round() / 255
+
+
+def raw_pixels(image_size: int | None = None):
+    """The baseline as a loaded model (label ``raw-pixels``, no weights); default 256 px, the
+    resolution at which MRI-CORE scores segmentations."""
+    from mrifoundry.tasks.evaluation.model_choice import Loaded
+    return Loaded(RawPixels(image_size or 256), RAW_PIXELS, "n/a", None)
 
 
 def _batch(features) -> np.ndarray:
@@ -47,6 +80,14 @@ def kmeans_segment(features, k: int, seed: int = 0, n_init: int = 1) -> np.ndarr
         raise ValueError(f"k={k} must be between 1 and the number of patches ({n_patches})")
     X = f.transpose(0, 2, 3, 1).reshape(n_patches, d)
     km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
+    if d == 1:
+        # raw pixels: distinct values weighted by their counts give the same Lloyd iterations
+        # (weighted means, weighted k-means++ seeding) as millions of repeated points
+        vals, inv, counts = np.unique(X[:, 0], return_inverse=True, return_counts=True)
+        if k >= len(vals):  # every distinct value its own cluster, the rest stay empty
+            return inv.reshape(n, h, w).astype(np.int64)
+        km.fit(vals[:, None], sample_weight=counts)
+        return km.labels_[inv].reshape(n, h, w).astype(np.int64)
     with warnings.catch_warnings():
         # duplicated feature vectors (e.g. padded background) can leave fewer distinct points
         # than k; sklearn warns and still returns a valid labelling, which is what we want

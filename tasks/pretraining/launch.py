@@ -23,7 +23,8 @@ from mrifoundry import REPO_ROOT
 from mrifoundry.tasks.data.contrast_stacks import DEFAULT_QUERY as STACKS_QUERY
 from mrifoundry.tasks.data.contrast_stacks import brainfound_stacks
 from mrifoundry.tasks.data.slices import DEFAULT_QUERY as SLICES_QUERY
-from mrifoundry.tasks.data.slices import query_slices
+from mrifoundry.errors import UsageError
+from mrifoundry.tasks.data.slices import query_slices, read_slice_list, volume_windows
 from mrifoundry.tasks.data.text_embed import describe_series, embed_descriptions
 from mrifoundry.tasks.data.volumes import DEFAULT_QUERY as VOLUMES_QUERY
 from mrifoundry.tasks.data.volumes import PAIRED_QUERY, query_volumes, select_pairs
@@ -49,11 +50,19 @@ def default_run_name(recipe: str, query: str, overrides: dict) -> str:
 
 
 # ---------------------------------------------------------------- inputs of a run
-def write_slices(research: Path, query: str, run_dir: Path) -> int:
-    """The query's PNG slices → RUN/slices.txt; returns how many."""
+def write_slices(research: Path, query: str, run_dir: Path, normalization: str = "slice") -> int:
+    """The query's PNG slices → RUN/slices.txt (``png<TAB>lo<TAB>hi`` lines for volume-wise
+    normalisation, :func:`tasks.data.slices.volume_windows`); returns how many."""
     rows = query_slices(research, query)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "slices.txt").write_text("".join(r["png_file"] + "\n" for r in rows))
+    if normalization == "volume":
+        wins = volume_windows(research, [r["slice_id"] for r in rows])
+        text = "".join(f"{r['png_file']}\t{lo!r}\t{hi!r}\n" for r, (lo, hi) in zip(rows, wins))
+    elif normalization == "slice":
+        text = "".join(r["png_file"] + "\n" for r in rows)
+    else:
+        raise UsageError(f"normalization {normalization!r}: slice or volume")
+    (run_dir / "slices.txt").write_text(text)
     return len(rows)
 
 
@@ -116,10 +125,10 @@ def train_slices(run_dir: Path, config: dict, init_weights: str | None, resume: 
     """Train on RUN/slices.txt in this process (nproc=1) or under torchrun (DDP: NCCL on GPUs,
     gloo on CPU); returns the result as a dict."""
     if nproc <= 1:
-        paths = [p for p in (run_dir / "slices.txt").read_text().splitlines() if p]
+        paths, windows = read_slice_list(run_dir / "slices.txt")
         return slices.train(SliceRun.from_dict(config), paths, run_dir,
                             init_weights=Path(init_weights) if init_weights else None, resume=resume,
-                            on_log=on_log).as_dict()
+                            on_log=on_log, windows=windows).as_dict()
     job = run_dir / "job.json"
     job.write_text(json.dumps({"config": config, "paths_file": str(run_dir / "slices.txt"), "run_dir": str(run_dir),
                                "init_weights": init_weights, "resume": resume}))

@@ -97,7 +97,7 @@ def _train(st: _Stage, params: PretrainParams, research: Path, say: Say) -> dict
                 log.warning("exam %s left out of the contrast stacks: %s", s["exam_id"], s["reason"])
             say(f"{n} contrast stacks from {exams} exams ({len(skipped)} left out)")
         else:
-            n = launch.write_slices(research, st.query, st.run_dir)
+            n = launch.write_slices(research, st.query, st.run_dir, cfg.normalization)
         say(f"run {st.model_id}: {n} slices, recipe {params.recipe} ({cfg.objective}, {cfg.arch}, init {cfg.init})")
         res = launch.train_slices(st.run_dir, cfg.to_dict(), settings.expand_home(params.init_weights),
                                   params.resume, params.nproc, on_log)

@@ -36,7 +36,7 @@ from mrifoundry.models.ssl.schedules import build_schedules
 from mrifoundry.models.zoo import save_mri_core_checkpoint
 from mrifoundry.tasks.data.samplers import EpochSampler
 from mrifoundry.atomic import atomic_path
-from mrifoundry.tasks.data.slices import SliceDataset
+from mrifoundry.tasks.data.slices import SliceDataset, read_slice_list
 from mrifoundry.tasks.pretraining.engine import (Dist, LoopSpec, TrainResult, finish_job, load_train_state, run_loop,
                                                  seeded_loader, setup_distributed, unwrap)
 from mrifoundry.tasks.pretraining.recipes import SliceRun
@@ -80,8 +80,10 @@ def save_teacher_checkpoint(run_dir: Path, iteration: int, backbone: nn.Module, 
 
 
 def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path | None = None,
-          resume: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+          resume: bool = True, on_log: Callable[[dict], None] | None = None,
+          windows: list[tuple[float, float]] | None = None) -> TrainResult:
     """Pretrain on ``paths`` (PNG slices) into ``run_dir``; resume from its train state.
+    ``windows``: volume-wise normalisation (``cfg.normalization == "volume"``; RUN/slices.txt).
 
     Raises:
         ValueError: too few slices for the batch/world size, or a resumed run whose data or
@@ -96,7 +98,12 @@ def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path 
     n = len(paths)
     if n < 2 * d.world_size:
         raise ValueError(f"{n} training slices for {d.world_size} process(es): need at least {2 * d.world_size}")
-    sampler = EpochSampler(n, cfg.batch_size, rank=d.rank, world_size=d.world_size, seed=cfg.seed)
+    if cfg.sampling not in ("without_replacement", "with_replacement"):
+        raise ValueError(f"sampling {cfg.sampling!r}: without_replacement or with_replacement")
+    if (cfg.normalization == "volume") != (windows is not None):
+        raise ValueError("normalization=volume needs the slices' volume windows (RUN/slices.txt from write_slices)")
+    sampler = EpochSampler(n, cfg.batch_size, rank=d.rank, world_size=d.world_size, seed=cfg.seed,
+                           replacement=cfg.sampling == "with_replacement")
     steps_per_epoch = len(sampler)
     total = cfg.epochs * steps_per_epoch
     sched = build_schedules(total_iters=total, iters_per_epoch=steps_per_epoch,
@@ -107,9 +114,11 @@ def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path 
                             freeze_last_layer_epochs=cfg.freeze_last_layer_epochs)
     backbone = _backbone(cfg, init_weights)
     if cfg.objective == "dinov2":
-        net = DinoObjective(cfg, backbone, paths, d)
+        net = DinoObjective(cfg, backbone, paths, d, windows)
     elif cfg.objective == "mae":
-        net = MaeObjective(cfg, backbone, paths, d)
+        if cfg.init == "sam_student":
+            raise ValueError("init=sam_student is a DINOv2 ablation (student vs teacher); MAE has one network")
+        net = MaeObjective(cfg, backbone, paths, d, windows)
     else:
         raise ValueError(f"unknown objective {cfg.objective!r} (dinov2 | mae)")
     opt = torch.optim.AdamW(param_groups(net.student, cfg, backbone.cfg.depth), betas=(0.9, 0.999))
@@ -155,32 +164,38 @@ def train(cfg: SliceRun, paths: list[str], run_dir: Path, *, init_weights: Path 
 
 def _backbone(cfg: SliceRun, init_weights: Path | None):
     backbone = build_backbone(cfg)
-    if cfg.init in ("sam", "dinov2"):
+    sam = cfg.init in ("sam", "sam_student")
+    if sam or cfg.init == "dinov2":
         if init_weights is None or not Path(init_weights).exists():
             raise FileNotFoundError(
-                f"init={cfg.init} needs a local " + ("SAM image-encoder checkpoint" if cfg.init == "sam" else
+                f"init={cfg.init} needs a local " + ("SAM image-encoder checkpoint" if sam else
                                                      "DINOv2 backbone checkpoint") + f" (got {init_weights}); e.g. "
-                + ("sam_vit_b_01ec64.pth from segment-anything's release" if cfg.init == "sam"
+                + ("sam_vit_b_01ec64.pth from segment-anything's release" if sam
                    else "dinov2_vitb14_pretrain.pth from facebookresearch/dinov2"))
-        (init_from_sam if cfg.init == "sam" else init_from_dinov2)(backbone, Path(init_weights))
+        (init_from_sam if sam else init_from_dinov2)(backbone, Path(init_weights))
+    elif cfg.init != "random":
+        raise ValueError(f"init {cfg.init!r}: sam, sam_student, dinov2 or random")
     return backbone
 
 
 class DinoObjective:
-    """DINOv2: student and EMA teacher (both from the same start, as MRI-CORE), multi-crop data."""
+    """DINOv2: student and EMA teacher (both from the same start, as MRI-CORE; with
+    ``init=sam_student`` the teacher's backbone starts random instead), multi-crop data."""
 
-    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist):
+    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist, windows=None):
         self.cfg, self.d = cfg, d
         head = DINOHead(backbone.cfg.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
         self.student = DinoNet(backbone, head).to(d.device)
         self.teacher = copy.deepcopy(self.student)
+        if cfg.init == "sam_student":
+            self.teacher.backbone.load_state_dict(build_backbone(cfg).state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.dino_loss = DINOLoss(cfg.head_out_dim).to(d.device)
         self.ibot_loss = iBOTPatchLoss(cfg.head_out_dim).to(d.device)
         self.koleo = KoLeoLoss()
         crop = MultiCrop(MultiCropConfig(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local))
-        self.dataset, self.collate = SliceDataset(paths, crop), collate_multicrop
+        self.dataset, self.collate = SliceDataset(paths, crop, windows), collate_multicrop
         grid = cfg.global_size // backbone.cfg.patch_size
         self.masker = MaskingGenerator((grid, grid), max_num_patches=int(0.5 * grid * grid))
 
@@ -210,11 +225,11 @@ class MaeObjective:
 
     after_step = None
 
-    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist):
+    def __init__(self, cfg: SliceRun, backbone, paths: list[str], d: Dist, windows=None):
         self.d = d
         self.student = MAE(backbone, decoder_dim=cfg.mae_decoder_dim, decoder_depth=cfg.mae_decoder_depth,
                            mask_ratio=cfg.mae_mask_ratio).to(d.device)
-        self.dataset, self.collate = SliceDataset(paths, MAETransform(cfg.global_size)), torch.stack
+        self.dataset, self.collate = SliceDataset(paths, MAETransform(cfg.global_size), windows), torch.stack
 
     def forward(self, model, batch, it: int, s: dict):
         images = batch.to(self.d.device, non_blocking=True)
@@ -275,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
     cfg = SliceRun.from_dict(job["config"])
-    paths = Path(job["paths_file"]).read_text().splitlines()
+    paths, windows = read_slice_list(Path(job["paths_file"]))
     res = train(cfg, paths, Path(job["run_dir"]), init_weights=Path(job["init_weights"]) if job.get("init_weights")
                 else None, resume=job.get("resume", True),
-                on_log=lambda r: print(json.dumps(r), flush=True))
+                on_log=lambda r: print(json.dumps(r), flush=True), windows=windows)
     return finish_job(res, job_path)
 
 

@@ -1,5 +1,6 @@
 """tasks/evaluation/finetune3d.py (+ its recording): a learnable blob task, metrics recomputed from
-the saved predictions, sliding windows, label fractions by patient, normalisation, freezing."""
+the saved predictions, sliding windows, label fractions by patient, normalisation, freezing, k-fold
+over the fold column, the best-validation checkpoint (train3d's hook on a planted curve)."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,7 @@ from torch import nn
 from mrifoundry.models.encoders3d import build_encoder3d
 from mrifoundry.tasks.evaluation.finetune3d import (Finetune3dConfig, load_case, load_image, pick_train_patients, predict_volume,
                                         run_finetune3d)
-from mrifoundry.tasks.evaluation.metrics import dice, surface_dice
+from mrifoundry.tasks.evaluation.metrics import dice, hd95, lesion_f1, surface_dice
 
 SHAPE = (40, 36, 24)        # X larger than the 32³ roi, Z smaller
 LABEL = 3                   # not 1: the class index → label value mapping is exercised
@@ -84,6 +85,8 @@ def test_per_label_metrics_equal_those_recomputed_from_the_saved_predictions(run
         n.append(surface_dice(pred == LABEL, target == LABEL, tolerance=1.0, spacing=ZOOMS))
         assert res["per_case"][r["case_id"]]["dice_3"] == pytest.approx(d[-1])
         assert res["per_case"][r["case_id"]]["nsd_3"] == pytest.approx(n[-1])
+        assert res["per_case"][r["case_id"]]["hd95_3"] == pytest.approx(hd95(pred == LABEL, target == LABEL, ZOOMS))
+        assert res["per_case"][r["case_id"]]["lesion_f1_3"] == lesion_f1(pred == LABEL, target == LABEL)
     assert res["metrics"]["dice_3"] == pytest.approx(np.mean(d)) == pytest.approx(res["metrics"]["dice_mean"])
     assert res["std"]["dice_3"] == pytest.approx(np.std(d))
     assert res["metrics"]["nsd_3"] == pytest.approx(np.mean(n))
@@ -163,30 +166,58 @@ def test_a_frozen_encoder_is_not_changed_by_training(blobs):
     assert thawed["trainable_params"] == res["trainable_params"] + sum(p.numel() for p in encoder.parameters())
 
 
-def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
+def _empty_research(tmp_path):
     from mrifoundry.catalog.schema import RESEARCH_TABLES
     from mrifoundry.catalog.store import table_file, write_parquet_atomic
-    from mrifoundry.catalog.views import build_research_db, query_dicts
-    from mrifoundry.tasks.evaluation.volume_eval import finetune3d_eval
+    from mrifoundry.catalog.views import build_research_db
     research = tmp_path / "research"
     research.mkdir()
     for t in RESEARCH_TABLES:
         write_parquet_atomic(t.schema.empty_table(), table_file(research, t))
     build_research_db(research)
+    return research
+
+
+def test_finetune3d_eval_records_rows_and_an_overlay(blobs, tmp_path):
+    from mrifoundry.catalog.views import query_dicts
+    from mrifoundry.tasks.evaluation.volume_eval import finetune3d_eval
+    research = _empty_research(tmp_path)
     res = finetune3d_eval(research, blobs, eval_id="ft3d-test", model_label="unet-tiny", weights_sha="random",
                           dataset_id="blobs", cfg=Finetune3dConfig.tiny(iterations=2), model_factory=unet_tiny,
                           fractions=[0.5, 1.0])
     _, got = query_dicts(research, "SELECT metric, kind, value, std, n, picture_path, details FROM evaluations "
                                    "WHERE eval_id = 'ft3d-test' ORDER BY metric")
     by = {r["metric"]: r for r in got}
-    assert set(by) == {"dice_3", "nsd_3", "dice_mean", "nsd_mean", "dice_3@f0.5", "nsd_3@f0.5", "dice_mean@f0.5",
-                       "nsd_mean@f0.5"}
+    names = {f"{m}_{v}" for m in ("dice", "nsd", "hd95", "lesion_f1") for v in ("3", "mean")}
+    assert set(by) == names | {f"{m}@f0.5" for m in names}
     assert {r["kind"] for r in got} == {"finetune-3d"} and {r["n"] for r in got} == {2}
     assert by["dice_3"]["value"] == pytest.approx(res["fractions"][1.0]["metrics"]["dice_3"])
     assert json.loads(by["dice_3@f0.5"]["details"])["train_patients"] == res["fractions"][0.5]["train_patients"]
     assert by["dice_mean"]["picture_path"] == "evaluations/ft3d-test/overlay.png"
     assert (research / by["dice_mean"]["picture_path"]).stat().st_size > 1000
     assert by["dice_mean@f0.5"]["picture_path"] is None
+
+
+def test_kfold_eval_records_the_mean_and_sample_sd_over_folds_and_each_fold_as_a_repeat(blobs, tmp_path):
+    from mrifoundry.catalog.views import query_dicts
+    from mrifoundry.tasks.evaluation.volume_eval import finetune3d_eval
+    research = _empty_research(tmp_path)
+    res = finetune3d_eval(research, blobs, eval_id="ft3d-folds", model_label="unet-tiny", weights_sha="random",
+                          dataset_id="blobs", cfg=Finetune3dConfig.tiny(iterations=1, folds=3, decoder="unetr"),
+                          model_factory=unet_tiny)
+    _, ev = query_dicts(research, "SELECT metric, value, std, n, details FROM evaluations WHERE eval_id = 'ft3d-folds'")
+    _, reps = query_dicts(research, 'SELECT metric, "repeat", seed, value, n FROM evaluation_repeats '
+                                    "WHERE eval_id = 'ft3d-folds' ORDER BY metric, \"repeat\"")
+    by = {r["metric"]: r for r in ev}
+    assert {"hd95_mean", "lesion_f1_3", "dice_mean"} <= set(by) and res["fractions"][1.0]["n_folds"] == 3
+    folds = json.loads(by["dice_mean"]["details"])["folds"]
+    for m in ("dice_mean", "hd95_3", "lesion_f1_mean"):
+        vals = [f["metrics"][m] for f in folds]
+        got = [r for r in reps if r["metric"] == m]
+        assert [(r["repeat"], r["seed"], r["n"]) for r in got] == [(0, 0, 2), (1, 1, 2), (2, 2, 2)]
+        assert [r["value"] for r in got] == pytest.approx(vals)
+        assert by[m]["value"] == pytest.approx(np.mean(vals)) and by[m]["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert by["dice_mean"]["n"] == 6
 
 
 def test_nested_regions_are_scored_as_label_at_least_v():
@@ -205,3 +236,99 @@ def test_nested_regions_are_scored_as_label_at_least_v():
         assert got[f"dice_{v}"] == pytest.approx(dsc(pred >= v, target >= v))
         assert flat[f"dice_{v}"] == pytest.approx(dsc(pred == v, target == v))
     assert got["dice_1"] > flat["dice_1"]   # the whole tumour is easier than its edema-only part
+
+
+# ------------------------------------------------------------------ k-fold and the best-validation checkpoint
+
+def test_kfold_tests_every_case_once_and_never_trains_or_validates_on_a_test_patient(blobs, tmp_path):
+    """Folds 0, 1, 2 (case i in fold i % 3, patient p<i>); patient p0 has a second case in fold 1."""
+    from collections import Counter
+    rows = [*blobs, {**blobs[0], "case_id": "case0b", "fold": 1}]
+    cfg = Finetune3dConfig.tiny(iterations=2, decoder="unetr", folds=3, val_every=1, val_fraction=0.3)
+    res = run_finetune3d(unet_tiny, rows, cfg, out_dir=tmp_path)
+    ids = [r["case_id"] for r in rows]
+    assert Counter(c for f in res["folds"] for c in f["test_cases"]) == Counter(ids)   # each case once
+    assert sorted(res["per_case"]) == sorted(ids) == sorted(res["predictions"]) and res["n_test_cases"] == 7
+    by_case = {r["case_id"]: r for r in rows}
+    for f in res["folds"]:
+        test_patients = {by_case[c]["patient_id"] for c in f["test_cases"]}
+        assert {by_case[c]["fold"] for c in f["test_cases"]} == {f["fold"]} and f["seed"] == f["fold"]
+        train, val = set(f["train_patients"]), set(f["val_patients"])
+        assert train and val and not (train & val) and not ((train | val) & test_patients)
+        assert f["n_train_cases"] + f["n_val_cases"] + len(f["dropped_train_cases"]) + f["n_test_cases"] == 7
+        iters = [i for i, _ in f["curve"]["val"]]
+        scores = [s for _, s in f["curve"]["val"]]
+        assert iters == [1, 2] and f["best_iteration"] == iters[int(np.argmax(scores))]
+    assert res["folds"][0]["dropped_train_cases"] == ["case0b"]       # p0 is tested in fold 0
+    assert res["folds"][1]["dropped_train_cases"] == ["case0"]        # … and in fold 1
+    for m in ("dice_mean", "hd95_3", "lesion_f1_mean"):
+        vals = [f["metrics"][m] for f in res["folds"]]
+        assert res["fold_values"][m] == vals
+        assert res["metrics"][m] == pytest.approx(np.mean(vals))
+        assert res["std"][m] == pytest.approx(np.std(vals, ddof=1))
+    with pytest.raises(ValueError, match="folds=5"):
+        run_finetune3d(unet_tiny, rows, replace(cfg, folds=5))
+
+
+def test_validation_comes_from_the_val_split_else_a_seeded_share_of_training_patients(blobs):
+    cfg = Finetune3dConfig.tiny(iterations=2, val_every=2, decoder="unetr")
+    held = run_finetune3d(unet_tiny, blobs, cfg)
+    assert len(held["val_patients"]) == 1 and held["n_val_cases"] == 1 and held["n_train_cases"] == 3
+    assert not set(held["val_patients"]) & set(held["train_patients"])
+    assert held["curve"]["val"][0][0] == 2 and held["best_iteration"] == 2
+    rows = [{**r, "split": "val"} if r["case_id"] == "case1" else r for r in blobs]
+    split = run_finetune3d(unet_tiny, rows, replace(cfg, iterations=0))
+    assert split["val_patients"] == ["p1"] and split["n_train_cases"] == 3
+    assert run_finetune3d(unet_tiny, blobs, replace(cfg, val_every=0, iterations=0))["n_train_cases"] == 4
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def _tiny_loop(net: nn.Module, validate=None, val_every: int = 0, n: int = 6) -> dict:
+    """train3d.train_loop on a linear layer and random batches (seeded by the loop's generator)."""
+    from types import SimpleNamespace
+
+    from mrifoundry.tasks.evaluation.train3d import train_loop
+    cfg = SimpleNamespace(iterations=n, lr=0.1, encoder_lr=None, weight_decay=0.0, warmup_iters=0, seed=0, amp=False)
+
+    def batch(rng):
+        return torch.as_tensor(rng.normal(size=(8, 4)), dtype=torch.float32), torch.as_tensor(rng.integers(0, 2, 8))
+
+    return train_loop(net, batch, nn.functional.cross_entropy, cfg, torch.device("cpu"), flip=False,
+                      groups=[{"params": list(net.parameters()), "lr": cfg.lr}], validate=validate,
+                      val_every=val_every)
+
+
+def _fresh() -> nn.Module:
+    torch.manual_seed(0)
+    return _Tiny()
+
+
+def test_the_best_validation_checkpoint_is_the_one_with_the_highest_planted_score():
+    planted = {1: 0.2, 2: 0.7, 3: 0.5, 4: 0.7, 5: 0.1, 6: float("nan")}   # a tie (the first is kept) and a NaN
+    net, snapshots = _fresh(), {}
+
+    def validate(it):
+        snapshots[it] = copy.deepcopy(net.state_dict())
+        return planted[it]
+
+    curve = _tiny_loop(net, validate, val_every=1)
+    assert curve["best_iteration"] == 2 and curve["best_val"] == 0.7
+    assert [i for i, _ in curve["val"]] == [1, 2, 3, 4, 5, 6]
+    assert all(torch.equal(v, snapshots[2][k]) for k, v in net.state_dict().items())
+    assert not all(torch.equal(v, snapshots[6][k]) for k, v in net.state_dict().items())   # not the last weights
+    # validation leaves training alone: the same losses and last weights without the hook, and no extra keys
+    plain_net = _fresh()
+    plain = _tiny_loop(plain_net)
+    assert curve["loss"] == plain["loss"] and set(plain) == {"loss", "lr"}
+    assert all(torch.equal(v, snapshots[6][k]) for k, v in plain_net.state_dict().items())
+    # every val_every steps and after the last
+    sparse = _tiny_loop(_fresh(), lambda it: float(it), val_every=4)
+    assert sparse["val"] == [[4, 4.0], [6, 6.0]] and sparse["best_iteration"] == 6

@@ -71,7 +71,7 @@ def test_frd_flow_uses_its_cache_the_second_time(research):
 def test_few_shot_flow_tiny(research):
     from mrifoundry.flows.evaluate import few_shot
     res = few_shot(dataset_id="mni-wm", out=str(research.parent), model="random", arch="sam_tiny", preset="tiny",
-                   overrides={"repeats": 1, "epochs": 10, "k_patients": 1, "n_val_patients": 0}, eval_id="fs-tiny")
+                   random_decoder=True, overrides={"repeats": 1, "epochs": 10, "k_patients": 1, "n_val_patients": 0}, eval_id="fs-tiny")
     con = connect(research)
     rows = dict(con.execute("SELECT metric, value FROM evaluations WHERE eval_id = 'fs-tiny'").fetchall())
     pic = con.execute("SELECT DISTINCT picture_file FROM evaluations WHERE eval_id = 'fs-tiny'").fetchone()[0]

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from mrifoundry.tasks.ingest.labelled3d.dicom_seg import is_dicom_seg, read_dicom_seg
 from mrifoundry.tasks.ingest.labelled3d.readers import SEG_SOP_CLASS
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.tasks.ingest.labels import CaseError
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrifoundry.tasks.ingest.labelled3d.labels import parse_labels
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.tasks.ingest.labels import parse_labels
+from mrifoundry.tasks.ingest.labels import CaseError
 
 BRATS = np.array([0, 1, 2, 4, 4, 2, 0, 3], dtype=np.uint8)  # 3 is not a BraTS 2021 value
 NAMES = {1: "necrotic_core", 2: "edema", 4: "enhancing"}

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from nibabel.testing import data_path
 
 from mrifoundry.tasks.ingest.labelled3d.readers import is_image_path, itk_to_nifti, read_image, split_ext
-from mrifoundry.tasks.ingest.labelled2d import CaseError
+from mrifoundry.tasks.ingest.labels import CaseError
 from tests.dicom_factory import pixel_lps, write_series
 
 SHAPE = (5, 4, 3)  # ITK (i, j, k)
