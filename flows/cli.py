@@ -57,6 +57,7 @@ VERBS = (
          positional=("dataset_id",)),
     Verb("nnunet-baseline", P.NnunetParams, f"{_EV}.nnunet_baseline:run_nnunet", "mrifoundry.flows.nnunet:nnunet_baseline",
          positional=("dataset_id",)),
+    Verb("compare", P.CompareParams, f"{_EV}.compare:run_compare", "mrifoundry.flows.compare:compare_flow"),
     Verb("frd", P.FrdParams, f"{_EV}.runs:run_frd", "mrifoundry.flows.evaluate:frd_flow"),
     Verb("transfer", P.TransferParams, f"{_EV}.runs:run_transfer", "mrifoundry.flows.evaluate:transfer"),
     Verb("epoch-sweep", P.EpochSweepParams, f"{_EV}.epoch_sweep:run_epoch_sweep", "mrifoundry.flows.evaluate:epoch_sweep"),

@@ -42,6 +42,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from mrifoundry.tasks.evaluation.metrics import dice_2d, dice_3d, nsd_3d
+from mrifoundry.tasks.evaluation.repeats import mean_sd
 
 __all__ = ["FewShotConfig", "pick_fewshot", "fewshot_lr", "load_slices", "random_crop_rotate",
            "predict", "train_fewshot", "run_fewshot", "METRICS"]
@@ -379,14 +380,9 @@ def run_fewshot(model_factory: Callable[[], nn.Module], rows: list[dict], cfg: F
     """``cfg.repeats`` repeats (seeds ``cfg.seed + r``) of :func:`train_fewshot`.
 
     Returns ``{"repeats": [per-repeat results], "summary": {metric: {"mean", "std", "values"}}}``
-    for the scalar metrics in :data:`METRICS`; ``std`` is the population std (ddof 0), NaNs
-    (e.g. no validation set) are left out of mean and std.
+    for the scalar metrics in :data:`METRICS`; ``std`` is the sample std (ddof 1, NaN for one
+    repeat, as the catalog stores it), NaNs (e.g. no validation set) are left out of mean and std.
     """
     results = [train_fewshot(model_factory, rows, cfg, r) for r in range(cfg.repeats)]
-    summary = {}
-    for m in METRICS:
-        vals = [float(r["metrics"][m]) for r in results]
-        ok = [v for v in vals if not math.isnan(v)]
-        summary[m] = {"mean": float(np.mean(ok)) if ok else float("nan"),
-                      "std": float(np.std(ok)) if ok else float("nan"), "values": vals}
+    summary = {m: mean_sd([float(r["metrics"][m]) for r in results]) for m in METRICS}
     return {"repeats": results, "summary": summary}

@@ -19,7 +19,6 @@ Layout of ``nnunet/``: ``raw/``, ``preprocessed/``, ``results/`` (nnU-Net's), ``
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ from mrifoundry.params import NnunetParams
 from mrifoundry.tasks.evaluation.evaluate import eval_dir, record
 from mrifoundry.tasks.evaluation.fewshot import load_slices, pick_fewshot
 from mrifoundry.tasks.evaluation.metrics import dice_2d, dice_3d, nsd_3d
+from mrifoundry.tasks.evaluation.repeats import mean_sd
 from mrifoundry.tasks.ingest.labelled2d import load_labelled
 
 __all__ = ["MODEL", "NNUNET_METRICS", "export_cases", "nnunet_split", "run_nnunet", "score"]
@@ -210,12 +210,7 @@ def run_nnunet(params: NnunetParams, *, progress: Progress = None) -> dict:
         say(f"nnU-Net repeat {r}: test 3D DSC {metrics['test_dsc_3d']:.3f}, 3D NSD {metrics['test_nsd_3d']:.3f}")
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    summary = {}
-    for m in NNUNET_METRICS:
-        vals = [float(p["metrics"][m]) for p in per_repeat]
-        ok = [v for v in vals if not math.isnan(v)]
-        summary[m] = {"mean": float(np.mean(ok)) if ok else float("nan"),
-                      "std": float(np.std(ok)) if ok else float("nan"), "values": vals}
+    summary = {m: mean_sd([float(p["metrics"][m]) for p in per_repeat]) for m in NNUNET_METRICS}
     details = json.dumps({"trainer": params.trainer, "params": params.model_dump(mode="json"),
                           "per_repeat": {m: summary[m]["values"] for m in NNUNET_METRICS},
                           "epochs": [p["epochs"] for p in per_repeat],
@@ -225,8 +220,10 @@ def run_nnunet(params: NnunetParams, *, progress: Progress = None) -> dict:
                           "seconds": round(time.perf_counter() - t0, 1)})
     base = {"eval_id": name, "kind": "few-shot", "model": MODEL, "weights_sha256": "n/a",
             "dataset": params.dataset_id, "n": params.repeats, "details": details}
-    record(research, [{**base, "metric": m, "value": summary[m]["mean"], "std": summary[m]["std"]}
-                      for m in NNUNET_METRICS])
+    # per-repeat values with the few-shot flow's seeds (repeat r: seed + r), so `compare` pairs them
+    record(research, [{**base, "metric": m, "value": summary[m]["mean"]} for m in NNUNET_METRICS],
+           repeats={m: summary[m]["values"] for m in NNUNET_METRICS},
+           seeds=[params.seed + p["repeat"] for p in per_repeat])
     table = "\n".join(f"| {m} | {s['mean']:.3f} ± {s['std']:.3f} |" for m, s in summary.items())
     return {"eval_id": name, "summary": summary, "repeats": per_repeat, "eval_dir": str(out), "log": str(log),
             "markdown": f"# nnU-Net v2 few-shot `{name}`\n\n| metric | mean ± std |\n|---|---|\n{table}"}

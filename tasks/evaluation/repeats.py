@@ -31,6 +31,13 @@ def summarise(values: Sequence[float]) -> dict:
             "std": float(np.std(ok, ddof=1)) if ok.size > 1 else None}
 
 
+def mean_sd(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "values"}`` as the evaluation summaries report them: :func:`summarise`'s
+    mean and sample std (NaN below two finite values), and every repeat's value."""
+    s = summarise(values)
+    return {"mean": s["value"], "std": float("nan") if s["std"] is None else s["std"], "values": list(values)}
+
+
 def repeat_rows(eval_id: str, metric: str, values: Sequence[float], seeds: Sequence[int] | None = None,
                 n: Sequence[int | None] | None = None) -> list[dict]:
     """One ``evaluation_repeats`` row per value: repeat r with ``seeds[r]`` (default r) and ``n[r]`` items."""

@@ -63,11 +63,12 @@ def run_finetune_3d(params: Finetune3dParams, *, progress: Callable[[str], None]
     for f, r in res["fractions"].items():
         m, s = r["metrics"], r["std"]
         cells = " | ".join(f"{m[f'{x}_mean']:.3f} ± {s[f'{x}_mean']:.3f}" for x in ("dice", "nsd", "hd95", "lesion_f1"))
-        best = r["best_iteration"]
-        best = "last" if best is None or (isinstance(best, list) and None in best) else best
+        best = [r["best_iteration"]] if not isinstance(r["best_iteration"], list) else r["best_iteration"]
+        best = ", ".join("last" if b is None else str(b) for b in best)   # k-fold: one per fold
         lines.append(f"| {f} | {cells} | {r['n_test_cases']} | {best} |")
         say(f"finetune-3d {name} @{f}: DSC {m['dice_mean']:.3f}, NSD {m['nsd_mean']:.3f}, HD95 {m['hd95_mean']:.2f} "
-            f"mm, lesion F1 {m['lesion_f1_mean']:.3f} on {r['n_test_cases']} test cases" + (f", {k} folds" if k else ""))
+            f"mm, lesion F1 {m['lesion_f1_mean']:.3f} on {r['n_test_cases']} test cases"
+            + (f", {k} folds" if k else ""))
     return {**res, "markdown": f"# 3D fine-tuning `{name}`\n\n" + "\n".join(lines)}
 
 

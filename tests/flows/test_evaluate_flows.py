@@ -25,7 +25,7 @@ def test_linear_probe_flow(research):
     from mrifoundry.flows.evaluate import linear_probe
     res = linear_probe(out=str(research.parent),
                        query="SELECT png_file, patient_id, orientation AS label FROM training_slices",
-                       model="random", arch="vit_tiny", image_size=64, eval_id="probe-tiny", epochs=20)
+                       model="random", arch="vit_tiny", image_size=64, eval_id="probe-tiny", epochs=20, repeats=1)
     assert 0.0 <= res["accuracy"] <= 1.0
     con = connect(research)
     rows = dict(con.execute("SELECT metric, value FROM evaluations WHERE eval_id = 'probe-tiny'").fetchall())
