@@ -77,7 +77,8 @@ def hold_out_patients(rows: Sequence[dict], fraction: float, seed: int) -> tuple
         raise UsageError(f"validation fraction must be in (0, 1), got {fraction}")
     patients = sorted({str(r["patient_id"]) for r in rows})
     if len(patients) < 2:
-        raise UsageError(f"a validation hold-out needs ≥ 2 training patients, got {len(patients)}")
+        raise UsageError(f"a validation hold-out needs ≥ 2 training patients, got {len(patients)} "
+                         f"(val_every 0 tests the last weights)")
     # its own stream: the label-fraction pick (finetune3d.pick_train_patients) uses default_rng(seed)
     order = np.random.default_rng([seed, 1]).permutation(len(patients))
     n = min(max(1, int(round(fraction * len(patients)))), len(patients) - 1)
