@@ -15,11 +15,11 @@ Cross-validation runs over the rows' ``fold`` column: each fold is the test set 
 others train; a patient with cases in the test fold never trains (its other cases are dropped
 from that fold's training set and counted). Metrics per fold: AUROC (binary: of the second
 class, classes sorted; multi-class: macro one-vs-rest, ``sklearn.metrics.roc_auc_score``),
-accuracy and balanced accuracy; reported as mean and population std over folds.
+accuracy and balanced accuracy; reported as mean and sample std over folds (each fold's values
+go to ``evaluation_repeats``, repeat = fold, seed = seed + fold).
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from mrifoundry.models.seg3d import build_classifier3d
 from mrifoundry.tasks.evaluation.finetune3d import as_encoder, load_image, pick_train_patients
+from mrifoundry.tasks.evaluation.repeats import mean_sd
 from mrifoundry.tasks.evaluation.train3d import autocast_for, device_for, train_loop
 
 __all__ = ["Classify3dConfig", "METRICS", "auroc", "balanced_accuracy", "classification_metrics", "cross_validate",
@@ -265,12 +266,7 @@ def cross_validate(encoder_factory: Callable[[], object], rows: Sequence[dict], 
                     "dropped_train_cases": dropped, "roc": roc_points(y_all[te], probs, len(classes)),
                     "curve": curve, "trainable_params": params,
                     "probs": {ids[i]: p.tolist() for i, p in zip(te, probs)}})
-    summary = {}
-    for k in METRICS:
-        vals = [float(r[k]) for r in out]
-        ok = [v for v in vals if not math.isnan(v)]
-        summary[k] = {"mean": float(np.mean(ok)) if ok else float("nan"),
-                      "std": float(np.std(ok)) if ok else float("nan"), "values": vals}
+    summary = {k: mean_sd([float(r[k]) for r in out]) for k in METRICS}
     return {"summary": summary, "folds": out, "classes": classes, "n_cases": len(rows),
             "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 

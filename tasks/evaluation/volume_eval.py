@@ -186,7 +186,7 @@ def classify3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model
                   f"{model_label} ({cfg.mode}) on {dataset_id}: {len(top['folds'])}-fold, "
                   f"AUROC {top['summary']['auroc']['mean']:.3f} ± {top['summary']['auroc']['std']:.3f}")
     _write_json(out / "result.json", {str(f): r for f, r in results.items()})
-    rows_out = []
+    rows_out, repeats = [], {}
     for f, r in results.items():
         details = json.dumps({"config": _config(cfg), "label_fraction": f, "classes": r["classes"],
                               "per_fold": [{k: v for k, v in fold.items() if k not in ("roc", "curve", "probs")}
@@ -195,9 +195,13 @@ def classify3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model
         base = {"eval_id": eval_id, "kind": "classify-3d", "model": model_label, "weights_sha256": weights_sha,
                 "dataset": dataset_id, "n": r["n_cases"], "details": details,
                 "picture_path": str(png.relative_to(research)) if f == max(fracs) else None}
-        rows_out += [{**base, "metric": metric_name(m, f), "value": r["summary"][m]["mean"],
-                      "std": r["summary"][m]["std"]} for m in classify3d.METRICS]
-    record(research, rows_out)
+        rows_out += [{**base, "metric": metric_name(m, f), "value": r["summary"][m]["mean"]}
+                     for m in classify3d.METRICS]
+        repeats.update({metric_name(m, f): r["summary"][m]["values"] for m in classify3d.METRICS})
+        seeds = [cfg.seed + fold["fold"] for fold in r["folds"]]
+        fold_n = [fold["n_test"] for fold in r["folds"]]
+    # one evaluation_repeats row per fold (repeat = fold, seed = seed + fold): mean ± sample sd over folds
+    record(research, rows_out, repeats, seeds=seeds, repeat_n=fold_n)
     return {"fractions": {f: {m: {k: v for k, v in s.items() if k != "values"} for m, s in r["summary"].items()}
                           for f, r in results.items()},
             "roc_png": str(png), "result_json": str(out / "result.json")}

@@ -106,7 +106,7 @@ def test_kfold_tests_every_fold_once_and_never_trains_on_a_test_patient(cases, i
     # p0's second case is dropped from the folds that test p0's first case, and vice versa
     assert folds[0]["dropped_train_cases"] == ["case11"] and folds[2]["dropped_train_cases"] == ["case0"]
     assert res["summary"]["auroc"]["values"] == [f["auroc"] for f in folds]
-    assert res["summary"]["auroc"]["std"] == pytest.approx(np.std([f["auroc"] for f in folds]))
+    assert res["summary"]["auroc"]["std"] == pytest.approx(np.std([f["auroc"] for f in folds], ddof=1))
 
 
 def test_a_linear_probe_separates_bright_from_dark_volumes(cases, inputs):
@@ -171,4 +171,11 @@ def test_classify3d_eval_records_mean_and_std_over_folds(cases, tmp_path):
         s["auroc"]["std"])
     assert by["auroc"]["n"] == len(cases)
     assert len(json.loads(by["auroc"]["details"])["values"]["auroc"]) == 3
+    # each fold is a repeat of the catalog (repeat = fold, seed = seed + fold); the row's mean and sd come from them
+    _, reps = query_dicts(research, "SELECT repeat, seed, value FROM evaluation_repeats WHERE eval_id = 'cls3d-test' "
+                                    "AND metric = 'auroc' ORDER BY repeat")
+    assert [(r["repeat"], r["seed"]) for r in reps] == [(0, LINEAR.seed), (1, LINEAR.seed + 1), (2, LINEAR.seed + 2)]
+    vals = [r["value"] for r in reps]
+    assert by["auroc"]["value"] == pytest.approx(np.mean(vals)) and by["auroc"]["std"] == pytest.approx(
+        np.std(vals, ddof=1))
     assert (research / by["auroc"]["picture_path"]).stat().st_size > 1000
