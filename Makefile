@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c deploy/constraints.txt -e ".[test,bench]"
+	# nnunetv2 → batchgenerators → unittest2 pulls PyPI's argparse 1.4 backport, which shadows the
+	# standard library's wherever site-packages comes first on sys.path (Prefect's temporary server
+	# runs uvicorn with --app-dir site-packages): tests/test_environment.py checks it is gone
+	$(PY) -m pip uninstall -q -y argparse
 	# real vendor DICOM for tests/vendor: heudiconv's wheel ships Siemens mosaics and XA data (data only, not installed)
 	rm -rf $(VENV)/share/wheels && $(PY) -m pip download -q --no-deps -c deploy/constraints.txt -d $(VENV)/share/wheels heudiconv
 	$(PY) -m bench.vendor_corpus $(VENV)/share/wheels/heudiconv-*.whl
