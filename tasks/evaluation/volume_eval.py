@@ -198,10 +198,10 @@ def classify3d_eval(research: Path, rows: Sequence[dict], *, eval_id: str, model
         rows_out += [{**base, "metric": metric_name(m, f), "value": r["summary"][m]["mean"]}
                      for m in classify3d.METRICS]
         repeats.update({metric_name(m, f): r["summary"][m]["values"] for m in classify3d.METRICS})
-        seeds = [cfg.seed + fold["fold"] for fold in r["folds"]]
-        fold_n = [fold["n_test"] for fold in r["folds"]]
-    # one evaluation_repeats row per fold (repeat = fold, seed = seed + fold): mean ± sample sd over folds
-    record(research, rows_out, repeats, seeds=seeds, repeat_n=fold_n)
+    # one evaluation_repeats row per fold (repeat = fold, seed = seed + fold): mean ± sample sd over folds;
+    # every label fraction tests the same folds
+    record(research, rows_out, repeats, seeds=[cfg.seed + fold["fold"] for fold in top["folds"]],
+           repeat_n=[fold["n_test"] for fold in top["folds"]])
     return {"fractions": {f: {m: {k: v for k, v in s.items() if k != "values"} for m, s in r["summary"].items()}
                           for f, r in results.items()},
             "roc_png": str(png), "result_json": str(out / "result.json")}
