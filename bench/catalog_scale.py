@@ -2,7 +2,7 @@
 
 Tables are generated column-wise with NumPy / Arrow compute (no per-row Python), with the
 project's schemas and writer (zstd Parquet, sorted by exam_id like ``consolidate``), then
-``build_research_db`` makes the views and 10 representative queries are timed: cold
+``build_research_db`` makes the views and 11 representative queries are timed: cold
 (a fresh DuckDB connection per run; the OS page cache may still be warm) and warm (same
 connection, after one unrecorded run).
 """
@@ -57,7 +57,7 @@ def _pick(rng, options, p, n) -> np.ndarray:
 
 def generate(research: Path, scale: float = 1.0, seed: int = 0) -> dict:
     """Write exams/series/slices/stage_results Parquet under ``research/catalog``; row counts."""
-    from mrifoundry.catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
+    from mrifoundry.catalog.schema import EXAMS, SERIES, SERIES_QUALITY, SLICES, STAGE_RESULTS
     from mrifoundry.catalog.store import table_file, write_parquet_atomic
 
     rng = np.random.default_rng(seed)
@@ -179,8 +179,20 @@ def generate(research: Path, scale: float = 1.0, seed: int = 0) -> dict:
         "outputs": np.where(status == "done", "[]", None),
     }
 
+    # metrics of the converted series: log-normal around plausible medians, so the z-score view
+    # has real groups (vendor × model × field × sequence × body part) to rank
+    okx = np.flatnonzero(ok)
+    quality = {"series_id": series_id[okx], "exam_id": exam_id[ex_of][okx], "iqm_version": np.full(okx.size, "1"),
+               "slab_axis": np.full(okx.size, 2), "stride": np.full(okx.size, 1)}
+    for name, med in (("snr", 8.0), ("snr_dietrich", 40.0), ("cnr", 2.0), ("cjv", 0.5), ("efc", 0.6),
+                      ("fber", 300.0), ("qi1", 0.01), ("bright2max", 0.8), ("slice_jump", 0.1), ("ghost_ratio", 0.1)):
+        quality[name] = rng.lognormal(np.log(med), 0.3, okx.size)
+    quality["blank_slices"] = np.where(rng.random(okx.size) < 0.002, 0.05, 0.0)
+    quality["saturated_fraction"] = rng.uniform(0, 1e-4, okx.size)
+
     counts = {}
-    for table, cols in ((EXAMS, exams), (SERIES, series), (SLICES, slices), (STAGE_RESULTS, ledger)):
+    for table, cols in ((EXAMS, exams), (SERIES, series), (SLICES, slices), (STAGE_RESULTS, ledger),
+                        (SERIES_QUALITY, quality)):
         n_rows = len(next(iter(cols.values())))
         # columns the generator does not fill (ingest provenance, digests) are null, as in a DICOM-only catalog
         arrays = [pa.nulls(n_rows, f.type) if c is None else
@@ -218,7 +230,9 @@ QUERIES = [  # (name, SQL); {sid} is a real series id
     ("lookup: one series' slices by series_id",
      "SELECT slice_index, png_file FROM slices WHERE series_id = '{sid}' ORDER BY temporal_index, slice_index LIMIT 1000"),
     ("NIfTI volumes for 3D pretraining",
-     "SELECT series_id, nifti_file, nifti_shape FROM series WHERE status = 'ok' AND nifti_file IS NOT NULL"),
+     "SELECT series_id, nifti_file, nifti_shape FROM training_volumes"),
+    ("quality outliers (robust z of 12 metrics per scanner × sequence group)",
+     "SELECT series_id, flags FROM quality_outliers ORDER BY exam_id, series_id"),
 ]
 
 

@@ -134,7 +134,7 @@ class Ledger:
                 "WHERE item_id=? AND stage=?", (item_id, stage)).fetchone()
         return LedgerRow(*row) if row else None
 
-    def forget_exam_stage(self, exam_id: str, stage: str, item_kinds: tuple[str, ...] = ("series", "instance")) -> None:
+    def forget_exam_stage(self, exam_id: str, stage: str, item_kinds: tuple[str, ...] = ("series", "instance", "quality")) -> None:
         """Drop the sub-item rows of one exam's stage before it is redone (no stale series rows)."""
         with self._conn() as c:
             c.execute(

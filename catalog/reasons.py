@@ -61,6 +61,7 @@ REASONS: dict[str, tuple[str, str, str]] = {
     # convert
     "duplicate_series": ("convert", "rejected", "the same voxels as another series of the exam (same content_sha256, NIfTI shape and affine, time points, image set, SeriesDescription and TR/TE/flip angle; a classic and an enhanced copy under two SeriesInstanceUIDs): the series converted first in series-id order is kept, this one's NIfTI, sidecars and PNGs are removed; the message names the kept series"),
     "convert_error": ("convert", "failed", "an unexpected error while writing PNG or NIfTI"),
+    "iqm_error": ("convert", "failed", "the image-quality metrics or thumbnail of a converted series could not be computed (item <series_id>/iqm): the series is converted and catalogued without a series_quality row; rerun=failed recomputes them"),
     "disk_full": ("any", "failed", "no space left on the device (any stage, the ledger, the catalog merge): the run stopped; free space and re-run, unfinished exams are picked up"),
     # convert: dicom2nifti refused a series that passed our checks (its own validation name)
     **{"d2n_" + code.lower().replace("/", "_"): ("convert", "rejected", f"dicom2nifti raised {code}: {meaning}")

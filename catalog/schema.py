@@ -12,6 +12,7 @@ import pyarrow as pa
 # (catalog/schema_stats.py) can be defined beside this module without an import cycle.
 from mrifoundry.catalog.table import B, D, F, I, S, TS, Column, Table  # noqa: F401 - re-exported
 from mrifoundry.catalog.schema_stats import COMPARISONS, EVALUATION_REPEATS
+from mrifoundry.catalog.schema_quality import REVIEW_DECISIONS, SERIES_QUALITY
 
 EXAMS = Table(
     "exams", "research", ("exam_id",),
@@ -112,9 +113,9 @@ STAGE_RESULTS = Table(
     "The stage ledger: one row per (item, stage). Items are exams, series or single instances.",
     (
         Column("item_id", S, "opaque id of the item (exam_id, series_id, or series_id/instance number)"),
-        Column("item_kind", S, "exam, series or instance"),
+        Column("item_kind", S, "exam, series, instance, or quality (a series' metrics, item <series_id>/iqm)"),
         Column("exam_id", S, "exam the item belongs to"),
-        Column("stage", S, "retrieve, deid, continuity, convert or catalog"),
+        Column("stage", S, "retrieve, deid, continuity, convert or catalog (ingest for collections)"),
         Column("status", S, "done, rejected (data-quality decision) or failed (error; retried on re-run)"),
         Column("reason", S, "reason code (catalog/reasons.py) when rejected or failed"),
         Column("message", S, "short explanation, never containing header values"),
@@ -327,10 +328,10 @@ EVALUATIONS = Table(
     ),
 )
 
-RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS)
+RESEARCH_TABLES = (EXAMS, SERIES, SLICES, STAGE_RESULTS, SERIES_QUALITY)
 #: written by downstream flows (pretrain, extract-features), not by curation
 DERIVED_TABLES = (MODELS, FEATURE_SETS, FEATURES, VOLUME_FEATURES, DATASETS, LABELLED_SLICES, LABELLED_VOLUMES,
-                  EVALUATIONS, EVALUATION_REPEATS, COMPARISONS)
+                  EVALUATIONS, EVALUATION_REPEATS, COMPARISONS, REVIEW_DECISIONS)
 ALL_TABLES = RESEARCH_TABLES + DERIVED_TABLES + (REPORTS,)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in drop_exams
 import pyarrow.parquet as pq
 
-from mrifoundry.catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SLICES, VOLUME_FEATURES, Table,
+from mrifoundry.catalog.schema import (DERIVED_TABLES, EXAMS, FEATURES, RESEARCH_TABLES, SERIES, SERIES_QUALITY, SLICES,
+                                      VOLUME_FEATURES, Table,
                             to_arrow)
 from mrifoundry.atomic import atomic_path
 from mrifoundry.duck import quiet_connect
@@ -89,7 +90,7 @@ def consolidate(research: Path, table: Table) -> int:
 
 
 def drop_exams(research: Path, exam_ids, keep_dir: Path | None = None,
-               tables: tuple[Table, ...] = (EXAMS, SERIES, SLICES)) -> dict[str, int]:
+               tables: tuple[Table, ...] = (EXAMS, SERIES, SLICES, SERIES_QUALITY)) -> dict[str, int]:
     """Remove every row of ``exam_ids`` from ``tables``: their pending parts and their rows in the
     consolidated Parquet files (rewritten atomically). With ``keep_dir`` the removed rows are kept
     there, not lost: parts move to ``keep_dir/_parts/<table>/<exam_id>.parquet`` and consolidated

@@ -16,8 +16,9 @@ import duckdb
 
 from mrifoundry.atomic import atomic_path
 from mrifoundry.catalog.schema import (DERIVED_TABLES, EVALUATIONS, FEATURES, LABELLED_SLICES, LABELLED_VOLUMES, MODELS, RESEARCH_TABLES, REPORTS,
-                            SERIES, SLICES, VOLUME_FEATURES)
+                            SERIES, SERIES_QUALITY, SLICES, VOLUME_FEATURES)
 from mrifoundry.catalog.store import catalog_dir, ensure_derived_tables, table_file
+from mrifoundry.catalog.views_quality import EXCLUDED, quality_views
 
 DB_NAME = "catalog.duckdb"
 
@@ -30,6 +31,7 @@ def _q(s: str) -> str:
 ABSOLUTE_COLUMNS = {
     SLICES.name: (("png_path", "png_file"),),
     SERIES.name: (("dicom_dir", "dicom_folder"), ("nifti_path", "nifti_file")),
+    SERIES_QUALITY.name: (("thumb_path", "thumb_file"),),
     FEATURES.name: (("grid_path", "grid_file"),),
     EVALUATIONS.name: (("picture_path", "picture_file"),),
     MODELS.name: (("checkpoint_path", "checkpoint_file"), ("loss_curve_path", "loss_curve_file")),
@@ -61,10 +63,13 @@ def _create_views(con: duckdb.DuckDBPyConnection, research: Path) -> None:
     con.execute(
         "CREATE VIEW rejections AS SELECT stage, reason, item_kind, COUNT(*) AS n "
         "FROM stage_results WHERE status <> 'done' GROUP BY ALL ORDER BY n DESC")
+    for sql in quality_views():   # series_decisions first: the training views read it
+        con.execute(sql)
     con.execute(
         "CREATE VIEW training_slices AS SELECT s.*, r.sequence_type, r.orientation, r.field_strength, "
         "r.manufacturer, e.body_part, e.protocol, e.patient_id FROM slices s "
-        "JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok'")
+        "JOIN series r USING (series_id) JOIN exams e ON e.exam_id = s.exam_id WHERE r.status = 'ok' "
+        f"AND s.series_id NOT IN {EXCLUDED}")
     con.execute(f"COMMENT ON VIEW exams IS {_q(_ROOT_MARK + _root(research))}")
 
 

@@ -73,6 +73,7 @@ VERBS = (
     Verb("phi-audit", P.PhiAuditParams, f"{_T}:phi_audit", inputs=("out",), tool=True),
     Verb("catalog-docs", P.CatalogDocsParams, f"{_T}:catalog_docs", tool=True),
     Verb("where", P.WhereParams, f"{_T}:where", tool=True),
+    Verb("review", P.ReviewParams, f"{_T}:review", positional=("action", "file"), inputs=("file",), tool=True),
 )
 
 

@@ -1,5 +1,5 @@
 """The command's tool verbs (no pipeline, no flow): sql, overlap, export-bids, sample, phi-audit,
-catalog-docs. Each takes its params model and returns the exit code."""
+catalog-docs, where, review. Each takes its params model and returns the exit code."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mrifoundry.params import (
-    CatalogDocsParams, ExportBidsParams, OverlapParams, PhiAuditParams, SampleParams, SqlParams,
+    CatalogDocsParams, ExportBidsParams, OverlapParams, PhiAuditParams, ReviewParams, SampleParams, SqlParams,
 )
 from mrifoundry.settings import expand_home, research_dir
 
@@ -109,6 +109,28 @@ def catalog_docs(p: CatalogDocsParams) -> int:
             return 1
         return 0
     path.write_text(text)
+    return 0
+
+
+def review(p: ReviewParams) -> int:
+    from mrifoundry.catalog.views import connect
+    from mrifoundry.errors import UsageError
+    from mrifoundry.tasks.curation.review.decisions import import_decisions
+    from mrifoundry.tasks.curation.review.page import build_review_page
+    research = research_dir(p.out)
+    if p.action == "import":
+        if not p.file:
+            raise UsageError("review import needs the exported file: mrifoundry review import FILE --out OUT")
+        res = import_decisions(research, Path(expand_home(p.file)), rater=p.rater)
+        con = connect(research)
+        try:
+            n_out = con.execute("SELECT count(*) FROM series_decisions WHERE decision = 'exclude'").fetchone()[0]
+        finally:
+            con.close()
+        print(f"imported {res.decisions} decision(s) ({res.excluded} exclude) by {', '.join(res.raters) or '-'}; "
+              f"{n_out} series excluded from training_slices and training_volumes")
+    page = build_review_page(research, max_volumes=p.volumes)
+    print(f"review page: {page['page']} ({page['series']} series, {page['volumes']} with a 3D view)")
     return 0
 
 

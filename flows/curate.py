@@ -123,7 +123,7 @@ def prefect_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say)
 def curate(params: CurateParams) -> dict:
     """Curate an archive into OUT/research (see README): tasks/curation/runner.py::run_curation with
     one Prefect task per (exam, stage) on ``runner`` (threads, dask, dask://host:port, slurm), the
-    run summary, QC montage and PHI audit as artifacts."""
+    run summary, QC montage, review page and PHI audit as artifacts."""
     logger = get_run_logger()
     params = resolve(params)
     try:
@@ -147,5 +147,10 @@ def _artifacts(res: dict) -> None:
     if res.get("montage"):
         create_link_artifact(f"file://{Path(res['montage']).resolve()}", link_text="QC montage (PNG)",
                              key="curate-qc-montage")
+    if res.get("review_page"):
+        create_link_artifact(f"file://{Path(res['review_page']).resolve()}", link_text="QC review page (offline HTML)",
+                             key="curate-review-page",
+                             description="every series: thumbnails, IQM strip plots, 3D viewer, keyboard rating; "
+                                         "import decisions with `mrifoundry review import FILE`")
     if res.get("phi_audit"):
         create_markdown_artifact(res["phi_audit"], key="phi-audit", description="PHI audit (places only, no values)")

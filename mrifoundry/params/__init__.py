@@ -16,7 +16,7 @@ from mrifoundry.params.models import (
     Classify3dParams, DemoEvalParams,
 )
 from mrifoundry.params.tools import (
-    SqlParams, OverlapParams, ExportBidsParams, SampleParams, PhiAuditParams, CatalogDocsParams, WhereParams,
+    SqlParams, OverlapParams, ExportBidsParams, SampleParams, PhiAuditParams, CatalogDocsParams, WhereParams, ReviewParams,
 )
 
 __all__ = [
@@ -25,5 +25,5 @@ __all__ = [
     "ProbeParams", "ZeroShotParams", "FewShotParams", "NnunetParams", "FrdParams", "CompareParams",
     "TransferParams", "EpochSweepParams", "Volume3dParams", "Finetune3dParams", "Classify3dParams",
     "DemoEvalParams", "SqlParams", "OverlapParams", "ExportBidsParams", "SampleParams", "PhiAuditParams",
-    "CatalogDocsParams", "WhereParams",
+    "CatalogDocsParams", "WhereParams", "ReviewParams",
 ]

@@ -31,6 +31,9 @@ class CurateParams(Params):
     workers: int = Field(2, ge=1, description="concurrent exams (threads or Dask worker processes)")
     batch_size: int = Field(256, ge=1, description="exams submitted at once (bounds memory at Duke scale)")
     qc_per_body_part: int = Field(8, ge=1, description="slices per body part in the QC montage")
+    review_page: bool = Field(True, description="end with the offline QC review page research/qc/index.html")
+    review_volumes: int = Field(2000, ge=0, description="series with a 3D viewer copy in the review page "
+                                                        "(outliers first; about 0.5 MB each)")
     follow_symlinks: bool = Field(False, description="follow symlinks that point outside the archive folder")
     max_file_mb: int = Field(8192, ge=1, description="archive files larger than this are not read (file_too_large)")
     max_container_mb: int = Field(65536, ge=1, description="expansion budget of one zip/tar/gzip, nesting included")

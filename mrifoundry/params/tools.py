@@ -60,3 +60,14 @@ class CatalogDocsParams(Params):
 
 class WhereParams(Params):
     """``where``: where this installation keeps its state, rules and deployment files."""
+
+
+class ReviewParams(Params):
+    """``review``: import the decisions exported from the QC review page, or (re)build the page."""
+
+    action: Literal["import", "build"] = Field(description="import FILE into review_decisions (then rebuild the "
+                                                           "page), or build research/qc/index.html")
+    file: str | None = Field(None, description="the decisions the page exported (review-<run>.json or .csv)")
+    out: str | None = OUT
+    rater: str | None = Field(None, description="rater name for every imported row (default: the file's)")
+    volumes: int = Field(2000, ge=0, description="series with a 3D viewer copy in the page (outliers first)")

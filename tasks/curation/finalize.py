@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrifoundry.catalog.schema import EXAMS, SERIES, SLICES, STAGE_RESULTS
+from mrifoundry.catalog.schema import EXAMS, SERIES, SERIES_QUALITY, SLICES, STAGE_RESULTS
 from mrifoundry.catalog.store import consolidate, write_table
 from mrifoundry.catalog.views import build_research_db, build_restricted_db, connect
 from mrifoundry.catalog.reasons import describe
@@ -13,7 +13,7 @@ from mrifoundry.tasks.curation.workspace import Workspace
 
 def finalize_catalog(ws: Workspace) -> dict[str, int]:
     """Consolidate the tables and rebuild the DuckDB views; returns row counts per table."""
-    counts = {t.name: consolidate(ws.research, t) for t in (EXAMS, SERIES, SLICES)}
+    counts = {t.name: consolidate(ws.research, t) for t in (EXAMS, SERIES, SLICES, SERIES_QUALITY)}
     ledger = ws.ledger.to_arrow()
     write_table(ws.research, STAGE_RESULTS, ledger)
     counts[STAGE_RESULTS.name] = ledger.num_rows

@@ -64,9 +64,9 @@ def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: Exam
                  progress: Callable[[str], None] | None = None) -> dict:
     """Curate ``params.archive`` into ``params.out`` (paths already resolved:
     :func:`mrifoundry.flows.params.resolve`). Returns ``{"selection", "catalog", "stages",
-    "summary", "montage", "phi_audit"}``: selection counts, catalog row counts, outcome counts
-    per stage, the run summary (markdown) and QC montage paths, and the PHI audit's report
-    (places only, no values; None when ``params.phi_audit`` is off).
+    "summary", "montage", "phi_audit", "review_page"}``: selection counts, catalog row counts,
+    outcome counts per stage, the run summary (markdown) and QC montage paths, the PHI audit's
+    report (places only, no values; None when ``params.phi_audit`` is off) and the review page.
 
     Raises:
         mrifoundry.run_lock.OutputBusy: another run holds the output folder.
@@ -98,15 +98,36 @@ def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: Exam
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(md)
         say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        audit = audit_or_quarantine(out_dir, params.reports).to_markdown() if params.phi_audit else None
+        review = _review_page(ws, params, run_id, say)
+        try:
+            audit = audit_or_quarantine(out_dir, params.reports).to_markdown() if params.phi_audit else None
+        finally:   # a quarantine drops exams (and may move data.js): the page is rebuilt from what is left
+            if review and (not (ws.research / "qc" / "data.js").exists() or _quarantined(ws)):
+                review = _review_page(ws, params, run_id, say)
         failed_exams = ws.ledger.failed_exams() & set(sel.exam_ids)
     result = {"selection": sel.counts, "catalog": counts, "stages": stages, "summary": str(summary),
-              "montage": str(montage) if montage else None, "phi_audit": audit}
+              "montage": str(montage) if montage else None, "phi_audit": audit,
+              "review_page": review["page"] if review else None}
     failed = sum(c.get("failed", 0) for c in stages.values())
     if failed or failed_exams:
         raise CurationFailed(f"{failed} stage(s) failed, {len(failed_exams)} exam(s) with failed items; see "
                              "stage_results. Re-run with rerun=failed (--rerun failed).", result)
     return result
+
+
+def _review_page(ws: Workspace, params: CurateParams, run_id: str, say) -> dict | None:
+    """The offline QC review page (tasks/curation/review/page.py), or None when switched off."""
+    if not params.review_page:
+        return None
+    from mrifoundry.tasks.curation.review.page import build_review_page
+    with stops_on_full_disk(ws.out, "review page"):
+        res = build_review_page(ws.research, run_id=run_id, max_volumes=params.review_volumes, progress=say)
+    say(f"review page: {res['page']} ({res['series']} series, {res['volumes']} with a 3D view)")
+    return res
+
+
+def _quarantined(ws: Workspace) -> bool:
+    return (ws.restricted / "quarantine").is_dir()
 
 
 def threaded_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:

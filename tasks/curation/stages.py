@@ -23,6 +23,7 @@ from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 from mrifoundry.tasks.curation.convert.png import volume_to_png
 from mrifoundry.tasks.curation.convert.sidecar import write_sidecars
+from mrifoundry.tasks.curation.quality.series import series_quality
 from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
 from mrifoundry.tasks.curation.selection import exams as selection
 from mrifoundry.atomic import replace_dir
@@ -190,6 +191,8 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                 affines[sid] = nrec.affine
                 rec["nifti"]["sidecar"] = ws.rel(extra.pop("sidecars")[0])
                 rec["nifti"].update(extra)
+                rec["quality"] = _quality(ws, exam_id, sid, nrec, (s["meta"] or {}).get("orientation"),
+                                          extra.get("phase_encoding_direction"))
         except RejectedItem as e:   # the converter's validation refused the series: rows kept, reason named
             rejected[sid] = e.reason
             shutil.rmtree(ws.png_dir(exam_id, sid), ignore_errors=True)   # no slices of a rejected series
@@ -212,6 +215,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             for path in [nii] + [nii.with_name(sid + x) for x in (".json", ".bval", ".bvec", "_aslcontext.tsv")]:
                 path.unlink(missing_ok=True)
             shutil.rmtree(ws.png_dir(exam_id, sid), ignore_errors=True)
+            ws.thumb_path(sid).unlink(missing_ok=True)
             n_slices -= len(rec["slices"])
             rejected[sid] = "duplicate_series"
             ws.ledger.record(sid, "convert", "rejected", exam_id=exam_id, item_kind="series",
@@ -224,6 +228,23 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     # a failed series has its own ledger row (rerun=failed redoes the exam); the others go on to the catalog
     return StageOutcome(exam_id, "convert", "done", counts={"series": len(out), "slices": n_slices,
                                                              **({"series_failed": failed} if failed else {})})
+
+
+def _quality(ws: Workspace, exam_id: str, sid: str, nrec, orientation, ped) -> dict | None:
+    """The series' quality record (tasks/curation/quality/series.py), or None with a failed ledger
+    row ``<sid>/iqm`` when the metrics cannot be computed: the series stays converted, and
+    rerun=failed recomputes them."""
+    try:
+        q = series_quality(nrec.data, nrec.zooms, orientation, ped, thumb_path=ws.thumb_path(sid))
+    except Exception as e:  # noqa: BLE001 — metrics must never cost the conversion
+        if is_disk_full(e):
+            raise
+        log_restricted(ws, exam_id, "convert", f"{sid}/iqm")
+        ws.ledger.record(f"{sid}/iqm", "convert", "failed", exam_id=exam_id, item_kind="quality",
+                         reason="iqm_error", message=failure_message(e))
+        return None
+    q["thumb_path"] = ws.rel(q["thumb_path"])
+    return q
 
 
 def _acquisition_signatures(deid: dict, cont: dict) -> dict[str, tuple]:
@@ -280,7 +301,7 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
     cont = ws.read_artifact(exam_id, "continuity", made_by="continuity")
     converted = ws.read_artifact(exam_id, "convert", made_by="convert")
     conv, conv_rejected = converted["series"], converted.get("rejected", {})
-    series_rows, slice_rows = [], []
+    series_rows, slice_rows, quality_rows = [], [], []
     image_sets = {s["series_id"]: s.get("image_set", "") for s in deid["series"]}
     for r in deid["rejected"]:
         if r["series_id"] and not r.get("instance"):
@@ -311,6 +332,8 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
             content_sha256=n.get("content_sha256"), sidecar_path=n.get("sidecar"),
             phase_encoding_direction=n.get("phase_encoding_direction"), multiband_factor=n.get("multiband_factor"),
             b_values=n.get("b_values"), asl_context=n.get("asl_context")))
+        if status == "ok" and c.get("quality"):
+            quality_rows.append(dict(series_id=sid, exam_id=exam_id, **c["quality"]))
         for sl in c.get("slices", []):
             slice_rows.append(dict(slice_id=f"{sid}_t{sl['temporal_index']:02d}_z{sl['slice_index']:04d}",
                                    series_id=sid, exam_id=exam_id, **sl))
@@ -323,7 +346,8 @@ def run_catalog(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
         modality="MR", n_series=len(series_rows), n_series_ok=len(conv), n_slices=len(slice_rows),
         source=exam.get("source"), curated_at=dt.datetime.now(dt.timezone.utc), code_version=code_version())
     parts = write_exam_parts(ws.research, exam_id,
-                             {"exams": [exam_row], "series": series_rows, "slices": slice_rows})
+                             {"exams": [exam_row], "series": series_rows, "slices": slice_rows,
+                              "series_quality": quality_rows})
     return StageOutcome(exam_id, "catalog", "done",
                         counts={"series": len(series_rows), "slices": len(slice_rows), "parts": len(parts)})
 

@@ -46,6 +46,10 @@ class Workspace:
     def png_dir(self, exam_id: str, series_id: str) -> Path:
         return self.research / "png" / exam_id / series_id
 
+    def thumb_path(self, series_id: str) -> Path:
+        """Three-plane thumbnail of a converted series, inside the review page's folder."""
+        return self.research / "qc" / "thumbs" / f"{series_id}.png"
+
     def nifti_path(self, exam_id: str, series_id: str) -> Path:
         return self.research / "nifti" / exam_id / f"{series_id}.nii.gz"
 

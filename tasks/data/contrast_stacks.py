@@ -57,9 +57,8 @@ MANIFEST = "stacks.json"
 DEFAULT_QUERY = """
 SELECT s.series_id, s.exam_id, upper(s.sequence_type) AS sequence_type, lower(s.orientation) AS orientation,
        s.contrast, s.n_slices, s.nifti_path, s.nifti_shape
-FROM series s JOIN exams e USING (exam_id)
-WHERE s.status = 'ok' AND s.nifti_path IS NOT NULL
-  AND upper(e.body_part) = 'BRAIN' AND upper(s.sequence_type) IN ('T1', 'T2', 'FLAIR')
+FROM training_volumes s JOIN exams e USING (exam_id)
+WHERE upper(e.body_part) = 'BRAIN' AND upper(s.sequence_type) IN ('T1', 'T2', 'FLAIR')
 ORDER BY s.exam_id, s.series_id
 """
 

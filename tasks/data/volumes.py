@@ -28,11 +28,10 @@ __all__ = ["DEFAULT_QUERY", "PAIRED_QUERY", "VolumeDataset", "body_part_classes"
            "query_volumes", "select_pairs"]
 
 DEFAULT_QUERY = ("SELECT series_id, exam_id, nifti_file, sequence_type, orientation, body_part, field_strength, "
-                 "repetition_time, echo_time, flip_angle, manufacturer, contrast FROM series "
-                 "WHERE status = 'ok' AND nifti_path IS NOT NULL")
+                 "repetition_time, echo_time, flip_angle, manufacturer, contrast FROM training_volumes WHERE true")
 # PRISM: series of exams with at least two converted series (pairs of sequences)
-PAIRED_QUERY = (DEFAULT_QUERY + " AND exam_id IN (SELECT exam_id FROM series WHERE status = 'ok' AND nifti_path IS "
-                "NOT NULL GROUP BY exam_id HAVING COUNT(*) >= 2)")
+PAIRED_QUERY = (DEFAULT_QUERY + " AND exam_id IN (SELECT exam_id FROM training_volumes "
+                "GROUP BY exam_id HAVING COUNT(*) >= 2)")
 
 
 def query_volumes(research: Path, sql: str) -> list[dict]:

@@ -49,9 +49,9 @@ def test_tiny_bench_writes_a_report_with_finite_numbers(tmp_path):
     assert {row[1] for row in conv} >= {"ours .nii (native)", "dicom2nifti .nii.gz", "dcm2niix -z y",
                                         "ours .nii.gz (RAS 1 mm)"}
     assert all(float(row[2]) > 0 for row in conv)
-    # ten catalog queries, each timed cold and warm
+    # eleven catalog queries (the quality outliers view among them), each timed cold and warm
     cat = json.loads(raw.read_text())["Catalog at Duke-110K size"]["queries"]
-    assert len(cat) == 10 and all(len(q["cold"]) == 3 and len(q["warm"]) == 3 for q in cat)
+    assert len(cat) == 11 and all(len(q["cold"]) == 3 and len(q["warm"]) == 3 for q in cat)
     # volume draws: every draw timed both ways, the ratio is uncached / cached per draw
     vol = json.loads(raw.read_text())["Volume-recipe data loading"]
     assert len(vol["ratios"]) == len(vol["uncached_s"]) == len(vol["warm_s"]) == 4

@@ -99,3 +99,28 @@ def test_a_dropped_slab_and_clipping():
 def test_constant_volume_is_undefined_not_an_error():
     got = iqms(np.ones(SHAPE))
     assert all(math.isnan(got[k]) for k in ("snr", "cnr", "cjv", "ghost_ratio"))
+
+
+def _qi1_numpy(v, air, z=10.0):
+    """Mortamet's step 1 as MRIQC states it, written out again: robust z of the positive air voxels,
+    threshold, 6-connected opening, share of the air."""
+    pos = v[air & (v > 0)]
+    loc = np.median(pos)
+    spread = 1.4826 * np.median(np.abs(pos - loc))
+    art = air & ((v - loc) / spread > z)
+    art = ndi.binary_opening(art, structure=ndi.generate_binary_structure(3, 1)) & air
+    return art.sum() / air.sum()
+
+
+def test_qi1_counts_artefact_signal_in_the_air():
+    v, classes = phantom()
+    clean = iqms(v)["qi1"]
+    streak = v.copy()
+    streak[2:6, 2:38, 2:30] += 25.0                                  # a bright wrap-around band in the air
+    m = masks_of(streak)
+    got = iqms(streak, masks=m)["qi1"]
+    assert got == pytest.approx(_qi1_numpy(streak, m.air), rel=1e-12)
+    band = np.zeros(SHAPE, bool)
+    band[2:6, 2:38, 2:30] = True
+    assert got == pytest.approx((band & m.air).sum() / m.air.sum(), rel=0.1) and got > 0.05
+    assert clean < 1e-3                                               # Rayleigh air: no 10-sigma voxels survive the opening

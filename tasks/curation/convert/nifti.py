@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -77,6 +77,7 @@ class NiftiRecord:
     params: dict
     content_sha256: str | None = None  # voxels before resampling (mrifoundry.digest.voxel_sha256)
     affine: np.ndarray | None = None   # of the written image (sidecar directions, copy detection)
+    data: np.ndarray | None = field(default=None, repr=False)   # the written voxels (quality metrics: no re-read)
 
 
 @contextlib.contextmanager
@@ -353,5 +354,5 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
                 "n_timepoints": len(volumes), "n_slices": len(volumes[t].files),
                 "reorientation": "nibabel.as_closest_canonical", "resampling": "nibabel.processing",
                 "nibabel_version": nib.__version__, "dtype": str(data.dtype)},
-        content_sha256=digest, affine=img.affine,
+        content_sha256=digest, affine=img.affine, data=data,
     )

@@ -19,6 +19,10 @@ MRIQC), ``μ`` the mean, MAD the median absolute deviation.
 - ``saturated_fraction``: the share of foreground voxels at the volume's maximum value (clipping);
 - ``slice_jump``: the largest change between adjacent slices along ``axis`` of their mean over the
   foreground's footprint, relative to the median slice mean (a dropped or bright slab);
+- ``qi1`` (MRIQC ``qi1``, Mortamet 2009, step 1): the share of air voxels that hold artefact
+  signal — air voxels whose robust z (median and 1.4826 · MAD of the positive air voxels) exceeds
+  10, opened with a 6-connected element so single noise spikes do not count; ghosts, wrap-around
+  and motion streaks light up the air;
 - ``ghost_ratio`` (MRIQC ``gsr`` for EPI, Giannelli 2010): μ over the ghost region — the
   foreground shifted by N/2 along the phase-encoding axis, minus the foreground itself — divided by
   μ_fg; computed only when the phase-encoding axis is known.
@@ -28,12 +32,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from mrifoundry.tasks.curation.quality.masks import Masks, masks_of
 
 __all__ = ["IQM_NAMES", "iqms"]
 
-IQM_NAMES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "bright2max", "blank_slices",
+IQM_NAMES = ("snr", "snr_dietrich", "cnr", "cjv", "efc", "fber", "qi1", "bright2max", "blank_slices",
              "saturated_fraction", "slice_jump", "ghost_ratio")
 _NAN = float("nan")
 
@@ -66,6 +71,22 @@ def efc(v: np.ndarray) -> float:
         return _NAN
     efc_max = n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
     return float(np.sum((x / b_max) * np.log((x + 1e-16) / b_max)) / efc_max)
+
+
+def qi1(v: np.ndarray, air: np.ndarray, zscore: float = 10.0) -> float:
+    """Share of air voxels in the artefact mask (module docstring); NaN with under 100 positive air voxels."""
+    bg = v[air]
+    pos = bg[bg > 0]
+    if pos.size < 100 or not air.any():
+        return _NAN
+    loc = float(np.median(pos))
+    spread = 1.4826 * float(np.median(np.abs(pos - loc)))
+    if spread <= 0:
+        return _NAN
+    art = np.zeros(v.shape, bool)
+    art[air] = (bg - loc) / spread > zscore
+    art = ndi.binary_opening(art, structure=ndi.generate_binary_structure(3, 1)) & air
+    return float(art.sum() / air.sum())
 
 
 def ghost_ratio(v: np.ndarray, fg: np.ndarray, pe_axis: int) -> float:
@@ -111,6 +132,7 @@ def iqms(volume: np.ndarray, *, axis: int = 2, pe_axis: int | None = None, masks
         "cnr": contrast / math.sqrt(sd_air ** 2 + sd_m ** 2 + sd_b ** 2) if contrast > 0 else _NAN,
         "cjv": (sd_b + sd_m) / contrast if contrast > 0 else _NAN,
         "efc": efc(v),
+        "qi1": qi1(v, m.air),
         "fber": fg_energy / air_energy if air_energy and air_energy > 0 else _NAN,
         "bright2max": float(np.median(bright) / np.percentile(fg, 99.95)) if bright.size and fg.size else _NAN,
         "blank_slices": blank,

@@ -1,6 +1,9 @@
 """Foreground, air and tissue classes of a volume from its intensities alone (no atlas, any body part).
 
-- **foreground**: voxels above Otsu's threshold of the whole volume, closed (one iteration),
+- **foreground**: voxels above Otsu's threshold of the whole volume (256-bin histogram; where the
+  between-class variance is flat over an empty stretch of the histogram — zero-filled or
+  synthetic air far below the body — the middle of that stretch, where skimage's
+  ``threshold_otsu`` takes its lower end and lets the top of the noise in), closed (one iteration),
   holes filled in 3D, then the connected components (26-connected) of at least a tenth of the
   largest one's size (two knees, two breasts, a body cut by a blank slab stay in; specks go);
 - **air**: everything farther than ``margin`` voxels from the foreground (the rim next to the body
@@ -15,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_multiotsu, threshold_otsu
+from skimage.filters import threshold_multiotsu
 
-__all__ = ["Masks", "masks_of"]
+__all__ = ["Masks", "masks_of", "otsu_threshold"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,20 @@ def _main_components(mask: np.ndarray, share: float = 0.1) -> np.ndarray:
     return np.isin(lab, keep)
 
 
+def otsu_threshold(v: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (voxels ``> t`` are foreground), the middle of a flat optimum (module docstring)."""
+    hist, edges = np.histogram(v, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    return float(centers[(best[0] + best[-1]) // 2])
+
+
 def masks_of(volume: np.ndarray, margin: int = 2) -> Masks:
     """The masks of a 3D volume (module docstring). A constant volume has no foreground."""
     v = np.asarray(volume, dtype=np.float64)
@@ -45,7 +62,7 @@ def masks_of(volume: np.ndarray, margin: int = 2) -> Masks:
     if not np.isfinite(v).all() or v.max() == v.min():
         empty = np.zeros(v.shape, bool)
         return Masks(empty, ~empty, np.zeros(v.shape, np.uint8))
-    fg = v > threshold_otsu(v)
+    fg = v > otsu_threshold(v)
     fg = ndi.binary_closing(fg, structure=np.ones((3, 3, 3), bool), iterations=1, border_value=0) | fg
     fg = ndi.binary_fill_holes(fg)
     fg = _main_components(fg)
