@@ -39,7 +39,7 @@ stop:
 
 ## demo: install, generate the sample, start server + worker, run curate/curate-demo, ingest a BIDS corpus
 ## (real NIfTI from nibabel/nilearn) into the same catalog, print a summary, stop
-demo: venv
+demo: venv web
 	@set -e; trap 'deploy/worker.sh stop; deploy/server.sh stop' EXIT; \
 	$(ENV) $(PY) -m mrifoundry.flows.cli sample; \
 	deploy/server.sh start; deploy/worker.sh deploy; deploy/worker.sh start; \
@@ -52,7 +52,9 @@ demo: venv
 	$(ENV) $(PY) -m mrifoundry.flows.cli sql --out "$$MRIFOUNDRY_HOME/demo" \
 	  "SELECT stage, reason, item_kind, n FROM rejections ORDER BY stage, n DESC"; \
 	echo "catalog: $$MRIFOUNDRY_HOME/demo/research/catalog/catalog.duckdb"; \
-	echo "summary: $$MRIFOUNDRY_HOME/demo/research/qc/summary.md  montage: $$MRIFOUNDRY_HOME/demo/research/qc/montage.png"
+	echo "summary: $$MRIFOUNDRY_HOME/demo/research/qc/summary.md  montage: $$MRIFOUNDRY_HOME/demo/research/qc/montage.png"; \
+	echo "review page (open in a browser, no server): file://$$MRIFOUNDRY_HOME/demo/research/qc/index.html"; \
+	echo "  rate with i/e/u, export, then: mrifoundry review import FILE --out $$MRIFOUNDRY_HOME/demo"
 
 ## pacs-demo: the same as demo, but the sample archive is served by a local Orthanc PACS (C-FIND/C-GET)
 pacs-demo: venv
@@ -87,7 +89,7 @@ demo-eval: venv
 	echo "report: $$MRIFOUNDRY_HOME/demo/research/evaluations/demo-report.md"
 
 ## test: install, then the whole suite (starts and stops its own Prefect server on a free port)
-test: venv
+test: venv web browser
 	$(PY) -m pytest -q
 
 ## bench: speed/memory figures with same-run reference ratios → docs/benchmarks.md (≈ 11 min on 2 cores)
@@ -103,3 +105,21 @@ vendors: venv
 
 clean-var: stop
 	rm -rf $(VAR)
+
+## web: niivue bundled into one classic script for the offline QC review page (research/qc/index.html);
+## rebuilt only when missing or older than web/package-lock.json (or the build script)
+WEB_VENDOR := tasks/curation/review/static/vendor/niivue.js
+.PHONY: web browser
+web: $(WEB_VENDOR)
+
+$(WEB_VENDOR): web/package-lock.json web/build.mjs
+	command -v npm >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
+	cd web && npm ci --no-audit --no-fund --no-update-notifier
+	cd web && node build.mjs
+	touch $@
+
+## browser: Debian's chromium and chromedriver for tests/review (headless, WebGL2 on SwiftShader), when missing
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	fi

@@ -11,8 +11,13 @@ EXAMPLES = [
     ("A training set: sagittal T2-like knee slices from 3 T scanners",
      "SELECT png_file FROM training_slices\nWHERE body_part = 'knee' AND orientation = 'sagittal'\n"
      "  AND sequence_type IN ('T2', 'PD', 'STIR') AND field_strength >= 2.9;"),
-    ("NIfTI volumes (RAS, 1 mm) for 3D pretraining",
-     "SELECT series_id, nifti_file, nifti_shape FROM series WHERE status = 'ok' AND nifti_file IS NOT NULL;"),
+    ("NIfTI volumes (RAS, 1 mm) for 3D pretraining (less the series a rater excluded)",
+     "SELECT series_id, nifti_file, nifti_shape FROM training_volumes;"),
+    ("Quality outliers of brain T2 series, worst ghosting first",
+     "SELECT series_id, flags, ghost_ratio, ghost_ratio_z FROM quality_outliers\n"
+     "WHERE body_part = 'brain' AND sequence_type = 'T2' ORDER BY ghost_ratio_z DESC NULLS LAST;"),
+    ("What raters decided, and who",
+     "SELECT decision, rater, COUNT(*) FROM series_decisions GROUP BY ALL ORDER BY 3 DESC;"),
     ("Why series were rejected",
      "SELECT reason, COUNT(*) FROM series WHERE status = 'rejected' GROUP BY 1 ORDER BY 2 DESC;"),
     ("Failures to re-run (`-p rerun=failed`)",
@@ -45,9 +50,13 @@ never reads the original's files. A plain DuckDB client opening a moved catalog 
 run still sees the old paths.
 
 Path columns are stored relative to `OUT/research`; the views add absolute `png_file`,
-`dicom_folder` and `nifti_file` columns. Extra views: `training_slices` (slices of converted
-series joined with series and exam columns) and `rejections` (ledger counts by stage and
-reason). Curating more exams into the same output merges by `exam_id`: an exam's rows are
+`dicom_folder`, `nifti_file` and `thumb_file` columns. Extra views: `training_slices` (slices of
+converted series joined with series and exam columns, less the series whose latest review
+decision is exclude), `training_volumes` (converted series with a NIfTI, less the same),
+`rejections` (ledger counts by stage and reason), and the quality views of docs/quality.md:
+`series_iqm_z` (each metric's robust z-score within its scanner × sequence × body-part group),
+`quality_outliers` (series with a flag) and `series_decisions` (the latest review decision per
+series). Curating more exams into the same output merges by `exam_id`: an exam's rows are
 replaced, never duplicated.
 
 The restricted zone has its own database, `OUT/restricted/restricted.duckdb`, with the

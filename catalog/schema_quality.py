@@ -19,7 +19,7 @@ IQM_COLUMNS = (
     ("blank_slices", "share of slices along the acquisition's slice axis whose mean is under 10 % of the median slice's (dropped slab)"),
     ("saturated_fraction", "share of foreground voxels at the volume's maximum (clipping)"),
     ("slice_jump", "largest change of the slice mean between adjacent slices / median slice mean (a dropped or bright slab)"),
-    ("ghost_ratio", "MRIQC gsr-style: mean over the N/2-shifted foreground along the phase-encoding axis / foreground mean; "
+    ("ghost_ratio", "MRIQC gsr-style: mean over the N/2-shifted foreground along the phase-encoding axis, in the air, / foreground mean; "
                     "null when the phase-encoding direction is unknown"),
 )
 

@@ -2,8 +2,9 @@
 
 - ``series_iqm_z``: every metric of series_quality with its robust z-score within the series'
   group — (manufacturer, model, field strength, sequence type, body part, metric version) — as
-  (x − median) / (1.4826 · MAD). A group of fewer than :data:`MIN_GROUP` series, or a metric
-  whose MAD is 0 in the group, has no z (NULL): too few series say nothing about what is usual.
+  (x − median) / max(1.4826 · MAD, :data:`SPREAD_FLOOR` · |median|). A group of fewer than
+  :data:`MIN_GROUP` series, or a metric whose MAD is 0 in the group, has no z (NULL): too few
+  series say nothing about what is usual.
 - ``quality_outliers``: the series with at least one flag — ``<metric>_high``/``_low`` where
   |z| > :data:`Z_CUT` (Iglewicz and Hoaglin's cut-off for the modified z-score) on the metric's
   worse side (catalog/schema_quality.py::BETTER: a series with an unusually high SNR is not
@@ -17,10 +18,14 @@ from __future__ import annotations
 
 from mrifoundry.catalog.schema_quality import BETTER, IQM_COLUMNS
 
-__all__ = ["EXCLUDED", "MIN_GROUP", "SATURATED_CUT", "Z_CUT", "quality_views"]
+__all__ = ["EXCLUDED", "MIN_GROUP", "SATURATED_CUT", "SPREAD_FLOOR", "Z_CUT", "quality_views"]
 
 MIN_GROUP = 5
 Z_CUT = 3.5
+#: the spread never counts as less than this share of the group's |median|: in a group of
+#: near-identical series (one protocol, one scanner, a phantom) the MAD is tiny and a 10 %
+#: difference would otherwise score z ≈ 20
+SPREAD_FLOOR = 0.02
 SATURATED_CUT = 0.005      # share of foreground voxels at the maximum: real images hold a handful
 METRICS = tuple(name for name, _ in IQM_COLUMNS)
 #: metrics flagged by an absolute cut, not by z: a count of clipped voxels or blank slices is
@@ -33,8 +38,8 @@ EXCLUDED = "(SELECT series_id FROM series_decisions WHERE decision = 'exclude')"
 
 
 def _z(m: str) -> str:
-    return (f"CASE WHEN group_n >= {MIN_GROUP} AND {m}_mad > 0 THEN ({m} - {m}_med) / (1.4826 * {m}_mad) END "
-            f"AS {m}_z")
+    spread = f"greatest(1.4826 * {m}_mad, {SPREAD_FLOOR} * abs({m}_med))"
+    return f"CASE WHEN group_n >= {MIN_GROUP} AND {m}_mad > 0 THEN ({m} - {m}_med) / {spread} END AS {m}_z"
 
 
 def _flag(m: str) -> str:

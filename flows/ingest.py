@@ -49,6 +49,9 @@ def ingest(params: IngestParams) -> dict:
     if res["montage"]:
         create_link_artifact(f"file://{Path(res['montage']).resolve()}", link_text="mid-slice montage (PNG)",
                              key="ingest-montage")
+    if res.get("review_page"):
+        create_link_artifact(f"file://{Path(res['review_page']).resolve()}", link_text="QC review page (offline HTML)",
+                             key="ingest-review-page")
     if res["phi_audit"] is not None:
         create_markdown_artifact(res["phi_audit"], key="phi-audit", description="PHI audit (places only, no values)")
     return res

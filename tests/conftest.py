@@ -120,15 +120,8 @@ def volume_catalog(manifest, sample, tmp_path_factory) -> Path:
     from mrifoundry.params import CurateParams
     from mrifoundry.tasks.curation.runner import run_curation
     from mrifoundry.tasks.curation.workspace import Workspace
-    from tests.flows.helpers import copy_exams
-    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
-             and not any(s.get("defect") for s in e["series"])]
-    picked, patients = [], set()
-    for part in ("BRAIN", "BRAIN", "KNEE"):
-        e = next(e for e in clean if e.get("body_part") == part and e["patient_mrn"] not in patients
-                 and e not in picked)
-        picked.append(e)
-        patients.add(e["patient_mrn"])
+    from tests.flows.helpers import clean_exams, copy_exams
+    picked = clean_exams(manifest, ("BRAIN", "BRAIN", "KNEE"))
     archive, out = tmp_path_factory.mktemp("volume-archive"), tmp_path_factory.mktemp("volume-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
     run_curation(CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, write_png=False,

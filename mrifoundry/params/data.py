@@ -61,6 +61,7 @@ class IngestParams(Params):
     body_part: str | None = Field(None, description="body part when the sidecars do not say (e.g. brain)")
     rerun: RERUN = Field("missing", description=RERUN_HELP)
     workers: int = Field(2, ge=1, description="threads (one subject session each at a time)")
+    review_page: bool = Field(True, description="rebuild the offline QC review page research/qc/index.html")
     phi_audit: bool = Field(True, description="end with the PHI audit of the whole output")
 
     @field_validator("nifti_shape", mode="before")

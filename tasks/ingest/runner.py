@@ -36,7 +36,7 @@ def run_ingest(params: IngestParams, *, run_id: str = "local", progress: Callabl
     Returns:
         ``ingest_collection``'s counts (dataset, files, exams, outcomes, unnamed) plus ``catalog``
         (rows per table), ``summary`` (markdown, no values), ``montage`` (path or None) and
-        ``phi_audit`` (the audit's markdown, None when off).
+        ``phi_audit`` (the audit's markdown, None when off) and ``review_page`` (the rebuilt QC page).
     Raises:
         ValueError: bad parameters; FileNotFoundError: the folder is missing or not BIDS.
         mrifoundry.run_lock.OutputBusy: another run holds the output folder.
@@ -58,9 +58,13 @@ def run_ingest(params: IngestParams, *, run_id: str = "local", progress: Callabl
         counts = finalize_catalog(Workspace(out_dir, run_id))
         say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         md, montage = ingest_summary(out_dir / "research", params.dataset, run)
+        page = None
+        if params.review_page:
+            from mrifoundry.tasks.curation.review.page import build_review_page
+            page = build_review_page(out_dir / "research", run_id=run_id, progress=say)["page"]
         audit = audit_or_quarantine(out_dir, None).to_markdown() if params.phi_audit else None
     return {**run, "catalog": counts, "summary": md, "montage": str(montage) if montage else None,
-            "phi_audit": audit}
+            "phi_audit": audit, "review_page": page}
 
 
 def run_ingest_downstream(params: DownstreamParams, *, progress: Callable[[str], None] | None = None) -> dict:

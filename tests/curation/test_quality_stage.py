@@ -13,7 +13,7 @@ from mrifoundry.tasks.curation import stages
 from mrifoundry.tasks.curation.runner import CurationFailed, run_curation
 from mrifoundry.tasks.curation.review.decisions import import_decisions
 from mrifoundry.tasks.curation.workspace import Workspace
-from tests.flows.helpers import copy_exams
+from tests.flows.helpers import clean_exams, copy_exams
 
 
 def _q(research, sql):
@@ -26,10 +26,9 @@ def _q(research, sql):
 
 @pytest.fixture(scope="module")
 def one_exam(manifest, sample, tmp_path_factory):
-    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
-             and not any(s.get("defect") for s in e["series"]) and e.get("body_part") == "KNEE"]
+    (knee,) = clean_exams(manifest, ("KNEE",))
     archive, out = tmp_path_factory.mktemp("q-archive"), tmp_path_factory.mktemp("q-out")
-    copy_exams(manifest, sample, archive, lambda e: e is clean[0])
+    copy_exams(manifest, sample, archive, lambda e: e is knee)
     return archive, out
 
 

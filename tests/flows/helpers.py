@@ -21,6 +21,20 @@ def copy_exams(manifest: dict, sample: Path, dest: Path, pred) -> list[dict]:
     return exams
 
 
+def clean_exams(manifest: dict, parts: tuple[str, ...]) -> list[dict]:
+    """One defect-free archived exam per body part in ``parts`` (manifest spelling, e.g. BRAIN),
+    each of another patient."""
+    clean = [e for e in manifest["exams"] if e.get("in_archive") and e.get("study_dir")
+             and not any(s.get("defect") for s in e["series"])]
+    picked, patients = [], set()
+    for part in parts:
+        e = next(e for e in clean if e.get("body_part") == part and e["patient_mrn"] not in patients
+                 and e not in picked)
+        picked.append(e)
+        patients.add(e["patient_mrn"])
+    return picked
+
+
 def phi_values(manifest: dict) -> tuple[set[bytes], set[bytes]]:
     """(text values with their normalised variants, UIDs) of the sample's PHI."""
     phi = manifest["phi"]

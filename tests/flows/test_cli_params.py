@@ -5,6 +5,7 @@ import inspect
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def test_every_field_is_an_option_with_its_default_in_the_help(verb, capsys):
     argv = [verb.name, *({"ingest": ["--bids", "x"]}.get(verb.name, []))]
     for name, f in verb.params.model_fields.items():
         if f.is_required():
-            argv += ["--" + name.replace("_", "-"), "1,2,3" if name == "split" else "x"]
+            choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
+            argv += ["--" + name.replace("_", "-"), "1,2,3" if name == "split" else choices[0] if choices else "x"]
     p = params_from_args(verb.params, _parse(argv), verb.positional)
     required = {n for n, f in verb.params.model_fields.items() if f.is_required()}
     given = required | ({"bids"} if verb.name == "ingest" else set())

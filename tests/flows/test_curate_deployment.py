@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -107,6 +108,16 @@ def test_summary_artifact_and_montage(demo):
     assert "| catalog |" in md or "## Catalog" in md
     from mrifoundry.tasks.curation.qc import montage_is_informative
     assert montage_is_informative(out / "research" / "qc" / "montage.png")
+    # the review page of the run, linked from a Prefect artifact, one record per catalogued series
+    page = out / "research" / "qc" / "index.html"
+    art = subprocess.run([PREFECT, "artifact", "inspect", "curate-review-page"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, COLUMNS="2000"))
+    assert f"file://{page.resolve()}" in art.stdout, art.stdout[-2000:] + art.stderr[-2000:]
+    data = json.loads((page.parent / "data.js").read_text().removeprefix("window.MRIF_QC = ").rstrip(";\n"))
+    con = connect(out / "research")
+    n_series = con.execute("SELECT count(*) FROM series").fetchone()[0]
+    con.close()
+    assert len(data["series"]) == n_series > 0
 
 
 # the tiny configuration of each volume / multi-contrast recipe, through its own deployment

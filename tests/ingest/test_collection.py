@@ -128,6 +128,23 @@ def test_volumes_are_ras_1mm_with_a_clean_header(ingested):
         assert g[tuple(out_ijk)] == pytest.approx(s[ijk], abs=0.51)   # int16 output: rounding only
 
 
+def test_every_ingested_volume_gets_its_quality_row_and_thumbnail(ingested):
+    from mrifoundry.tasks.curation.quality.series import series_quality
+    _, out, _ = ingested
+    ids = _ids(out)
+    files = dict(_sql(out, "SELECT series_id, nifti_file FROM series WHERE status = 'ok'"))
+    rows = {r[0]: r[1:] for r in _sql(out, "SELECT series_id, snr, cnr, efc, fber, thumb_file FROM series_quality")}
+    assert set(rows) == set(files)
+    for sid, f in files.items():
+        img = nib.load(f)
+        want = series_quality(np.asarray(img.dataobj), img.header.get_zooms(), "axial", None)
+        assert rows[sid][:3] == pytest.approx((want["snr"], want["cnr"], want["efc"]), rel=1e-6)
+        assert Path(rows[sid][4]).is_file()
+    # the MNI template is skull-stripped onto exact zeros: its air holds no energy, FBER is undefined
+    mni = rows[ids["sub-01/anat/sub-01_T1w.nii.gz"]]
+    assert mni[3] is None and mni[1] > 1 and 0 < mni[2] < 1
+
+
 def _all_bytes(root: Path):
     for p in root.rglob("*"):
         if p.is_file():

@@ -24,8 +24,10 @@ MRIQC), ``μ`` the mean, MAD the median absolute deviation.
   10, opened with a 6-connected element so single noise spikes do not count; ghosts, wrap-around
   and motion streaks light up the air;
 - ``ghost_ratio`` (MRIQC ``gsr`` for EPI, Giannelli 2010): μ over the ghost region — the
-  foreground shifted by N/2 along the phase-encoding axis, minus the foreground itself — divided by
-  μ_fg; computed only when the phase-encoding axis is known.
+  foreground shifted by N/2 along the phase-encoding axis, within the air (so neither the body
+  nor its 2-voxel rim: a body that fills the field of view along the phase axis would otherwise
+  measure its own blurred edge) — divided by μ_fg; computed only when the phase-encoding axis is
+  known.
 """
 from __future__ import annotations
 
@@ -89,9 +91,9 @@ def qi1(v: np.ndarray, air: np.ndarray, zscore: float = 10.0) -> float:
     return float(art.sum() / air.sum())
 
 
-def ghost_ratio(v: np.ndarray, fg: np.ndarray, pe_axis: int) -> float:
-    """μ of the ghost region (the foreground moved by N/2 along ``pe_axis``, minus itself) / μ_fg."""
-    ghost = np.roll(fg, v.shape[pe_axis] // 2, axis=pe_axis) & ~fg
+def ghost_ratio(v: np.ndarray, fg: np.ndarray, pe_axis: int, air: np.ndarray | None = None) -> float:
+    """μ of the ghost region (the foreground moved by N/2 along ``pe_axis``, in the air) / μ_fg."""
+    ghost = np.roll(fg, v.shape[pe_axis] // 2, axis=pe_axis) & (~fg if air is None else air)
     if not ghost.any() or not fg.any():
         return _NAN
     return float(v[ghost].mean() / v[fg].mean())
@@ -138,5 +140,5 @@ def iqms(volume: np.ndarray, *, axis: int = 2, pe_axis: int | None = None, masks
         "blank_slices": blank,
         "saturated_fraction": float(np.mean(fg >= v.max())) if fg.size else _NAN,
         "slice_jump": jump,
-        "ghost_ratio": ghost_ratio(v, m.foreground, pe_axis) if pe_axis is not None else _NAN,
+        "ghost_ratio": ghost_ratio(v, m.foreground, pe_axis, m.air) if pe_axis is not None else _NAN,
     }

@@ -37,7 +37,7 @@ METRICS = tuple(name for name, _ in IQM_COLUMNS)
 
 _SQL = f"""
 SELECT r.series_id, r.exam_id, coalesce(r.body_part, e.body_part) AS body_part, r.sequence_type, r.orientation,
-       r.manufacturer, r.model, r.field_strength, r.series_description, r.status, r.reason, r.nifti_shape,
+       r.manufacturer, r.model, r.field_strength, r.series_description, r.image_set, r.status, r.reason, r.nifti_shape,
        r.nifti_file, q.thumb_path, q.series_id IS NOT NULL AS measured,
        {', '.join(f'q.{m}' for m in METRICS)}, {', '.join(f'z.{m}_z' for m in METRICS)},
        o.flags, d.decision, d.note, d.rater, d.decided_at
@@ -71,7 +71,8 @@ def page_records(research: Path) -> list[dict]:
             "series_id": r["series_id"], "exam_id": r["exam_id"], "body_part": r["body_part"],
             "sequence_type": r["sequence_type"], "orientation": r["orientation"], "manufacturer": r["manufacturer"],
             "model": r["model"], "field_strength": _num(r["field_strength"]),
-            "series_description": r["series_description"], "status": r["status"], "reason": r["reason"],
+            "series_description": r["series_description"], "image_set": r["image_set"] or None,
+            "status": r["status"], "reason": r["reason"],
             "nifti_shape": r["nifti_shape"],
             "thumb": f"thumbs/{Path(thumb).name}" if has_thumb else None,
             "volume": None, "_nifti": r["nifti_file"] if r["status"] == "ok" else None,

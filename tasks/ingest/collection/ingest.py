@@ -25,19 +25,21 @@ from pathlib import Path
 from typing import Callable
 
 import nibabel as nib
+import numpy as np
 import pyarrow as pa
 
 from mrifoundry.catalog.reasons import INGEST_STAGE
 from mrifoundry.catalog.schema import SERIES
 from mrifoundry.catalog.store import table_file, write_exam_parts, write_parquet_atomic
 from mrifoundry import code_version
-from mrifoundry.errors import CurationError, RejectedItem
+from mrifoundry.errors import CurationError, RejectedItem, is_disk_full
 from mrifoundry.ids import opaque_id, patient_id, subject_key
 from mrifoundry.params import IngestParams
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig
 from mrifoundry.tasks.ingest.collection.sidecar import bids_entities_json, series_metadata
 from mrifoundry.tasks.ingest.collection.sources import Source, find_sources
 from mrifoundry.tasks.ingest.collection.volume import CONVERTER, check_nifti, conform
+from mrifoundry.tasks.curation.quality.series import series_quality
 from mrifoundry.tasks.curation.workspace import Workspace
 
 __all__ = ["dataset_of", "ingest_collection", "layout_of"]
@@ -169,7 +171,24 @@ def _ingest_one(item: _Item, p: IngestParams, ws: Workspace, digests: _Digests) 
     except Exception:
         digests.release(vol.digest, item.series_id)   # a failed file must not block its duplicate later
         raise
-    return _series_row(item, p, ws, vol, written, path)
+    row = _series_row(item, p, ws, vol, written, path)
+    row["_quality"] = _quality(ws, item, row, written)
+    return row
+
+
+def _quality(ws: Workspace, item: _Item, row: dict, written: nib.Nifti1Image) -> dict | None:
+    """The series_quality record of an ingested volume (as curation's convert stage makes it);
+    None, with a warning, when it cannot be computed: the volume is ingested all the same."""
+    try:
+        q = series_quality(np.asarray(written.dataobj), written.header.get_zooms(), row.get("orientation"),
+                           row.get("phase_encoding_direction"), thumb_path=ws.thumb_path(item.series_id))
+    except Exception as e:  # noqa: BLE001 - metrics never cost the ingest
+        if is_disk_full(e):
+            raise
+        log.warning("ingest %s: quality metrics failed (%s)", item.series_id, type(e).__name__)
+        return None
+    q["thumb_path"] = ws.rel(q["thumb_path"])
+    return q
 
 
 def _one_file(it: _Item, prev: dict | None, p: IngestParams, ws: Workspace, digests: _Digests) -> tuple[str, dict | None]:
@@ -260,8 +279,10 @@ def ingest_collection(out: Path, p: IngestParams, *, run_id: str = "cli",
                 if progress:
                     progress(n_done, len(items), n_done / max(time.time() - t0, 1e-6))
         ws.write_artifact(exam_id, "ingest", new_state)
+        quality = [dict(series_id=r["series_id"], exam_id=exam_id, **r["_quality"]) for r in rows if r.get("_quality")]
+        rows = [{k: v for k, v in r.items() if k != "_quality"} for r in rows]   # the state keeps it for reuse
         write_exam_parts(ws.research, exam_id, {"exams": [_exam_row(group[0], p, rows, len(group))],
-                                                "series": rows})
+                                                "series": rows, "series_quality": quality})
 
     if p.workers <= 1:
         for exam_id, group in by_exam.items():

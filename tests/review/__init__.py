@@ -1,0 +1,1 @@
+"""The offline QC review page in a real browser (issue 23)."""
