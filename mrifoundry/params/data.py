@@ -40,7 +40,8 @@ class CurateParams(Params):
     max_container_ratio: float = Field(100.0, gt=1, description="refuse a container expanding more than this many "
                                                                 "times its size, past 32 MiB (zip bombs)")
     phi_audit: bool = Field(True, description="end with the PHI audit of the whole output")
-    runner: str = Field("threads", description="threads | dask | dask://host:port | slurm | a cluster YAML "
+    runner: str = Field("threads", description="threads | dask | dask://host:port | slurm (the YAML named by "
+                                               "MRIFOUNDRY_SLURM_CLUSTER, else deploy/dask/slurm.yaml) | a cluster YAML "
                                                "(all but threads run through Prefect)")
 
     @field_validator("nifti_shape", mode="before")
