@@ -129,6 +129,11 @@ def review(p: ReviewParams) -> int:
             con.close()
         print(f"imported {res.decisions} decision(s) ({res.excluded} exclude) by {', '.join(res.raters) or '-'}; "
               f"{n_out} series excluded from training_slices and training_volumes")
+    if p.action == "build":   # a catalog curated before the metrics existed gets them now
+        from mrifoundry.tasks.curation.quality.backfill import backfill_quality
+        res = backfill_quality(research)
+        if res["missing"]:
+            print(f"quality metrics: {res['measured']} of {res['missing']} converted series measured")
     page = build_review_page(research, max_volumes=p.volumes)
     print(f"review page: {page['page']} ({page['series']} series, {page['volumes']} with a 3D view)")
     return 0

@@ -116,11 +116,14 @@ def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: Exam
 
 
 def _review_page(ws: Workspace, params: CurateParams, run_id: str, say) -> dict | None:
-    """The offline QC review page (tasks/curation/review/page.py), or None when switched off."""
+    """The offline QC review page (tasks/curation/review/page.py), or None when switched off;
+    first the metrics of converted series that have none (a catalog older than the metrics)."""
     if not params.review_page:
         return None
+    from mrifoundry.tasks.curation.quality.backfill import backfill_quality
     from mrifoundry.tasks.curation.review.page import build_review_page
     with stops_on_full_disk(ws.out, "review page"):
+        backfill_quality(ws.research, workers=params.workers, progress=say)
         res = build_review_page(ws.research, run_id=run_id, max_volumes=params.review_volumes, progress=say)
     say(f"review page: {res['page']} ({res['series']} series, {res['volumes']} with a 3D view)")
     return res

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from mrifoundry.catalog.views import connect
+from mrifoundry.catalog.schema import SERIES_QUALITY
+from mrifoundry.catalog.store import write_table
+from mrifoundry.catalog.views import build_research_db, connect
 from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation import stages
 from mrifoundry.tasks.curation.runner import CurationFailed, run_curation
@@ -79,3 +81,16 @@ def test_metrics_failure_recovery_and_decisions_across_reruns(one_exam, monkeypa
     assert _q(research, "SELECT count(*) FROM stage_results WHERE status = 'failed'")[0][0] == 0
     assert _q(research, "SELECT decision FROM series_decisions")[0][0] == "exclude"
     assert _q(research, f"SELECT count(*) FROM training_slices WHERE series_id = '{sid}'")[0][0] == 0
+
+    # a catalog older than the metrics: no rows, no thumbnails; the next run (every exam done and
+    # skipped) measures them from the NIfTI files, to the same values as the convert stage did
+    before = dict(_q(research, "SELECT series_id, snr FROM series_quality"))
+    write_table(research, SERIES_QUALITY, SERIES_QUALITY.schema.empty_table())
+    build_research_db(research)
+    for png in (research / "qc" / "thumbs").glob("*.png"):
+        png.unlink()
+    res = run_curation(_params(archive, out))
+    assert res["stages"]["convert"] == {"skipped": 1}
+    after = dict(_q(research, "SELECT series_id, snr FROM series_quality"))
+    assert after.keys() == before.keys() and all(after[k] == pytest.approx(before[k], rel=1e-9) for k in before)
+    assert all((research / "qc" / "thumbs" / f"{k}.png").is_file() for k in after)

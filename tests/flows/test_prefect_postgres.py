@@ -104,8 +104,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _group(pgid: int) -> set[int]:
-    """PIDs of the live processes in process group ``pgid``."""
+def _procs(field: int, value: int) -> set[int]:
+    """PIDs of the live processes whose /proc stat field ``field`` (after the name; 1 = parent,
+    2 = process group) equals ``value``."""
     pids = set()
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -113,22 +114,18 @@ def _group(pgid: int) -> set[int]:
                 fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
+            if int(fields[field]) == value and fields[0] != "Z":
                 pids.add(int(p.name))
     return pids
+
+
+def _group(pgid: int) -> set[int]:
+    """PIDs of the live processes in process group ``pgid``."""
+    return _procs(2, pgid)
 
 
 def _children(pid: int) -> set[int]:
-    pids = set()
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                pids.add(int(p.name))
-    return pids
+    return _procs(1, pid)
 
 
 @pytest.fixture(scope="module")
