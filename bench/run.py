@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark and write docs/benchmarks.md.
 
     python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog,volumes,audit,gpu]
+    python -m bench.run --sections scale [--quick | --tiny]   # opt-in: N = 500, 2000, 5000 exams (hours on 2 cores)
 
 Full mode takes ≈ 10–15 min on 2 cores; ``--quick`` (≈ 2 min) runs the same code on small
 sizes, ``--tiny`` (≈ 30 s, no Prefect flow by default) is for the pytest smoke test.
@@ -15,23 +16,28 @@ import time
 from pathlib import Path
 
 from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost,
-                   scaling, volume_loading)
+                   scale, scaling, volume_loading)
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
 SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "audit", "ingest", "gpu")
+#: run only when named in --sections (minutes to hours): the curate deployment on N exams (bench/scale.py)
+OPT_IN = ("scale",)
 MODES = {
     # series sizes are (rows = cols, slices); archive = (exams, series per exam, size, slices)
     "full": dict(conv=[(256, 60), (512, 60), (512, 128)], conv_runs=5,
                  cur=[(256, 60), (512, 60), (256, 200), (512, 200)], cur_runs=3,
                  archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5,
-                 vol=dict(roi=96, n_volumes=4, runs=3), ingest=dict(n_files=12, runs=3)),
+                 vol=dict(roi=96, n_volumes=4, runs=3), ingest=dict(n_files=12, runs=3),
+                 scale_n=(500, 2000, 5000)),
     "quick": dict(conv=[(128, 30)], conv_runs=3, cur=[(128, 30)], cur_runs=3,
                   archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3,
-                  vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96)), ingest=dict(n_files=2, runs=1, small=True)),
+                  vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96)), ingest=dict(n_files=2, runs=1, small=True),
+                  scale_n=(50, 200)),
     "tiny": dict(conv=[(32, 8)], conv_runs=3, cur=[(32, 8)], cur_runs=3,
                  archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3,
-                 vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32)), ingest=dict(n_files=2, runs=1, small=True)),
+                 vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32)), ingest=dict(n_files=2, runs=1, small=True),
+                 scale_n=(10, 20)),
 }
 INTROS = {
     "Per-series conversion": (
@@ -80,6 +86,16 @@ INTROS = {
         "bf16 autocast, against the bare encoder's step on the same batch (the reference: recipe / encoder is "
         "the share of the backbone's rate the heads and second views leave). Live on CUDA, else the figures "
         "recorded on a lent GPU machine."),
+    "Scale: the curate deployment on PostgreSQL": (
+        "`bench/scale.py` (opt-in: `python -m bench.run --sections scale`): for each N, N generated exams of 2 "
+        "series of 64²×12 (`bench.scaling.make_archive`) curated end to end by the `curate/curate-duke110k` "
+        "deployment (`reports=null`, runner=threads, 2 workers) through a process worker, on a Prefect server "
+        "backed by PostgreSQL (`deploy/postgres.sh`, `MRIFOUNDRY_PREFECT_DB=postgres deploy/server.sh`), a fresh "
+        "stack per N with its own MRIFOUNDRY_HOME and free loopback ports, stopped by PID. Processes sampled "
+        "every 0.5 s from /proc by kind (flow-run = the worker's descendants; server; worker; postgres = the "
+        "postmaster and its backends). The small exams make the fixed cost per exam, not the pixels, the "
+        "work: what grows with N shows. Targets: per-exam wall and peak RSS per process kind at the largest N "
+        "≤ 1.2× the smallest N's; orchestration ≤ 5 % of the CPU in the exam phase."),
 }
 
 
@@ -90,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--tiny", action="store_true", help="tiny sizes, for the pytest smoke test")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write the raw timings here")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma list of {', '.join(SECTIONS)}; opt-in (not in the default): {', '.join(OPT_IN)}")
     a = ap.parse_args(argv)
     mode_name = "quick" if a.quick else "tiny" if a.tiny else "full"
     cfg = MODES[mode_name]
     chosen = [s.strip() for s in a.sections.split(",") if s.strip()]
-    unknown = set(chosen) - set(SECTIONS)
+    unknown = set(chosen) - set(SECTIONS) - set(OPT_IN)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}")
     command = "python -m bench.run " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if "gpu" in chosen:
         section("GPU pretraining", lambda: gpu_pretrain.section(tiny=mode_name != "full"))
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))
+    if "scale" in chosen:
+        section("Scale: the curate deployment on PostgreSQL", lambda: scale.section(list(cfg["scale_n"])))
     elapsed = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))

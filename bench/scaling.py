@@ -26,13 +26,22 @@ from bench.series import make_series
 RSS_TARGET_MB = 1536
 
 
-def make_archive(root: Path, n_exams: int, series_per_exam: int, size: int, n_slices: int) -> int:
-    """A folder archive of generated exams (one patient each); returns the number of series."""
+def make_archive(root: Path, n_exams: int, series_per_exam: int, size: int, n_slices: int,
+                 distinct_series: bool = False) -> int:
+    """A folder archive of generated exams (one patient each); returns the number of series.
+    ``distinct_series``: the series of one exam get different pixels (by default they are the same,
+    and curation keeps the first and rejects the others as ``duplicate_series``)."""
     from pydicom.uid import generate_uid
     for e in range(n_exams):
         study = generate_uid()
         for s in range(series_per_exam):
-            make_series(root / f"exam{e:03d}" / f"s{s}", size, n_slices,
+            pixels = {}
+            if distinct_series:
+                import numpy as np
+
+                from tests.dicom_factory import default_pixels
+                pixels["volume"] = np.stack([default_pixels(size, size, k, t=s) for k in range(n_slices)])
+            make_series(root / f"exam{e:03d}" / f"s{s}", size, n_slices, **pixels,
                         extra={"StudyInstanceUID": study, "PatientID": f"BENCHP{e:04d}",
                                "PatientName": f"Bench^P{e}", "AccessionNumber": f"BACC{e:05d}",
                                "StudyDate": "20190315", "StudyDescription": "MRI KNEE WITHOUT CONTRAST",
