@@ -99,11 +99,15 @@ def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: Exam
         summary.write_text(md)
         say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         review = _review_page(ws, params, run_id, say)
-        try:
-            audit = audit_or_quarantine(out_dir, params.reports).to_markdown() if params.phi_audit else None
-        finally:   # a quarantine drops exams (and may move data.js): the page is rebuilt from what is left
-            if review and (not (ws.research / "qc" / "data.js").exists() or _quarantined(ws)):
-                review = _review_page(ws, params, run_id, say)
+        audit = None
+        if params.phi_audit:
+            from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
+            try:
+                audit = audit_or_quarantine(out_dir, params.reports).to_markdown()
+            except PhiLeakError:   # the quarantine dropped exams (and may have moved data.js): rebuild
+                if review:
+                    _review_page(ws, params, run_id, say)
+                raise
         failed_exams = ws.ledger.failed_exams() & set(sel.exam_ids)
     result = {"selection": sel.counts, "catalog": counts, "stages": stages, "summary": str(summary),
               "montage": str(montage) if montage else None, "phi_audit": audit,
@@ -127,10 +131,6 @@ def _review_page(ws: Workspace, params: CurateParams, run_id: str, say) -> dict 
         res = build_review_page(ws.research, run_id=run_id, max_volumes=params.review_volumes, progress=say)
     say(f"review page: {res['page']} ({res['series']} series, {res['volumes']} with a 3D view)")
     return res
-
-
-def _quarantined(ws: Workspace) -> bool:
-    return (ws.restricted / "quarantine").is_dir()
 
 
 def threaded_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:

@@ -26,6 +26,9 @@ from mrifoundry.tasks.curation.workspace import Workspace
 pytestmark = pytest.mark.slow   # curates a small archive (end to end without Prefect)
 
 
+ARCHIVE: dict[str, Path] = {}   # the curated fixture's archive, for a re-run over a copy of its output
+
+
 @pytest.fixture(scope="module")
 def curated(manifest, sample, tmp_path_factory) -> Path:
     """OUT of two exams of two patients, curated by the stage functions (PNG + NIfTI)."""
@@ -39,6 +42,7 @@ def curated(manifest, sample, tmp_path_factory) -> Path:
     picked = [clean[0], next(e for e in clean if e["patient_mrn"] != clean[0]["patient_mrn"])]
     archive, out = tmp_path_factory.mktemp("quarantine-archive"), tmp_path_factory.mktemp("quarantine-out")
     copy_exams(manifest, sample, archive, lambda e: e in picked)
+    ARCHIVE["curated"] = archive
     ws = Workspace(out)
     params = CurateParams(archive=str(archive), reports=None, out=str(out), workers=1, voxel_size_mm=4.0)
     for exam_id in select_exams(ws, params).exam_ids:
@@ -234,3 +238,22 @@ def test_run_audit_quarantines_then_fails(out):
     assert "1 exam(s) quarantined" in msg and "research zone after quarantine: 0 hit(s)" in msg
     assert not collect_identifiers(out).find(msg)
     assert not (out / "research" / "dicom" / leaky).exists() and _exams(out) == [other]
+
+
+def test_a_run_that_quarantines_rebuilds_its_review_page_without_the_exam(out):
+    """The review page is built before the audit; a quarantine drops an exam, and the run
+    rebuilds the page from what is left (no card, thumbnail or viewer copy of that exam)."""
+    from mrifoundry.params import CurateParams
+    from mrifoundry.tasks.curation.runner import run_curation
+    leaky, other = _exams(out)
+    _plant(out, leaky)
+    research = out / "research"
+    gone = [r["series_id"] for r in query_dicts(research, f"SELECT series_id FROM series WHERE exam_id = '{leaky}'")[1]]
+    assert gone
+    with pytest.raises(PhiLeakError):
+        run_curation(CurateParams(archive=str(ARCHIVE["curated"]), reports=None, out=str(out), workers=1,
+                                  voxel_size_mm=4.0))
+    data = json.loads((research / "qc" / "data.js").read_text().removeprefix("window.MRIF_QC = ").rstrip(";\n"))
+    assert {s["exam_id"] for s in data["series"]} == {other}
+    left = {p.stem for d in ("thumbs", "volumes") for p in (research / "qc" / d).glob("*")}
+    assert left and not left & set(gone)
