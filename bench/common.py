@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -90,3 +91,29 @@ def versions() -> dict:
     # a dirty tree means the numbers are for uncommitted code: say so
     out["git commit"] = commit + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     return out
+
+
+class PeriodicSampler:
+    """A context manager that calls ``_sample()`` on entry, every ``period`` seconds on a daemon
+    thread, and once more on exit (subclasses define ``_sample``)."""
+
+    def __init__(self, period: float):
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self._sample()

@@ -7,11 +7,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO
+from bench.common import REPO, PeriodicSampler
 
 PREFECT = str(REPO / ".venv" / "bin" / "prefect")
 
@@ -86,13 +85,14 @@ def _mem(p) -> tuple[int, int]:
     return f.get("VmHWM", p.memory_info().rss), f.get("RssAnon", 0)
 
 
-class Poller:
+class Poller(PeriodicSampler):
     """Samples the stack's processes by kind: CPU-s timeline per kind, peak RSS per kind."""
 
     KINDS = ("flow-run", "worker", "server", "postgres")
 
     def __init__(self, roots: dict[str, int], period: float = 0.5):
         import psutil
+        super().__init__(period)
         self._psutil = psutil
         self.roots = roots                       # kind → root pid (server, worker, postgres)
         self.peak: dict[str, int] = dict.fromkeys(self.KINDS, 0)
@@ -100,8 +100,6 @@ class Poller:
         self.peak_pid: dict[int, tuple[str, int]] = {}
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.n_procs: dict[str, int] = dict.fromkeys(self.KINDS, 0)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
 
     def _procs(self) -> dict[str, list]:
         ps = self._psutil
@@ -152,16 +150,4 @@ class Poller:
             out[k] = float(np.interp(t1, t, v) - np.interp(t0, t, v))             # samples: hold the last value
         return out
 
-    def _loop(self, period: float) -> None:
-        while not self._stop.wait(period):
-            self._sample()
 
-    def __enter__(self):
-        self._sample()
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self._sample()

@@ -16,11 +16,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, median
+from bench.common import REPO, PeriodicSampler, median
 from bench.series import make_series
 
 RSS_TARGET_MB = 1536
@@ -63,18 +62,18 @@ def _cpu_s(p) -> float:
     return t.user + t.system
 
 
-class _ChildRss:
+class _ChildRss(PeriodicSampler):
     """Polls this process's descendants: peak RSS of the Dask workers, and CPU-seconds of the
     workers vs everything else (this orchestrating process and the Prefect server) — on a
     machine with as many cores as workers, the rest competes with the workers for cores."""
 
     def __init__(self, period: float = 0.2):
         import psutil
-        self._me, self.peak, self._stop = psutil.Process(), {}, threading.Event()
+        super().__init__(period)
+        self._me, self.peak = psutil.Process(), {}
         self._worker_cpu: dict[int, float] = {}      # last seen, from 0 (workers start in the run)
         self._other_cpu: dict[int, list[float]] = {}  # pid → [first seen, last seen]
         self.samples: list[tuple[float, float, float]] = []   # (epoch s, worker CPU-s, other CPU-s)
-        self._t = threading.Thread(target=self._loop, args=(period,), daemon=True)
 
     def _sample(self) -> None:
         for p in [self._me, *self._me.children(recursive=True)]:
@@ -97,9 +96,6 @@ class _ChildRss:
         t, w, o = (np.array(c) for c in zip(*self.samples))
         return (float(np.interp(t1, t, w) - np.interp(t0, t, w)), float(np.interp(t1, t, o) - np.interp(t0, t, o)))
 
-    def _loop(self, period: float) -> None:
-        while not self._stop.wait(period):
-            self._sample()
 
     @property
     def worker_cpu_s(self) -> float:
@@ -109,15 +105,6 @@ class _ChildRss:
     def other_cpu_s(self) -> float:
         return sum(last - first for first, last in self._other_cpu.values())
 
-    def __enter__(self):
-        self._sample()
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self._sample()
 
 
 def _flows_main(archive: Path, work: Path, reps: int, workers: list[int], result: Path) -> None:
