@@ -65,14 +65,14 @@ def _epoch(s: str) -> float:
     return float(s) if s else float("nan")
 
 
-def measure(n: int, archive: Path, home: Path, workers: int) -> dict:
+def measure(n: int, archive: Path, home: Path, workers: int, per_task: int = 0) -> dict:
     """One N: a fresh PostgreSQL + Prefect server + worker, the curate deployment on ``archive``."""
     import psutil
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o755)          # Debian's postgres user must reach home/postgres/data
     st = Stack(home)
     out = home / "out"
-    res: dict = {"n_exams": n, "workers": workers}
+    res: dict = {"n_exams": n, "workers": workers, "exams_per_task": per_task}
     t = time.perf_counter()
     try:
         st.sh("server.sh", "start")
@@ -91,6 +91,7 @@ def measure(n: int, archive: Path, home: Path, workers: int) -> dict:
             r = subprocess.run(
                 [PREFECT, "deployment", "run", "curate/curate-duke110k", "-p", f"archive={archive}",
                  "-p", f"out={out}", "-p", "reports=null", "-p", f"workers={workers}", "-p", "runner=threads",
+                 "-p", f"exams_per_task={per_task}",
                  "--watch", "--watch-timeout", "7200"],
                 cwd=REPO, env=st.env, capture_output=True, text=True, timeout=7500)
             res["submit_to_done_s"] = time.perf_counter() - t
@@ -189,7 +190,30 @@ def _retime(out: Path, run_id: str) -> dict:
     return {"ledger_export_s": ledger_s, "audit_s": audit_s, "audit_ok": bool(rep.ok)}
 
 
-def run_scale(ns: list[int], workers: int = 2, keep: bool = False) -> list[dict]:
+def plain_reference(archive: Path, out: Path, workers: int) -> dict:
+    """The same exams through the plain thread runner (tasks/curation/runner.py, no Prefect) in
+    this process: CPU-s (all threads, ``time.process_time``) and wall of the exam phase alone.
+    The stack's CPU in its exam phase minus this is what orchestration costs."""
+    from mrifoundry.params import CurateParams
+    from mrifoundry.tasks.curation import runner
+    got: dict = {}
+
+    def timed(ws, params, exam_ids, say):
+        c0, w0 = time.process_time(), time.perf_counter()
+        res = runner.threaded_exams(ws, params, exam_ids, say)
+        got.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0, n=len(exam_ids))
+        return res
+
+    params = CurateParams(archive=str(archive), out=str(out), reports=None, workers=workers, phi_audit=False,
+                          review_page=False, n_per_protocol=150, seed=0, voxel_size_mm=1.0)
+    runner.run_curation(params, run_exams=timed, progress=lambda line: None)
+    return got
+
+
+def run_scale(ns: list[int], workers: int = 2, keep: bool = False, per_task: tuple[int, ...] = (0,),
+              n_ref: int = 200) -> list[dict]:
+    """Every N (and every ``per_task``: exams per Prefect task, 0 = the flow's auto choice); the
+    plain runner's exam-phase CPU on the first ``n_ref`` exams is each run's ``plain`` reference."""
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     work.chmod(0o755)
     try:
@@ -198,19 +222,33 @@ def run_scale(ns: list[int], workers: int = 2, keep: bool = False) -> list[dict]
         make_archive(big, max(ns), SERIES_PER_EXAM, SIZE, SLICES, distinct_series=True)
         print(f"[scale] generated {max(ns)} exams in {time.perf_counter() - t:.0f} s", flush=True)
         results = []
+        ref_dir = work / "plain"
+        n_ref = min(n_ref, max(ns))
+        for e in range(n_ref):
+            shutil.copytree(big / f"exam{e:03d}", ref_dir / "archive" / f"exam{e:03d}", copy_function=os.link)
+        plain = plain_reference(ref_dir / "archive", ref_dir / "out", workers)
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        print(f"[scale] plain runner (no Prefect), {n_ref} exams: {plain['cpu_s'] / n_ref:.3f} CPU-s/exam, "
+              f"{plain['wall_s'] / n_ref:.3f} s/exam", flush=True)
         for n in sorted(ns):
             archive = big
             if n != max(ns):      # the first n exams, hard-linked
                 archive = work / f"archive{n}"
                 for e in range(n):
                     shutil.copytree(big / f"exam{e:03d}", archive / f"exam{e:03d}", copy_function=os.link)
-            t = time.perf_counter()
-            r = measure(n, archive, work / f"n{n}", workers)
-            print(f"[scale] N={n}: {time.perf_counter() - t:.0f} s (flow {r['wall_s']:.0f} s, "
-                  f"{r['flow_cpu_s'] / n:.2f} CPU-s/exam)", flush=True)
-            results.append(r)
-            if not keep:
-                shutil.rmtree(work / f"n{n}", ignore_errors=True)
+            for k in per_task:
+                t = time.perf_counter()
+                r = measure(n, archive, work / f"n{n}k{k}", workers, k)
+                r["plain"] = plain
+                c = r["cpu_exams_s"]
+                print(f"[scale] N={n} exams_per_task={k}: {time.perf_counter() - t:.0f} s (flow {r['wall_s']:.0f} s, "
+                      f"{r['flow_cpu_s'] / n:.3f} flow-run CPU-s/exam, {r['task_runs']} task runs, "
+                      f"stack CPU {sum(c.values()) / n:.3f} s/exam, orchestration "
+                      f"{1 - plain['cpu_s'] / plain['n'] / (sum(c.values()) / n):.1%}, Prefect processes "
+                      f"{(c['worker'] + c['server'] + c['postgres']) / sum(c.values()):.1%})", flush=True)
+                results.append(r)
+                if not keep:
+                    shutil.rmtree(work / f"n{n}k{k}", ignore_errors=True)
         return results
     finally:
         if not keep:
@@ -223,9 +261,10 @@ def projection(r: dict) -> dict:
     """Duke-110K from the largest N's figures (assumptions in the note of the table)."""
     n = r["n_exams"]
     s_per_exam = DUKE_SERIES / DUKE_EXAMS
-    stage_cpu_exam = r["stage_s"] / n                        # ≈ CPU of the stage functions, 2 tiny series
+    stage_cpu_exam = r["plain"]["cpu_s"] / r["plain"]["n"]   # CPU of the five stages, 2 tiny series
     fixed_per_series = stage_cpu_exam / SERIES_PER_EXAM     # mostly fixed cost (the pixels are tiny)
-    orch_flow_exam = max(r["cpu_exams_s"]["flow-run"] - r["stage_s"], 0.0) / n   # flow-run CPU outside stages
+    # flow-run CPU in the exam phase beyond what the plain runner spends on the same exams
+    orch_flow_exam = max(r["cpu_exams_s"]["flow-run"] / n - r["plain"]["cpu_s"] / r["plain"]["n"], 0.0)
     prefect_exam = (r["cpu_exams_s"]["server"] + r["cpu_exams_s"]["postgres"] + r["cpu_exams_s"]["worker"]) / n
     tail_exam = (r["wall_s"] - r["phase_s"]["exams (subflow)"]) / n    # selection + finalize + review + audit
     work_exam = s_per_exam * (fixed_per_series + PIXEL_CPU_S_PER_SERIES) + orch_flow_exam
@@ -251,12 +290,14 @@ def section(ns: list[int], workers: int = 2) -> dict:
         n = r["n_exams"]
         c = r["cpu_exams_s"]
         total = sum(c.values())
-        share = 1 - r["stage_s"] / total if total else float("nan")
+        plain_exam = r["plain"]["cpu_s"] / r["plain"]["n"]
+        share = 1 - plain_exam / (total / n) if total else float("nan")
         prefect_share = (c["worker"] + c["server"] + c["postgres"]) / total if total else float("nan")
         r["orch_share"], r["prefect_share"] = share, prefect_share
         rows.append([n, r["series_ok"], f"{r['wall_s']:.0f}", f"{r['wall_s'] / n:.3f}",
                      f"{r['phase_s']['exams (subflow)'] / n:.3f}", f"{r['flow_cpu_s'] / n:.3f}",
-                     f"{r['stage_s'] / n:.3f}", f"{total / n:.3f}", f"{share:.1%}", f"{prefect_share:.1%}"])
+                     f"{r['stage_s'] / n:.3f}", f"{plain_exam:.3f}", f"{total / n:.3f}", f"{share:.1%}",
+                     f"{prefect_share:.1%}", r["task_runs"]])
         rss_rows.append([n, *(f"{r['peak_rss_mb'][k]:.0f} ({r['peak_anon_mb'][k]:.0f})" for k in Poller.KINDS),
                          " / ".join(str(r["n_procs"][k]) for k in Poller.KINDS)])
         p = r["phase_s"]
@@ -287,15 +328,16 @@ def section(ns: list[int], workers: int = 2) -> dict:
         {"title": f"Curate deployment on PostgreSQL, N exams of {series}, runner=threads, {workers} workers "
                   f"(machine has {os.cpu_count()} cores)",
          "headers": ["N exams", "series ok", "flow wall s", "wall s/exam", "exam-phase wall s/exam",
-                     "flow-run CPU-s/exam", "stage s/exam (ledger)", "stack CPU-s/exam (exam phase)",
-                     "orchestration share", "Prefect processes' share"],
+                     "flow-run CPU-s/exam", "stage s/exam (ledger)", "plain runner CPU-s/exam",
+                     "stack CPU-s/exam (exam phase)", "orchestration share", "Prefect processes' share", "task runs"],
          "rows": rows,
          "note": f"Per-exam wall: {wall_ratio:.2f}× and flow-run CPU per exam {cpu_ratio:.2f}× from the smallest "
                  "to the largest N. Flow-run CPU = the process worker's reaped-children CPU after the run (the "
-                 "flow-run process and its children, the whole run). Orchestration share = 1 − Σ ledger "
-                 "`duration_s` (exam rows of this run) / CPU-s of all the stack's processes in the exam phase "
-                 "(the curate-exams subflow); `duration_s` is wall time, so it is a lower bound when stage "
-                 "threads wait for a core. Prefect processes' share = (worker + server + postgres CPU-s) / the "
+                 "flow-run process and its children, the whole run). Orchestration share = 1 − the plain "
+                 "runner's exam-phase CPU-s per exam (tasks/curation/runner.py on the same machine, same run, no "
+                 "Prefect: `plain_reference`, the first exams of the same archive) / the CPU-s per exam of all "
+                 "the stack's processes in the deployment's exam phase (the curate-exams subflow). Task runs: "
+                 "groups of exams_per_task exams (auto) plus the subflow's own. Prefect processes' share = (worker + server + postgres CPU-s) / the "
                  "same total."},
         {"title": "Peak RSS per process kind, MB: largest VmHWM of any process of the kind (largest private "
                   "RssAnon sampled)",
@@ -321,7 +363,7 @@ def section(ns: list[int], workers: int = 2) -> dict:
                      "Prefect server + postgres bound", "serial tail (selection, finalize, review, audit)", "total"],
          "rows": proj_rows,
          "note": f"From N = {hi['n_exams']}. Work per exam = {pj['series_per_exam']:.2f} × (fixed cost per series, "
-                 f"the ledger's stage s/exam ÷ {SERIES_PER_EXAM} of these tiny series, "
+                 f"the plain runner's CPU-s/exam ÷ {SERIES_PER_EXAM} of these tiny series, "
                  f"+ {PIXEL_CPU_S_PER_SERIES} CPU-s of pixel work per 512²×60 series from the curation section) "
                  f"+ the flow-run's CPU outside the stages per exam ({pj['orch_flow_exam']:.3f} CPU-s) = "
                  f"{pj['work_cpu_exam']:.2f} CPU-s, spread over all cores but one (a Dask or SLURM runner: the "
@@ -341,11 +383,12 @@ if __name__ == "__main__":
     ap.add_argument("--n", default="10,20", help="comma list of exam counts")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--per-task", default="0", help="comma list of exams per Prefect task (0: the flow's auto)")
     ap.add_argument("--keep", action="store_true", help="keep the work folders (prints where), print the raw figures")
     a = ap.parse_args()
     ns = [int(x) for x in a.n.split(",")]
     if a.keep:
-        res = run_scale(ns, a.workers, keep=True)
+        res = run_scale(ns, a.workers, keep=True, per_task=tuple(int(k) for k in a.per_task.split(",")))
         print(json.dumps(res, indent=1, default=str))
     else:
         sec = section(ns, a.workers)

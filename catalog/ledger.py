@@ -127,6 +127,21 @@ class Ledger:
         # a quarantined exam waits for a person (rerun=all brings it back), failed series or not
         return ({e for e in exam_ids if e not in finished} | (self.failed_exams() & set(exam_ids))) - held
 
+    def exams_ended_since(self, exam_ids: list[str], since: float, last_stage: str = "catalog") -> int:
+        """How many of ``exam_ids`` ended a stage chain since ``since`` (epoch s): through
+        ``last_stage``, or stopped by a rejected or failed stage. Progress of exams in flight."""
+        if not exam_ids:
+            return 0
+        with self._conn() as c:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS _progress_ids (exam_id TEXT PRIMARY KEY)")
+            c.execute("DELETE FROM _progress_ids")
+            c.executemany("INSERT OR IGNORE INTO _progress_ids VALUES (?)", [(e,) for e in exam_ids])
+            (n,), = c.execute(
+                "SELECT count(DISTINCT s.exam_id) FROM stage_results s JOIN _progress_ids p USING (exam_id) "
+                "WHERE s.item_id = s.exam_id AND s.finished >= ? AND (s.stage = ? OR s.status <> 'done')",
+                (since, last_stage)).fetchall()
+        return n
+
     def get(self, item_id: str, stage: str) -> LedgerRow | None:
         with self._conn() as c:
             row = c.execute(

@@ -30,6 +30,8 @@ class CurateParams(Params):
     rerun: RERUN = Field("missing", description=RERUN_HELP)
     workers: int = Field(2, ge=1, description="concurrent exams (threads or Dask worker processes)")
     batch_size: int = Field(256, ge=1, description="exams submitted at once (bounds memory at Duke scale)")
+    exams_per_task: int = Field(0, ge=0, description="exams one Prefect task takes through the five stages "
+                                                     "(0: auto, 1 to 8 by run size; fewer task runs on the server)")
     qc_per_body_part: int = Field(8, ge=1, description="slices per body part in the QC montage")
     review_page: bool = Field(True, description="end with the offline QC review page research/qc/index.html")
     review_volumes: int = Field(2000, ge=0, description="series with a 3D viewer copy in the review page "

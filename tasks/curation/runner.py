@@ -3,8 +3,8 @@
 The one sequence of a curation run. The one-off CLI (``mrifoundry curate``, no server to start),
 the vendor check, the benchmarks and the tests call it as it is: exams go through
 :func:`tasks.curation.stages.curate_exam` on ``params.workers`` threads. The ``curate`` flow
-calls it with ``run_exams`` that submits one Prefect task per (exam, stage) instead
-(``flows/curate.py``). The ledger makes a re-run pick up what is missing or failed
+calls it with ``run_exams`` that submits Prefect tasks instead, each carrying a group of
+exams through :func:`exam_group` (``flows/curate.py``). The ledger makes a re-run pick up what is missing or failed
 (``params.rerun``). A full
 disk stops new exams and ends the run with :class:`mrifoundry.errors.DiskFull`; a PHI hit
 quarantines the leaking exams and raises :class:`~tasks.curation.audit.phi_audit.PhiLeakError`;
@@ -26,11 +26,11 @@ from mrifoundry.params import CurateParams
 from mrifoundry.tasks.curation.finalize import finalize_catalog, run_summary
 from mrifoundry.tasks.curation.stages import curate_exam
 from mrifoundry.tasks.curation.selection.exams import select_exams
-from mrifoundry.tasks.curation.stage_guard import disk_full, reset_disk_full, sweep_temp
+from mrifoundry.tasks.curation.stage_guard import StageOutcome, disk_full, reset_disk_full, sweep_temp
 from mrifoundry.tasks.curation.workspace import Workspace
 
-__all__ = ["CurationFailed", "ExamRunner", "audit_or_quarantine", "run_curation", "stops_on_full_disk",
-           "threaded_exams"]
+__all__ = ["CurationFailed", "ExamRunner", "audit_or_quarantine", "exam_failed", "exam_group", "run_curation",
+           "stops_on_full_disk", "tally", "threaded_exams"]
 log = logging.getLogger(__name__)
 
 
@@ -133,30 +133,63 @@ def _review_page(ws: Workspace, params: CurateParams, run_id: str, say) -> dict 
     return res
 
 
+def tally(outcomes: dict, result: list[StageOutcome] | None) -> bool:
+    """Add one exam's stage outcomes to ``outcomes`` (per stage: done/rejected/failed/skipped/
+    disk_full; ``_stopped`` counts exams not started or cut short by a full disk). True when it
+    hit a full disk."""
+    if result is None:
+        outcomes["_stopped"]["exams"] += 1
+        return True
+    full = False
+    for o in result:
+        hit = o.reason == "disk_full"
+        outcomes[o.stage]["disk_full" if hit else o.status] += 1
+        full |= hit
+    if full:
+        outcomes["_stopped"]["exams"] += 1
+    return full
+
+
+def exam_failed(result: list[StageOutcome]) -> bool:
+    """A stage of the exam failed (not for a full disk), or some of its series did."""
+    return any((o.status == "failed" and o.reason != "disk_full") or o.counts.get("series_failed") for o in result)
+
+
+def _one(ws: Workspace, params: CurateParams, exam_id: str) -> list[StageOutcome] | None:
+    return None if disk_full(ws) else curate_exam(ws, params, exam_id)
+
+
 def threaded_exams(ws: Workspace, params: CurateParams, exam_ids: list[str], say) -> dict:
     """Every exam through the five stages on ``params.workers`` threads; outcome counts per stage.
     After a full disk no new exam starts (``_stopped`` is then set)."""
     outcomes: dict = defaultdict(Counter)
     total, t0, done = len(exam_ids), time.time(), 0
-
-    def one(exam_id: str):
-        if disk_full(ws):
-            return None
-        return curate_exam(ws, params, exam_id)
-
     with ThreadPoolExecutor(max_workers=max(1, params.workers)) as pool:
-        for result in pool.map(one, exam_ids):
+        for result in pool.map(lambda e: _one(ws, params, e), exam_ids):
             done += 1
-            if result is None:
-                outcomes["_stopped"]["exams"] += 1
-                continue
-            for o in result:
-                full = o.reason == "disk_full"
-                outcomes[o.stage]["disk_full" if full else o.status] += 1
-                if full:
-                    outcomes["_stopped"]["exams"] += 1
+            tally(outcomes, result)
             if done == total or done % 25 == 0:
                 say(f"{done}/{total} exams ({done / max(time.time() - t0, 1e-6):.2f} exams/s)")
+    return {k: dict(v) for k, v in outcomes.items()}
+
+
+def exam_group(ws: Workspace, params: CurateParams, exam_ids: list[str],
+               on_exam: Callable[[str, list[StageOutcome], float], None] | None = None) -> dict:
+    """Exams one after another through the five stages: what one Prefect task carries
+    (flows/curate.py). Outcome counts per stage as :func:`threaded_exams`, plus
+    ``_failed: {"exams": n}`` for exams with a failed stage or series. ``on_exam(exam_id,
+    outcomes, seconds)`` after each exam. After a full disk the rest are not started."""
+    outcomes: dict = defaultdict(Counter)
+    for i, eid in enumerate(exam_ids):
+        t0 = time.perf_counter()
+        result = _one(ws, params, eid)
+        if tally(outcomes, result):
+            outcomes["_stopped"]["exams"] += len(exam_ids) - i - 1
+            break
+        if exam_failed(result):
+            outcomes["_failed"]["exams"] += 1
+        if on_exam:
+            on_exam(eid, result, time.perf_counter() - t0)
     return {k: dict(v) for k, v in outcomes.items()}
 
 

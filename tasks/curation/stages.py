@@ -22,6 +22,7 @@ from mrifoundry.tasks.curation.archive import open_archive, walk_limits
 from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
 from mrifoundry.tasks.curation.convert.png import volume_to_png
+from mrifoundry.tasks.curation.convert.reads import SharedReads
 from mrifoundry.tasks.curation.convert.sidecar import write_sidecars
 from mrifoundry.tasks.curation.quality.series import series_quality
 from mrifoundry.tasks.curation.deid.deidentify import DeidConfig, PseudonymStore, deidentify_exam
@@ -165,6 +166,8 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
         vols = [Volume(temporal_index=v["temporal_index"], files=[ws.research / f for f in v["files"]],
                        positions=v["positions"]) for v in s["volumes"]]
         rec: dict = {"slices": [], "nifti": None}
+        # the NIfTI's time point is read once, by the PNG writer, and its datasets handed on
+        read = SharedReads(vols[len(vols) // 2].files if params.write_png and params.write_nifti else ())
         try:
             if params.write_png:
                 final = ws.png_dir(exam_id, sid)
@@ -172,7 +175,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                 if tmp.exists():
                     shutil.rmtree(tmp)
                 tmp.mkdir(parents=True)
-                slices = [sl for v in vols for sl in volume_to_png(v, tmp)]
+                slices = [sl for v in vols for sl in volume_to_png(v, tmp, read)]
                 replace_dir(tmp, final)
                 rec["slices"] = [{
                     "temporal_index": sl.temporal_index, "slice_index": sl.index, "position_mm": sl.position_mm,
@@ -180,7 +183,7 @@ def run_convert(ws: Workspace, params: CurateParams, exam_id: str) -> StageOutco
                     "min_value": float(sl.min_value), "max_value": float(sl.max_value)} for sl in slices]
                 n_slices += len(slices)
             if params.write_nifti:
-                nrec = volumes_to_nifti(vols, ws.nifti_path(exam_id, sid), ncfg)
+                nrec = volumes_to_nifti(vols, ws.nifti_path(exam_id, sid), ncfg, read)
                 rec["nifti"] = {"path": ws.rel(nrec.path), "shape": list(nrec.shape), "zooms": list(nrec.zooms),
                                 "axcodes": nrec.axcodes, "converter": nrec.converter,
                                 "converter_version": nrec.converter_version, "params": nrec.params,

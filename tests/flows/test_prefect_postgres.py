@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(REPO / ".venv" / "bin" / "prefect")
 N_EXAMS = 3
-STAGES = ("retrieve", "deid", "continuity", "convert", "catalog")
+PER_TASK = 2     # exams per Prefect task: a group of 2 and a group of 1
 FACIAL = re.compile(r"\b(BRAIN|HEAD|FACE|FACIAL|NECK|ORBITS?|IACS?|INTERNAL AUDITORY|PITUITARY|SELLA|SINUS(ES)?|TMJ)\b")
 
 
@@ -149,7 +149,7 @@ def stack(sample, manifest):
         timings["deploy + worker start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         r = subprocess.run([PREFECT, "deployment", "run", "curate/curate-demo", "-p", f"archive={archive}",
-                            "-p", f"reports={reports}", "-p", f"out={home / 'out'}", "--watch",
+                            "-p", f"reports={reports}", "-p", f"out={home / 'out'}", "-p", f"exams_per_task={PER_TASK}", "--watch",
                             "--watch-timeout", "600"], cwd=REPO, env=st.env, capture_output=True, text=True,
                            timeout=700)
         timings["curate run"] = time.perf_counter() - t0
@@ -173,11 +173,21 @@ def test_the_curate_run_completed_in_postgres(stack):
             UNION ALL
             SELECT f.id FROM flow_run f JOIN task_run t ON f.parent_task_run_id = t.id JOIN runs r ON t.flow_run_id = r.id)
         SELECT t.name, t.state_type FROM task_run t JOIN runs r ON t.flow_run_id = r.id""")
-    stage_runs = [(n, s) for n, s in rows if n.split("-", 1)[0] in STAGES]
-    assert len(stage_runs) == len(STAGES) * N_EXAMS, rows
-    assert {s for _, s in stage_runs} == {"COMPLETED"}, stage_runs
-    assert {n.split("-", 1)[0] for n, _ in stage_runs} == set(STAGES)
-    assert len({n.split("-", 1)[1] for n, _ in stage_runs}) == N_EXAMS  # one chain per exam
+    groups = [(n, s) for n, s in rows if n.startswith("exams-")]
+    assert len(groups) == -(-N_EXAMS // PER_TASK), rows     # one task run per group of PER_TASK exams
+    assert {s for _, s in groups} == {"COMPLETED"}, groups
+    # per exam, one log line with the five stages' outcomes (the UI's view of an exam inside a group)
+    lines = [m for (m,) in st.psql(f"SELECT message FROM log WHERE message LIKE '%: retrieve %' AND "
+                                   f"task_run_id IN (SELECT id FROM task_run WHERE name LIKE 'exams-%')")]
+    per_exam = {m.split(":", 1)[0]: m for m in lines}
+    assert len(per_exam) == N_EXAMS == len(lines), lines
+    for m in lines:
+        assert re.search(r": retrieve done, deid done, continuity done, convert done, catalog done \([0-9.]+ s\)$",
+                         m), m
+    # progress counted per exam: the last progress line says all of them
+    progress = [m for (m,) in st.psql(f"SELECT message FROM log WHERE message LIKE 'curate: %/% exams%' "
+                                      f"ORDER BY timestamp")]
+    assert progress and progress[-1].startswith(f"curate: {N_EXAMS}/{N_EXAMS} exams"), progress
     (size,), = st.psql("SELECT pg_size_pretty(pg_database_size('prefect'))")
     print(f"prefect database: {size}, {len(rows)} task runs of the run")
     # the catalog holds the exams the run reports

@@ -147,11 +147,11 @@ def _screen_header(ds: pydicom.Dataset) -> None:
         ds.HighBit = stored - 1   # dicom2nifti compares it when BitsStored < BitsAllocated
 
 
-def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
+def _read_datasets(files: list[Path], read=pydicom.dcmread) -> list[pydicom.Dataset]:
     """Raises MalformedHeader (see :func:`_screen_header`)."""
     datasets = []
     for i, path in enumerate(files):
-        ds = pydicom.dcmread(path)
+        ds = read(path)
         _screen_header(ds)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()  # in memory; dicom2nifti expects native pixel data
@@ -162,7 +162,7 @@ def _read_datasets(files: list[Path]) -> list[pydicom.Dataset]:
     return datasets
 
 
-def dicom_to_image(files: list[Path]) -> nib.Nifti1Image:
+def dicom_to_image(files: list[Path], read=pydicom.dcmread) -> nib.Nifti1Image:
     """One checked 3D stack → NIfTI image (dicom2nifti's array and affine), in RAS.
 
     Raises:
@@ -171,7 +171,7 @@ def dicom_to_image(files: list[Path]) -> nib.Nifti1Image:
     """
     from dicom2nifti.convert_dicom import dicom_array_to_nifti
 
-    datasets = _read_datasets(files)
+    datasets = _read_datasets(files, read)
     with _dicom2nifti_settings():
         # its logger prints positions on validation failures: keep it quiet in our logs
         d2n_logger = logging.getLogger("dicom2nifti")
@@ -201,6 +201,15 @@ def _inside_source(img: nib.Nifti1Image, source: nib.Nifti1Image) -> np.ndarray:
     that slab is measured data; beyond it (the corners of an oblique stack) is nothing.
     """
     m = np.linalg.inv(source.affine) @ img.affine
+    if not np.count_nonzero(m[:3, :3] - np.diag(np.diag(m[:3, :3]))):
+        # axis-aligned: each axis's test depends on its own index only, so three 1-D tests and
+        # their outer AND give the same mask (the zero terms below add exactly 0) at a fraction
+        # of the cost (0.09 s → 0.01 s for 200×200×180)
+        inside = []
+        for axis, n in enumerate(source.shape[:3]):
+            coord = np.float32(m[axis, axis]) * np.arange(img.shape[axis], dtype=np.float32) + np.float32(m[axis, 3])
+            inside.append((coord >= -0.5 - 1e-3) & (coord <= n - 0.5 + 1e-3))
+        return inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
     mask = np.ones(img.shape[:3], dtype=bool)
     grids = np.ogrid[tuple(slice(0, n) for n in img.shape[:3])]
     for axis, n in enumerate(source.shape[:3]):
@@ -295,13 +304,16 @@ def save_atomic(img: nib.Nifti1Image, out_path: Path, item: str, error_reason: s
         raise CurationError(item, error_reason, f"{type(e).__name__} while writing NIfTI") from e
 
 
-def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = NiftiConfig()) -> NiftiRecord:
+def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = NiftiConfig(),
+                     read=pydicom.dcmread) -> NiftiRecord:
     """Convert a checked series (its middle time point when 4D) to ``out_path`` (.nii.gz).
 
     Args:
         volumes: from :func:`tasks.curation.continuity.checks.check_series`, in temporal order.
         out_path: ``OUT/research/nifti/<exam_id>/<series_id>.nii.gz``.
         cfg: voxel size, optional fixed shape, interpolation order.
+        read: how a file is read (``pydicom.dcmread``, or the PNG writer's kept datasets:
+            tasks/curation/convert/reads.py).
 
     Returns:
         A :class:`NiftiRecord` with provenance (converter, version, parameters).
@@ -320,7 +332,7 @@ def volumes_to_nifti(volumes: list[Volume], out_path: Path, cfg: NiftiConfig = N
     chosen = list(range(len(volumes))) if cfg.timepoints == "all" else [t]
     version = importlib.metadata.version("dicom2nifti")
     try:
-        img = dicom_to_image(volumes[t].files)
+        img = dicom_to_image(volumes[t].files, read)
         source_integer = np.issubdtype(img.get_data_dtype(), np.integer)
         # the digest (reorder + SHA-256, GIL released) runs beside resampling and gzip: 0.18 s at 512²×128
         digest = _in_background(voxel_sha256, img)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pydicom
@@ -35,14 +36,14 @@ def slice_name(temporal_index: int, index: int) -> str:
     return f"t{temporal_index:02d}_z{index:04d}.png"
 
 
-def read_slice(path: Path) -> np.ndarray:
+def read_slice(path: Path, read: Callable[[Path], pydicom.Dataset] = pydicom.dcmread) -> np.ndarray:
     """Pixels of one single-frame grayscale image as float64, RescaleSlope/Intercept applied.
 
     Raises:
         ValueError: the image is not a single 2D grayscale frame.
         MalformedHeader: RescaleSlope/RescaleIntercept is not one finite number.
     """
-    ds = pydicom.dcmread(path)
+    ds = read(path)
     slope, intercept = rescale(ds)   # before decoding: a malformed header is no decoder error
     arr = ds.pixel_array
     if arr.ndim != 2:
@@ -67,12 +68,15 @@ def _write_png(u8: np.ndarray, path: Path) -> None:
         Image.fromarray(u8).save(tmp, format="PNG")
 
 
-def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
+def volume_to_png(volume: Volume, out_dir: Path,
+                  read: Callable[[Path], pydicom.Dataset] = pydicom.dcmread) -> list[SliceRecord]:
     """Write one PNG per slice of ``volume`` into ``out_dir``.
 
     Args:
         volume: a checked volume (files sorted along the slice normal).
         out_dir: ``OUT/research/png/<exam_id>/<series_id>``; created if missing.
+        read: how a file is read (:class:`tasks.curation.convert.reads.SharedReads` shares
+            the reads with the NIfTI converter).
 
     Returns:
         One :class:`SliceRecord` per slice, in volume order; min/max are the rescaled values.
@@ -89,7 +93,7 @@ def volume_to_png(volume: Volume, out_dir: Path) -> list[SliceRecord]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for index, (path, position) in enumerate(zip(volume.files, volume.positions)):
-            arr = read_slice(path)
+            arr = read_slice(path, read)
             target = out_dir / slice_name(volume.temporal_index, index)
             _write_png(normalize_uint8(arr), target)
             records.append(SliceRecord(index, volume.temporal_index, float(position), target,
