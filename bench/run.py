@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark and write docs/benchmarks.md.
 
-    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,flows,rss,catalog,volumes,audit,gpu]
+    python -m bench.run [--quick | --tiny] [--out docs/benchmarks.md] [--sections conversion,curation,runcost,flows,rss,catalog,volumes,audit,ingest,gpu]
     python -m bench.run --sections scale [--quick | --tiny]   # opt-in: N = 500, 2000, 5000 exams (hours on 2 cores)
 
 Full mode takes ≈ 10–15 min on 2 cores; ``--quick`` (≈ 2 min) runs the same code on small
@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost,
+from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost, run_cost,
                    scale, scaling, volume_loading)
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
-SECTIONS = ("conversion", "curation", "flows", "rss", "catalog", "volumes", "audit", "ingest", "gpu")
+SECTIONS = ("conversion", "curation", "runcost", "flows", "rss", "catalog", "volumes", "audit", "ingest", "gpu")
 #: run only when named in --sections (minutes to hours): the curate deployment on N exams (bench/scale.py)
 OPT_IN = ("scale",)
 MODES = {
@@ -29,15 +29,15 @@ MODES = {
                  cur=[(256, 60), (512, 60), (256, 200), (512, 200)], cur_runs=3,
                  archive=(8, 3, 256, 60), flow_reps=3, rss=[(512, 200)], rss_runs=3, scale=1.0, query_runs=5,
                  vol=dict(roi=96, n_volumes=4, runs=3), ingest=dict(n_files=12, runs=3),
-                 scale_n=(500, 2000, 5000)),
+                 scale_n=(500, 2000, 5000), runcost=dict(kinds=[(40, 2, 64, 12), (5, 1, 512, 60)], rounds=2)),
     "quick": dict(conv=[(128, 30)], conv_runs=3, cur=[(128, 30)], cur_runs=3,
                   archive=(2, 2, 64, 12), flow_reps=1, rss=[(256, 60)], rss_runs=1, scale=0.01, query_runs=3,
                   vol=dict(roi=48, n_volumes=2, runs=2, shape=(96, 96, 96)), ingest=dict(n_files=2, runs=1, small=True),
-                  scale_n=(50, 200)),
+                  scale_n=(50, 200), runcost=dict(kinds=[(8, 2, 64, 12), (2, 1, 256, 60)], rounds=1)),
     "tiny": dict(conv=[(32, 8)], conv_runs=3, cur=[(32, 8)], cur_runs=3,
                  archive=(1, 1, 32, 8), flow_reps=1, rss=[(32, 8)], rss_runs=1, scale=0.001, query_runs=3,
                  vol=dict(roi=16, n_volumes=2, runs=2, shape=(32, 32, 32)), ingest=dict(n_files=2, runs=1, small=True),
-                 scale_n=(10, 20)),
+                 scale_n=(10, 20), runcost=dict(kinds=[(3, 1, 32, 8)], rounds=1)),
 }
 INTROS = {
     "Per-series conversion": (
@@ -51,6 +51,11 @@ INTROS = {
         "The plain stage functions in sequence on one generated series: `deidentify_exam` (with a "
         "`PseudonymStore` in a temp dir) → `check_series` → `volume_to_png` → `volumes_to_nifti` (RAS, 1 mm). "
         "CPU-seconds from `time.process_time` (this process, all threads)."),
+    "Whole-run cost per series": (
+        "`bench/run_cost.py`: generated archives through the plain runner (`tasks/curation/runner.py`, one worker, "
+        "audit and review page off), the exam phase timed in CPU-s per series, against `dcm2niix -z y -b n` on "
+        "every series of the same archive in the same run (the reaped child's CPU). Targets (issue 24, part 5): "
+        "≤ 0.1 CPU-s per tiny 64²×12 series (the fixed cost), ≤ 8× dcm2niix for a 512²×60 series."),
     "Scaling and memory": (
         "`flows.curate.curate(runner=\"dask\", workers=N)` on the same generated archive, in a child process "
         "with its own `PREFECT_HOME` and a temporary Prefect server; 1 and 2 workers alternate. The per-series "
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         section("Per-series conversion", lambda: conversion.run(cfg["conv"], cfg["conv_runs"]))
     if "curation" in chosen:
         section("Curation cost per series", lambda: curation.run(cfg["cur"], cfg["cur_runs"]))
+    if "runcost" in chosen:
+        section("Whole-run cost per series", lambda: run_cost.run(**cfg["runcost"]))
     if "flows" in chosen or "rss" in chosen:
         section("Scaling and memory", lambda: scaling.run(
             cfg["archive"], cfg["flow_reps"], cfg["rss"] if "rss" in chosen else [], cfg["rss_runs"],

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from bench.common import REPO
 from bench.scale_stack import PREFECT, Poller, Stack
+from bench.run_cost import plain_reference
 from bench.scaling import make_archive
 
 SERIES_PER_EXAM, SIZE, SLICES = 2, 64, 12
@@ -188,26 +189,6 @@ def _retime(out: Path, run_id: str) -> dict:
     rep = audit_output(out, None)
     audit_s = time.perf_counter() - t
     return {"ledger_export_s": ledger_s, "audit_s": audit_s, "audit_ok": bool(rep.ok)}
-
-
-def plain_reference(archive: Path, out: Path, workers: int) -> dict:
-    """The same exams through the plain thread runner (tasks/curation/runner.py, no Prefect) in
-    this process: CPU-s (all threads, ``time.process_time``) and wall of the exam phase alone.
-    The stack's CPU in its exam phase minus this is what orchestration costs."""
-    from mrifoundry.params import CurateParams
-    from mrifoundry.tasks.curation import runner
-    got: dict = {}
-
-    def timed(ws, params, exam_ids, say):
-        c0, w0 = time.process_time(), time.perf_counter()
-        res = runner.threaded_exams(ws, params, exam_ids, say)
-        got.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0, n=len(exam_ids))
-        return res
-
-    params = CurateParams(archive=str(archive), out=str(out), reports=None, workers=workers, phi_audit=False,
-                          review_page=False, n_per_protocol=150, seed=0, voxel_size_mm=1.0)
-    runner.run_curation(params, run_exams=timed, progress=lambda line: None)
-    return got
 
 
 def run_scale(ns: list[int], workers: int = 2, keep: bool = False, per_task: tuple[int, ...] = (0,),

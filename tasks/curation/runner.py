@@ -103,7 +103,7 @@ def run_curation(params: CurateParams, run_id: str = "local", *, run_exams: Exam
         if params.phi_audit:
             from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
             try:
-                audit = audit_or_quarantine(out_dir, params.reports).to_markdown()
+                audit = audit_or_quarantine(out_dir, params.reports, params.workers).to_markdown()
             except PhiLeakError:   # the quarantine dropped exams (and may have moved data.js): rebuild
                 if review:
                     _review_page(ws, params, run_id, say)
@@ -193,13 +193,13 @@ def exam_group(ws: Workspace, params: CurateParams, exam_ids: list[str],
     return {k: dict(v) for k, v in outcomes.items()}
 
 
-def audit_or_quarantine(out_dir: Path, reports: str | None):
+def audit_or_quarantine(out_dir: Path, reports: str | None, workers: int = 1):
     """The PHI audit of the whole output; its report when clean. On a hit the leaking exams'
     research outputs move to restricted/quarantine/ (tasks/curation/audit/quarantine.py), the
     report is written there and PhiLeakError raised (counts and the report path, no values)."""
     from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError, audit_output
     from mrifoundry.tasks.curation.audit.quarantine import quarantine_leaks, write_report
-    rep = audit_output(out_dir, Path(reports) if reports else None)
+    rep = audit_output(out_dir, Path(reports) if reports else None, workers=workers)
     if rep.ok:
         return rep
     try:

@@ -62,7 +62,7 @@ def run_ingest(params: IngestParams, *, run_id: str = "local", progress: Callabl
         if params.review_page:
             from mrifoundry.tasks.curation.review.page import build_review_page
             page = build_review_page(out_dir / "research", run_id=run_id, progress=say)["page"]
-        audit = audit_or_quarantine(out_dir, None).to_markdown() if params.phi_audit else None
+        audit = audit_or_quarantine(out_dir, None, params.workers).to_markdown() if params.phi_audit else None
     return {**run, "catalog": counts, "summary": md, "montage": str(montage) if montage else None,
             "phi_audit": audit, "review_page": page}
 

@@ -96,6 +96,27 @@ def test_curated_output_is_clean_to_start_with(curated):
     assert len(_exams(curated)) == 2
 
 
+def test_audit_in_processes_reports_what_the_serial_audit_does(out, monkeypatch):
+    """workers > 1: the files are scanned in spawned processes; the report (hits, places scanned by
+    kind, errors) equals the serial scan's, planted leaks and an unreadable file included."""
+    from mrifoundry.tasks.curation.audit import phi_audit
+    leaky, _ = _exams(out)
+    dcm, png = _plant(out, leaky)
+    bad = out / "research" / "work" / leaky / "broken.parquet"
+    bad.write_bytes(b"PAR1 not parquet")
+    serial = _audit(out)
+    monkeypatch.setattr(phi_audit, "PARALLEL_MIN_FILES", 1)
+    calls = []
+    real = phi_audit._scan_in_processes
+    monkeypatch.setattr(phi_audit, "_scan_in_processes", lambda *a: calls.append(a[-1]) or real(*a))
+    parallel = _audit(out, workers=2)
+    assert calls == [2]                      # it did run in processes
+    assert not serial.ok and {str(dcm.relative_to(out)), str(png.relative_to(out))} <= {h.place for h in serial.hits}
+    assert parallel.hits == serial.hits
+    assert parallel.errors == serial.errors and serial.errors, serial.errors
+    assert parallel.scanned == serial.scanned and sum(serial.scanned.values()) > 20
+
+
 def test_leaking_exam_is_quarantined(out):
     leaky, other = _exams(out)
     dcm, png = _plant(out, leaky)

@@ -9,6 +9,7 @@ grouping (we hand it one checked time point, renumbered in slice order).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import logging
 import math
@@ -147,11 +148,27 @@ def _screen_header(ds: pydicom.Dataset) -> None:
         ds.HighBit = stored - 1   # dicom2nifti compares it when BitsStored < BitsAllocated
 
 
+class _Slice(pydicom.FileDataset):
+    """A slice handed to dicom2nifti. Its ``get_volume_pixeldata`` deep-copies every slice (header
+    and pixels, ≈ 3 ms a slice, 17 % of a 512²×60 conversion) so that its in-place pixel fix-ups
+    leave the caller's dataset alone; a copy that shares the (unchanged) elements and owns a copy
+    of the decoded pixels gives it the same protection."""
+
+    def __deepcopy__(self, memo):
+        out = copy.copy(self)     # the copy's own attribute dict; the element dict is shared
+        pixels = self.__dict__.get("_pixel_array")
+        out._pixel_array = None if pixels is None else pixels.copy()
+        memo[id(self)] = out
+        return out
+
+
 def _read_datasets(files: list[Path], read=pydicom.dcmread) -> list[pydicom.Dataset]:
     """Raises MalformedHeader (see :func:`_screen_header`)."""
     datasets = []
     for i, path in enumerate(files):
         ds = read(path)
+        if type(ds) is pydicom.FileDataset:
+            ds.__class__ = _Slice
         _screen_header(ds)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()  # in memory; dicom2nifti expects native pixel data
