@@ -100,7 +100,9 @@ INTROS = {
         "every 0.5 s from /proc by kind (flow-run = the worker's descendants; server; worker; postgres = the "
         "postmaster and its backends). The small exams make the fixed cost per exam, not the pixels, the "
         "work: what grows with N shows. Targets: per-exam wall and peak RSS per process kind at the largest N "
-        "≤ 1.2× the smallest N's; orchestration ≤ 5 % of the CPU in the exam phase."),
+        "≤ 1.2× the smallest N's; orchestration ≤ 5 % of the CPU in the exam phase (1 − the plain runner's "
+        "CPU per exam on the same exams, same run / the stack's). An hour on 2 cores: `make bench` includes the "
+        "section recorded by the last `python -m bench.scale --n 500,2000,5000 --record`."),
 }
 
 
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))
     if "scale" in chosen:
         section("Scale: the curate deployment on PostgreSQL", lambda: scale.section(list(cfg["scale_n"])))
+    elif mode_name == "full" and scale.RECORDED.exists():   # opt-in (an hour): the last recorded run
+        section("Scale: the curate deployment on PostgreSQL", scale.recorded_section)
     elapsed = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))

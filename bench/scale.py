@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -329,7 +330,7 @@ def section(ns: list[int], workers: int = 2) -> dict:
                  "configuration, not per-exam state; RssAnon in brackets is the private part."},
         {"title": "Phases of the flow run, s (from the flow's log lines in Prefect's database), and two "
                   "functions timed again on the finished output",
-         "headers": ["N exams", *hi["phase_s"], "ledger export (retimed)", "PHI audit (retimed)"],
+         "headers": ["N exams", *hi["phase_s"], "ledger export (retimed)", "PHI audit (retimed, 1 process)"],
          "rows": phase_rows,
          "note": "finalize + summary = catalog merge (4 tables), ledger export, DuckDB views, QC montage and "
                  "summary queries (the subflow's end → the 'catalog:' log line). PHI audit + artifacts = the "
@@ -359,11 +360,34 @@ def section(ns: list[int], workers: int = 2) -> dict:
     return {"tables": tables, "targets": targets, "raw": {"runs": runs, "projection": pj}}
 
 
+#: the last opt-in run's section, included by ``make bench`` (bench/run.py) when it does not run it
+RECORDED = REPO / "bench" / "results" / "scale.json"
+
+
+def record(sec: dict, command: str) -> None:
+    """Store ``sec`` (tables and targets; the raw runs stay out) with when, where and how it ran."""
+    from bench.common import machine
+    RECORDED.write_text(json.dumps({"tables": sec["tables"], "targets": sec["targets"], "command": command,
+                                    "date": time.strftime("%Y-%m-%d"), "machine": machine()},
+                                   indent=1, default=str))
+
+
+def recorded_section() -> dict:
+    """The recorded section for docs/benchmarks.md, its tables marked as recorded (date, command)."""
+    rec = json.loads(RECORDED.read_text())
+    where = f"recorded {rec['date']} by `{rec['command']}`"
+    tables = [{**t, "title": f"{t['title']} ({where})"} for t in rec["tables"]]
+    return {"tables": tables, "targets": [{**t, "name": t["name"] + " (recorded)"} for t in rec["targets"]],
+            "raw": None}
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", default="10,20", help="comma list of exam counts")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--record", action="store_true",
+                    help=f"also store the section in {RECORDED.relative_to(REPO)} (make bench includes it)")
     ap.add_argument("--per-task", default="0", help="comma list of exams per Prefect task (0: the flow's auto)")
     ap.add_argument("--keep", action="store_true", help="keep the work folders (prints where), print the raw figures")
     a = ap.parse_args()
@@ -375,6 +399,8 @@ if __name__ == "__main__":
         sec = section(ns, a.workers)
         if a.json:
             a.json.write_text(json.dumps(sec, indent=1, default=str))
+        if a.record:
+            record(sec, "python -m bench.scale " + " ".join(sys.argv[1:]))
         from bench.report import _table
         for t in sec["tables"]:
             print(f"\n**{t['title']}**\n\n{_table(t['headers'], t['rows'])}\n\n{t.get('note', '')}")

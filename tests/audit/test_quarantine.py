@@ -196,8 +196,13 @@ def test_report_and_error_name_no_value(out):
     assert len(back.report.hits) == len(rep.hits) and back.report_path == path
 
 
-def test_hit_in_catalog_rows_only(out):
-    """An identifier in a consolidated catalog table names only the column: the exam is found by its rows."""
+@pytest.mark.parametrize("batch_rows", [65_536, 1])
+def test_hit_in_catalog_rows_only(out, batch_rows, monkeypatch):
+    """An identifier in a consolidated catalog table names only the column: the exam is found by its rows.
+    Tables are read in batches of BATCH_ROWS rows (bounded memory): a hit in a later batch counts
+    the same (batch_rows=1: every row is its own batch)."""
+    from mrifoundry.tasks.curation.audit import scanners
+    monkeypatch.setattr(scanners, "BATCH_ROWS", batch_rows)
     leaky, other = _exams(out)
     src = _source(out, leaky)
     path = out / "research" / "catalog" / "series" / "series.parquet"

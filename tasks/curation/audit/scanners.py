@@ -177,13 +177,23 @@ def _text_chunks(path: Path, ids: Finder) -> Chunks:
             yield f"line {i}", line
 
 
+#: rows per batch when a table is scanned: memory stays bounded whatever the catalog's size
+#: (a Duke-110K slices table is ≈ 7 M rows; whole columns as Python strings were gigabytes)
+BATCH_ROWS = 65_536
+
+
+def _joined(values) -> str:
+    return ROW_SEP.join(str(v) for v in values if v is not None)
+
+
 def _parquet_chunks(path: Path, ids: Finder) -> Chunks:
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
+    pf = pq.ParquetFile(path)
+    meta = pf.schema_arrow.metadata or {}
     yield "schema metadata", b" ".join(k + b" " + v for k, v in meta.items())
-    for name in table.column_names:
+    for name in pf.schema_arrow.names:
         yield f"column {name} (name)", name
-        yield f"column {name}", ROW_SEP.join(str(v) for v in table.column(name).to_pylist() if v is not None)
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[name]):
+            yield f"column {name}", _joined(batch.column(0).to_pylist())
 
 
 def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
@@ -193,11 +203,11 @@ def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
         rels = con.execute("SELECT table_name FROM duckdb_tables() UNION ALL "
                            "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
         for (rel,) in rels:
-            cur = con.execute(f'SELECT * FROM "{rel}"')
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-            for j, col in enumerate(cols):
-                yield f"{rel}.{col}", ROW_SEP.join(str(r[j]) for r in rows if r[j] is not None)
+            # a streamed reader: execute().fetchmany() would materialise the whole view first
+            reader = con.sql(f'SELECT * FROM "{rel}"').fetch_record_batch(BATCH_ROWS)
+            for batch in reader:
+                for col, values in zip(batch.schema.names, batch.columns):
+                    yield f"{rel}.{col}", _joined(values.to_pylist())
     finally:
         con.close()
 
@@ -206,6 +216,16 @@ def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
 #: from Prefect's code (its examples name a user "johndoe"): no run writes there. Block *documents*
 #: (values a user stores) are scanned.
 PREFECT_STATIC_TABLES = frozenset({"block_schema", "block_type", "block_schema_reference", "alembic_version"})
+
+
+def _column_hit(cur, ids: Finder) -> bool:
+    """Whether any value of the one-column cursor holds an identifier, read in batches."""
+    while rows := cur.fetchmany(BATCH_ROWS):
+        blob = ROW_SEP.encode().join(v if isinstance(v, bytes) else str(v).encode("utf-8", "replace")
+                                     for (v,) in rows if v is not None)
+        if ids.find(blob):
+            return True
+    return False
 
 
 def _sqlite_chunks(path: Path, ids: Finder) -> Chunks:
@@ -219,10 +239,7 @@ def _sqlite_chunks(path: Path, ids: Finder) -> Chunks:
             cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
             key = "id" if "id" in cols else "rowid"
             for c in cols:
-                values = [v for (v,) in con.execute(f'SELECT "{c}" FROM "{t}"') if v is not None]
-                blob = ROW_SEP.encode().join(v if isinstance(v, bytes) else str(v).encode("utf-8", "replace")
-                                             for v in values)
-                if not ids.find(blob):
+                if not _column_hit(con.execute(f'SELECT "{c}" FROM "{t}"'), ids):
                     continue
                 for rid, v in con.execute(f'SELECT {key}, "{c}" FROM "{t}" WHERE "{c}" IS NOT NULL'):
                     yield f"table {t} column {c} {key}={rid}", v if isinstance(v, bytes) else str(v)
