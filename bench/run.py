@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost, run_cost,
-                   scale, scaling, volume_loading)
+from bench import (audit_share, catalog_scale, conversion, curation, gpu_pretrain, gpu_pretrain3d, ingest_cost,
+                   run_cost, scale, scale_record, scaling, volume_loading)
 from bench.common import REPO, machine, versions
 from bench.report import all_finite, render
 
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         section("GPU volume pretraining", lambda: gpu_pretrain3d.section(tiny=mode_name != "full"))
     if "scale" in chosen:
         section("Scale: the curate deployment on PostgreSQL", lambda: scale.section(list(cfg["scale_n"])))
-    elif mode_name == "full" and scale.RECORDED.exists():   # opt-in (an hour): the last recorded run
-        section("Scale: the curate deployment on PostgreSQL", scale.recorded_section)
+    elif mode_name == "full" and scale_record.RECORDED.exists():   # opt-in (an hour): the last recorded run
+        section("Scale: the curate deployment on PostgreSQL", scale_record.recorded_section)
     elapsed = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(render(command, mach, vers, sections, elapsed, mode_name))

@@ -54,12 +54,13 @@ from pathlib import Path
 from bench.common import REPO
 from bench.scale_stack import PREFECT, Poller, Stack
 from bench.run_cost import plain_reference
+from bench.scale_record import RECORDED, record
 from bench.scaling import make_archive
 
 SERIES_PER_EXAM, SIZE, SLICES = 2, 64, 12
 DUKE_EXAMS, DUKE_SERIES = 27_000, 116_806
 #: docs/benchmarks.md, "curation CPU per 512²×60 series" (the stage functions on one real-size series)
-PIXEL_CPU_S_PER_SERIES = 1.35
+PIXEL_CPU_S_PER_SERIES = 0.98   # make bench 2026-12-07 (1.35 before the part-5 cuts)
 WALL_RATIO_TARGET, SHARE_TARGET, RSS_RATIO_TARGET = 1.2, 0.05, 1.2
 
 
@@ -358,27 +359,6 @@ def section(ns: list[int], workers: int = 2) -> dict:
                  "scheduler overhead, larger series' memory."},
     ]
     return {"tables": tables, "targets": targets, "raw": {"runs": runs, "projection": pj}}
-
-
-#: the last opt-in run's section, included by ``make bench`` (bench/run.py) when it does not run it
-RECORDED = REPO / "bench" / "results" / "scale.json"
-
-
-def record(sec: dict, command: str) -> None:
-    """Store ``sec`` (tables and targets; the raw runs stay out) with when, where and how it ran."""
-    from bench.common import machine
-    RECORDED.write_text(json.dumps({"tables": sec["tables"], "targets": sec["targets"], "command": command,
-                                    "date": time.strftime("%Y-%m-%d"), "machine": machine()},
-                                   indent=1, default=str))
-
-
-def recorded_section() -> dict:
-    """The recorded section for docs/benchmarks.md, its tables marked as recorded (date, command)."""
-    rec = json.loads(RECORDED.read_text())
-    where = f"recorded {rec['date']} by `{rec['command']}`"
-    tables = [{**t, "title": f"{t['title']} ({where})"} for t in rec["tables"]]
-    return {"tables": tables, "targets": [{**t, "name": t["name"] + " (recorded)"} for t in rec["targets"]],
-            "raw": None}
 
 
 if __name__ == "__main__":
