@@ -124,11 +124,10 @@ def curate_exams(out: str, run_id: str, params: CurateParams, exam_ids: list[str
             if isinstance(res, dict):
                 for stage, c in res.items():
                     outcomes[stage].update(c)
-            else:   # the task itself crashed (not an exam's failure: those are in its data)
-                outcomes["_crashed"]["exams"] += len(g)
-                stop |= is_disk_full(res)
-                if is_disk_full(res):
-                    outcomes["_stopped"]["exams"] += len(g)
+            elif is_disk_full(res):   # the task itself crashed (an exam's failure is in its data)
+                outcomes["_stopped"]["exams"] += len(g)
+            else:
+                outcomes["exams"]["failed"] += len(g)
         if outcomes.get("_stopped") and not stop:
             stop = True
             logger.warning("disk full: no new exams started (%d of %d ended)", ended, total)
@@ -144,9 +143,6 @@ def curate_exams(out: str, run_id: str, params: CurateParams, exam_ids: list[str
                 shown = n
             last_report = now
     logger.info("elapsed %.1f s for %d exams", time.time() - t0, total)
-    crashed = outcomes.pop("_crashed", None)
-    if crashed:
-        outcomes["exams"]["failed"] += crashed["exams"]
     outcomes.pop("_failed", None)
     return {k_: dict(v) for k_, v in outcomes.items()}
 
