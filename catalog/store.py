@@ -15,6 +15,7 @@ import fcntl
 import shutil
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in drop_exams
 import pyarrow.parquet as pq
@@ -60,8 +61,48 @@ def conform(tbl: pa.Table, table: Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
+#: DuckDB's memory for the merge's sort: beyond it the sort spills to a temp folder next to the
+#: table, so a Duke-size slices table (≈ 7 M rows) merges in bounded memory
+MERGE_MEMORY = "256MB"
+#: rows per record batch (and Parquet row group) of the merged file
+MERGE_BATCH_ROWS = 131_072
+
+
+def _sql_list(paths) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _merge(research: Path, table: Table, parts: list[Path], target: Path, by_name: bool) -> int:
+    """The merge of :func:`consolidate`; ``by_name``: union the parts' columns by name."""
+    source = f"SELECT * FROM read_parquet({_sql_list(parts)}{', union_by_name = true' if by_name else ''})"
+    if target.exists():
+        source += (f" UNION ALL BY NAME SELECT * FROM read_parquet({_sql_list([target])}) "
+                   "WHERE exam_id NOT IN (SELECT exam_id FROM new_exams)")
+    key = ", ".join(f'"{k}"' for k in dict.fromkeys(("exam_id", *table.key)) if k in table.names)
+    spill = catalog_dir(research) / f".merge-{table.name}"
+    n = 0
+    con = quiet_connect()
+    try:
+        con.execute(f"SET memory_limit = '{MERGE_MEMORY}'")
+        con.execute(f"SET temp_directory = '{spill}'")
+        con.register("new_exams", pa.table({"exam_id": pa.array(sorted({p.stem for p in parts}), pa.string())}))
+        reader = con.sql(f"SELECT * FROM ({source}) ORDER BY {key}").fetch_record_batch(MERGE_BATCH_ROWS)
+        with atomic_path(target) as tmp, pq.ParquetWriter(tmp, table.schema, compression="zstd") as out:
+            for batch in reader:
+                out.write_table(conform(pa.Table.from_batches([batch]), table))
+                n += batch.num_rows
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    return n
+
+
 def consolidate(research: Path, table: Table) -> int:
-    """Merge pending parts of ``table`` into its Parquet file; return its row count."""
+    """Merge pending parts of ``table`` into its Parquet file; return its row count.
+
+    DuckDB reads the parts and the old file's other exams, sorts them by the table's key (spilling
+    beyond :data:`MERGE_MEMORY`) and streams record batches, each conformed to the schema, into
+    the new file: no table is ever whole in memory."""
     parts_dir = catalog_dir(research) / "_parts" / table.name
     parts = sorted(parts_dir.glob("*.parquet")) if parts_dir.exists() else []
     target = table_file(research, table)
@@ -69,24 +110,19 @@ def consolidate(research: Path, table: Table) -> int:
         if not target.exists():
             write_parquet_atomic(table.schema.empty_table(), target)
         return pq.read_metadata(target).num_rows
-    new = pa.concat_tables([pq.read_table(p, schema=table.schema) for p in parts])
-    new_exams = pa.array(sorted({p.stem for p in parts}))
-    if target.exists():
-        con = quiet_connect()
-        con.register("new_exams", pa.table({"exam_id": new_exams}))
-        old = con.sql(
-            f"SELECT * FROM read_parquet('{target}') WHERE exam_id NOT IN (SELECT exam_id FROM new_exams)"
-        ).to_arrow_table()
-        con.close()
-        merged = pa.concat_tables([conform(old, table), new])
-    else:
-        merged = new
-    key = [(k, "ascending") for k in ("exam_id", *table.key) if k in table.names]
-    merged = merged.sort_by(list(dict.fromkeys(key)))
-    write_parquet_atomic(merged, target)
+    # DuckDB takes the first file's columns for all (a later file lacking one is an error, and its
+    # extra columns would be dropped): parts of an older schema (a run resumed by newer code) are
+    # aligned by name, which reads every part's schema first (≈ 14 KB of memory a part)
+    by_name = not set(table.names) <= set(pq.read_schema(parts[0]).names)
+    try:
+        n = _merge(research, table, parts, target, by_name)
+    except duckdb.Error:
+        if by_name:
+            raise
+        n = _merge(research, table, parts, target, by_name=True)
     for p in parts:
         p.unlink(missing_ok=True)
-    return merged.num_rows
+    return n
 
 
 def drop_exams(research: Path, exam_ids, keep_dir: Path | None = None,
