@@ -18,6 +18,7 @@ from mrifoundry.catalog.store import write_exam_parts
 from mrifoundry import code_version
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
 from mrifoundry.params import CurateParams
+from mrifoundry.tasks.curation import exam_reads
 from mrifoundry.tasks.curation.archive import open_archive, walk_limits
 from mrifoundry.tasks.curation.continuity.checks import ContinuityConfig, Volume, check_series
 from mrifoundry.tasks.curation.convert.nifti import NiftiConfig, volumes_to_nifti
@@ -361,4 +362,5 @@ STAGES = {"retrieve": run_retrieve, "deid": run_deid, "continuity": run_continui
 
 def curate_exam(ws: Workspace, params: CurateParams, exam_id: str) -> list[StageOutcome]:
     """All stages of one exam in order (the CLI and tests use this; the flow runs them as tasks)."""
-    return [fn(ws, params, exam_id) for fn in STAGES.values()]
+    with exam_reads.exam_scope():   # one parse of each de-identified file (tasks/curation/exam_reads.py)
+        return [fn(ws, params, exam_id) for fn in STAGES.values()]

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mrifoundry.errors import CurationError
+from mrifoundry.tasks.curation import exam_reads
 from mrifoundry.tasks.curation.continuity import series_meta
 from mrifoundry.tasks.curation.deid.frames import image_type
 from mrifoundry.tasks.curation.continuity.pixels import check_pixels, remove_duplicate_copies
@@ -95,7 +96,7 @@ def check_series(series_id: str, files: list[Path], cfg: ContinuityConfig = Cont
 def _check(files: list[Path], cfg: ContinuityConfig, result: SeriesCheck) -> None:
     if not files:
         raise Reject("too_few_slices", "the series has no images")
-    imgs = [_Img(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in files]
+    imgs = [_Img(p, exam_reads.read(p, stop_before_pixels=True)) for p in files]
     result.meta = series_meta.derive_meta(imgs[0].ds)
     if any(str(header_get(i.ds, "Modality", "")).upper() != "MR" for i in imgs):
         raise Reject("non_mr_modality", "Modality is not MR")

@@ -13,6 +13,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+
+from mrifoundry.tasks.curation import exam_reads
 from pydicom.encaps import generate_frames
 
 from mrifoundry.tasks.curation.continuity.screens import (
@@ -184,7 +186,7 @@ def _remove_same_image(imgs: list[T], removed: list) -> list[T]:
 def read_pixels(path: Path) -> np.ndarray:
     """The decoded pixels of one file; truncated or undecodable data is a rejection."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = exam_reads.read(path)
     except Exception as e:  # noqa: BLE001 - headers read fine before: the file ends inside PixelData
         raise Reject("truncated_file", "a file ends inside its pixel data") from e
     if any(k in ds for k in FLOAT_PIXELS):

@@ -24,6 +24,7 @@ import pydicom
 from pydicom.multival import MultiValue
 
 from mrifoundry.catalog.reasons import REASONS
+from mrifoundry.tasks.curation import exam_reads
 from mrifoundry.digest import voxel_sha256
 from mrifoundry.atomic import atomic_path
 from mrifoundry.errors import CurationError, InsufficientDiskSpace, RejectedItem, is_disk_full
@@ -148,7 +149,7 @@ def _screen_header(ds: pydicom.Dataset) -> None:
         ds.HighBit = stored - 1   # dicom2nifti compares it when BitsStored < BitsAllocated
 
 
-class _Slice(pydicom.FileDataset):
+class _SharedElements:
     """A slice handed to dicom2nifti. Its ``get_volume_pixeldata`` deep-copies every slice (header
     and pixels, ≈ 3 ms a slice, 17 % of a 512²×60 conversion) so that its in-place pixel fix-ups
     leave the caller's dataset alone; a copy that shares the (unchanged) elements and owns a copy
@@ -162,13 +163,25 @@ class _Slice(pydicom.FileDataset):
         return out
 
 
+class _Slice(_SharedElements, pydicom.FileDataset):
+    """A slice read from its file."""
+
+
+class _KeptSlice(_SharedElements, pydicom.Dataset):
+    """A slice de-identification kept in memory (tasks/curation/exam_reads.py)."""
+
+
+_SLICE_CLASS = {pydicom.FileDataset: _Slice, pydicom.Dataset: _KeptSlice}
+
+
 def _read_datasets(files: list[Path], read=pydicom.dcmread) -> list[pydicom.Dataset]:
     """Raises MalformedHeader (see :func:`_screen_header`)."""
     datasets = []
     for i, path in enumerate(files):
         ds = read(path)
-        if type(ds) is pydicom.FileDataset:
-            ds.__class__ = _Slice
+        exam_reads.forget([path])   # changed in place below: no later reader of this exam may get it
+        if type(ds) in _SLICE_CLASS:
+            ds.__class__ = _SLICE_CLASS[type(ds)]
         _screen_header(ds)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()  # in memory; dicom2nifti expects native pixel data

@@ -11,6 +11,8 @@ from typing import Callable, Iterable
 
 import pydicom
 
+from mrifoundry.tasks.curation import exam_reads
+
 #: how the writers read a file: ``path`` → dataset
 Reader = Callable[[Path], pydicom.Dataset]
 
@@ -31,7 +33,7 @@ class SharedReads:
         if ds is not None:
             self._keep.discard(key)
             return ds
-        ds = pydicom.dcmread(path)
+        ds = exam_reads.read(path)   # from memory when this exam's de-identification wrote it
         if key in self._keep:
             self._kept[key] = ds
         return ds

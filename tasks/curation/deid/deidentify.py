@@ -26,6 +26,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from mrifoundry import ids
 from mrifoundry.atomic import replace_dir
 from mrifoundry.errors import is_disk_full, where
+from mrifoundry.tasks.curation import exam_reads
 from mrifoundry.tasks.curation.archive.files import looks_like_dicom
 from mrifoundry.tasks.curation.dicom_values import drop_undecodable
 from mrifoundry.tasks.curation.deid import acquisition, frames
@@ -293,7 +294,9 @@ def deidentify_exam(files: Iterable[Path], out_dir: Path, exam_id: str,
                         mosaic = frames.is_mosaic(ds)   # a classic image lists every slice time: n = 0
                         described[key] = acquisition.describe(img, len(images) if mosaic else 0, mosaic=mosaic)
                     clean = deidentify_dataset(img, cfg, store, exam_id)
-                    clean.save_as(parts[key] / f"{counts[key]:04d}.dcm", enforce_file_format=True)
+                    written = parts[key] / f"{counts[key]:04d}.dcm"
+                    clean.save_as(written, enforce_file_format=True)
+                    exam_reads.keep(written, clean)   # continuity and convert read it from memory
                     counts[key] += 1
                     if study_date is None and clean.get("StudyDate"):
                         study_date = _parse_date(clean.StudyDate)
