@@ -57,7 +57,12 @@ decision is exclude), `training_volumes` (converted series with a NIfTI, less th
 `series_iqm_z` (each metric's robust z-score within its scanner × sequence × body-part group),
 `quality_outliers` (series with a flag) and `series_decisions` (the latest review decision per
 series). Curating more exams into the same output merges by `exam_id`: an exam's rows are
-replaced, never duplicated.
+replaced, never duplicated. The merge (`catalog/store.py::consolidate`) is a DuckDB sort of the
+parts and the old file's other exams, streamed in record batches of 131,072 rows (also the
+Parquet row groups), in at most 256 MB of DuckDB memory plus ≈ 6 KB per pending part: 8 M slice
+rows (8,000 parts over a 4 M-row table) merge in 598 MB peak RSS and 4.6 s, where reading them
+all into Arrow took 2,267 MB and 12.0 s (2 cores, 2026-12-07, `/tmp` harness). Parts written by
+an older version of a table are aligned by column name.
 
 The restricted zone has its own database, `OUT/restricted/restricted.duckdb`, with the
 `reports` view (PHI). Downstream flows never open it.

@@ -117,6 +117,22 @@ def test_audit_in_processes_reports_what_the_serial_audit_does(out, monkeypatch)
     assert parallel.scanned == serial.scanned and sum(serial.scanned.values()) > 20
 
 
+def test_identifiers_collected_in_processes_equal_the_serial_ones(out, monkeypatch):
+    """workers > 1: the source headers are read in spawned processes, a chunk of exams each;
+    phrases with their kinds, UIDs, vocabulary and unreadable sources are the serial ones."""
+    from mrifoundry.tasks.curation.audit import identifiers
+    serial = collect_identifiers(out)
+    monkeypatch.setattr(identifiers, "CHUNK_EXAMS", 1)
+    calls = []
+    real = identifiers._staging_in_processes
+    monkeypatch.setattr(identifiers, "_staging_in_processes", lambda *a: calls.append(len(a[0])) or real(*a))
+    parallel = collect_identifiers(out, workers=2)
+    assert calls == [2]
+    assert parallel.phrases == serial.phrases and len(serial.phrases) > 10
+    assert list(parallel._uid_set()) == list(serial._uid_set()) and serial.kinds()["uid"] > 10
+    assert parallel.vocabulary == serial.vocabulary and parallel.unreadable_sources == serial.unreadable_sources
+
+
 def test_leaking_exam_is_quarantined(out):
     leaky, other = _exams(out)
     dcm, png = _plant(out, leaky)

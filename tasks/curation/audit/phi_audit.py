@@ -11,10 +11,11 @@ column, tag) and which kind, never the value. See docs/phi-audit.md.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,10 +111,28 @@ def _hit_key(h: Hit) -> tuple:
 
 
 # --------------------------------------------------------------------------- audit
-def _files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+_SIDE_FILES = ("-wal", "-shm", "-journal", ".wal")   # SQLite/DuckDB side files: read through their database
+
+
+def _walk(roots: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under ``roots`` once, each folder's files sorted, streamed: a Duke-size
+    output has ≈ 14 M files, which as a list of paths would take gigabytes. A root inside one
+    walked before is skipped; a root holding one walked before skips that subtree."""
+    done: list[Path] = []
+    for root in map(Path, roots):
+        if any(root == d or root.is_relative_to(d) for d in done):
+            continue
+        if root.is_file():
+            if not root.name.endswith(_SIDE_FILES):
+                yield root
+        elif root.is_dir():
+            for folder, subdirs, names in os.walk(root):
+                subdirs[:] = sorted(d for d in subdirs if Path(folder, d) not in done)
+                for name in sorted(names):
+                    path = Path(folder, name)
+                    if not name.endswith(_SIDE_FILES) and path.is_file():   # no FIFO, socket or dead link
+                        yield path
+        done.append(root)
 
 
 def _place(path: Path, out: Path, ids: Identifiers) -> tuple[str, set[str]]:
@@ -151,6 +170,8 @@ def _scan_file(path: Path, out: Path, ids: Identifiers, rep: AuditReport) -> Non
 
 #: below this many files the audit scans in its own process (a spawned worker costs ≈ 1 s of imports)
 PARALLEL_MIN_FILES = 2000
+#: files per chunk a worker process scans; at most 2 chunks per worker are in flight
+CHUNK_FILES = 500
 _CHILD_IDS: Identifiers | None = None
 
 
@@ -167,23 +188,42 @@ def _scan_chunk(paths: list[Path], out: Path) -> AuditReport:
     return rep
 
 
-def _scan_in_processes(paths: list[Path], out: Path, ids: Identifiers, rep: AuditReport, workers: int) -> None:
-    """Scan ``paths`` in ``workers`` spawned processes, merged into ``rep`` in path order.
+def _scan_in_processes(paths: Iterable[Path], out: Path, ids: Identifiers, rep: AuditReport, workers: int) -> None:
+    """Scan ``paths`` in ``workers`` spawned processes, chunk by chunk as the walk yields them
+    (2 chunks per worker in flight), merged into ``rep`` in path order.
 
     Spawned, not forked: the caller may be a multi-threaded flow run holding DuckDB or SQLite
     handles. The identifiers go to each child once, over its pipe, and stay in its memory; only
     places and kinds come back (the same as a serial scan reports)."""
+    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
-    n = max(1, min(len(paths), workers * 8))
-    size = -(-len(paths) // n)
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+
+    def merge(part: AuditReport) -> None:
+        rep.hits += part.hits
+        rep.errors += part.errors
+        rep.scanned.update(part.scanned)
+
+    pending: deque = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_child_init, initargs=(ids,)) as pool:
-        for part in pool.map(_scan_chunk, chunks, [out] * len(chunks)):
-            rep.hits += part.hits
-            rep.errors += part.errors
-            rep.scanned.update(part.scanned)
+        for chunk in _chunks(paths, CHUNK_FILES):
+            if len(pending) >= 2 * workers:
+                merge(pending.popleft().result())
+            pending.append(pool.submit(_scan_chunk, chunk, out))
+        while pending:
+            merge(pending.popleft().result())
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),
@@ -215,18 +255,12 @@ def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),
         roots.append(prefect_db)
         storage = Path(prefect_storage) if prefect_storage else prefect_db.parent / "storage"
         roots.append(storage)
-    seen: set[Path] = set()
-    paths = []
-    for root in roots:
-        for path in _files(root):
-            if path in seen or path.name.endswith(("-wal", "-shm", "-journal", ".wal")):
-                continue   # SQLite/DuckDB side files: read through their database
-            seen.add(path)
-            paths.append(path)
-    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
-        _scan_in_processes(paths, out, identifiers, rep, workers)
+    walk = _walk(roots)
+    first = list(itertools.islice(walk, PARALLEL_MIN_FILES))   # enough files to pay for worker processes?
+    if workers > 1 and len(first) == PARALLEL_MIN_FILES:
+        _scan_in_processes(itertools.chain(first, walk), out, identifiers, rep, workers)
     else:
-        for path in paths:
+        for path in itertools.chain(first, walk):
             _scan_file(path, out, identifiers, rep)
     rep.hits = sorted(set(rep.hits), key=_hit_key)
     rep.seconds = time.perf_counter() - t0
@@ -242,7 +276,7 @@ def audit_output(out: Path, reports_export: Path | None = None, *, prefect_home:
     Raises:
         FileNotFoundError: ``out/restricted`` or ``out/research`` does not exist.
     """
-    ids = collect_identifiers(out, reports_export)
+    ids = collect_identifiers(out, reports_export, workers=workers)
     home = prefect_home or (Path(os.environ["PREFECT_HOME"]) if os.environ.get("PREFECT_HOME") else None)
     db = home / "prefect.db" if home and (home / "prefect.db").exists() else None
     storage = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")
