@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sqlite3
 import struct
 import zlib
@@ -196,9 +197,17 @@ def _parquet_chunks(path: Path, ids: Finder) -> Chunks:
             yield f"column {name}", _joined(batch.column(0).to_pylist())
 
 
+#: DuckDB memory for scanning a database's views (joins and window functions over whole tables
+#: spill to a temp folder beyond it, so a Duke-size catalog scans in bounded memory)
+DUCKDB_MEMORY = "512MB"
+
+
 def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
-    import duckdb
-    con = duckdb.connect(str(path), read_only=True)
+    import tempfile
+
+    from mrifoundry.duck import quiet_connect
+    spill = tempfile.mkdtemp(prefix="mrifoundry-audit-")
+    con = quiet_connect(str(path), read_only=True, config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
     try:
         rels = con.execute("SELECT table_name FROM duckdb_tables() UNION ALL "
                            "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
@@ -210,6 +219,7 @@ def _duckdb_chunks(path: Path, ids: Finder) -> Chunks:
                     yield f"{rel}.{col}", _joined(values.to_pylist())
     finally:
         con.close()
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 #: Prefect's own catalogue of block types and their JSON schemas, written by the server at start-up
