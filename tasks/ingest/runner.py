@@ -58,13 +58,24 @@ def run_ingest(params: IngestParams, *, run_id: str = "local", progress: Callabl
         counts = finalize_catalog(Workspace(out_dir, run_id))
         say("catalog: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         md, montage = ingest_summary(out_dir / "research", params.dataset, run)
-        page = None
-        if params.review_page:
-            from mrifoundry.tasks.curation.review.page import build_review_page
-            page = build_review_page(out_dir / "research", run_id=run_id, progress=say)["page"]
-        audit = audit_or_quarantine(out_dir, None, params.workers).to_markdown() if params.phi_audit else None
+        page = _review_page(out_dir, params, run_id, say)
+        audit = None
+        if params.phi_audit:
+            from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
+            try:
+                audit = audit_or_quarantine(out_dir, None, params.workers).to_markdown()
+            except PhiLeakError:   # the quarantine moved exams out of research/: the page must not show them
+                _review_page(out_dir, params, run_id, say)
+                raise
     return {**run, "catalog": counts, "summary": md, "montage": str(montage) if montage else None,
             "phi_audit": audit, "review_page": page}
+
+
+def _review_page(out_dir: Path, params: IngestParams, run_id: str, say) -> str | None:
+    if not params.review_page:
+        return None
+    from mrifoundry.tasks.curation.review.page import build_review_page
+    return build_review_page(out_dir / "research", run_id=run_id, progress=say)["page"]
 
 
 def run_ingest_downstream(params: DownstreamParams, *, progress: Callable[[str], None] | None = None) -> dict:

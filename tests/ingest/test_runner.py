@@ -79,3 +79,35 @@ def test_run_ingest_downstream_reads_an_nnunet_folder(tmp_path):
                                                 "WHERE dataset_id = 'tiny3d' ORDER BY case_id")
     assert rows == [(f"case{i}", 2, None) for i in range(4)]
     assert np.isclose(sum(res["patients_per_split"].values()), 4)
+
+
+def test_an_ingest_that_quarantines_rebuilds_its_review_page_without_the_exam(tmp_path):
+    """The review page is built before the audit; a leak planted in one ingested exam's research
+    files is quarantined, and the run rebuilds the page from what is left."""
+    import json
+
+    from mrifoundry.sample.bids_corpus import PHI
+    from mrifoundry.tasks.curation.audit.phi_audit import PhiLeakError
+    root = make_bids(tmp_path / "tiny", broken=False)
+    out = tmp_path / "out"
+    params = IngestParams(bids=str(root), out=str(out), body_part="brain", workers=1, phi_audit=False)
+    run_ingest(params)
+    research = out / "research"
+
+    def page_exams() -> set[str]:
+        text = (research / "qc" / "data.js").read_text()
+        return {s["exam_id"] for s in json.loads(text.removeprefix("window.MRIF_QC = ").rstrip(";\n"))["series"]}
+    exams = page_exams()
+    assert len(exams) == 2
+    import nibabel as nib
+    leaky = sorted(exams)[0]
+    nii = sorted((research / "nifti" / leaky).rglob("*.nii.gz"))[0]
+    img = nib.load(nii)
+    img.header["descrip"] = PHI["PatientName"].encode()   # held in restricted/ from the source sidecar
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), nii)
+    with pytest.raises(PhiLeakError):
+        run_ingest(params.model_copy(update={"phi_audit": True}))
+    assert page_exams() == exams - {leaky}
+    assert not (research / "nifti" / leaky).exists()
+    kept = {s for (s,) in _sql(research, "SELECT series_id FROM series")}
+    assert kept and {p.stem for p in (research / "qc" / "thumbs").glob("*")} == kept
