@@ -24,11 +24,21 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-#: pixel bytes one exam keeps (counted twice: the stored value and its decoded copy); beyond it
-#: files are read from disk again. One 512²×60 series is ≈ 63 MB of this.
+#: pixel bytes one exam keeps, per worker thread (the stored value and the decoded array readers
+#: cache on it); beyond it files are read from disk again. One 512²×60 series is ≈ 63 MB of this.
 KEEP_MB = 256
 _HEADER_BYTES = 16_384   # what a header costs in memory, roughly
 _local = threading.local()
+
+
+def _decoded_bytes(ds: Dataset) -> int:
+    """The size of the pixel array a reader will decode and pydicom cache on ``ds`` (a compressed
+    value decodes to more than it stores)."""
+    try:
+        return (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+                * max(int(ds.get("BitsAllocated", 8) or 8) // 8, 1) * max(int(ds.get("NumberOfFrames", 1) or 1), 1))
+    except (TypeError, ValueError):
+        return 0
 
 
 class ExamReads:
@@ -40,7 +50,7 @@ class ExamReads:
         self._kept: dict[tuple[int, int], tuple[Dataset, tuple[int, int], int]] = {}
 
     def keep(self, path: Path | str, ds: Dataset) -> bool:
-        cost = _HEADER_BYTES + 2 * len(ds.get("PixelData", None) or b"")
+        cost = _HEADER_BYTES + len(ds.get("PixelData", None) or b"") + _decoded_bytes(ds)
         if self.used + cost > self.limit:
             return False
         st = os.stat(path)

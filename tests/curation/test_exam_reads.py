@@ -26,9 +26,11 @@ def test_a_kept_dataset_is_handed_on_until_its_file_changes(tmp_path):
     ds = pydicom.dcmread(src[0])
     ds.save_as(written)
     assert exam_reads.read(written) is not ds                      # outside a scope: always dcmread
-    with exam_reads.exam_scope():
+    with exam_reads.exam_scope() as reads:
         exam_reads.keep(written, ds)
         assert exam_reads.read(written) is ds
+        # counted: a header, the stored pixels and the array readers will decode and cache on it
+        assert reads.used == 16_384 + len(ds.PixelData) + ds.Rows * ds.Columns * 2
         moved = tmp_path / "final" / "0000.dcm"                    # the renames that publish a series
         written.parent.rename(moved.parent)
         assert exam_reads.read(moved, stop_before_pixels=True) is ds
