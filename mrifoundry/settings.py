@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     out: Path | None = None
     #: secret salt for opaque ids and UID remapping; else OUT/restricted/salt (created once)
     salt: str | None = None
+    #: MB of de-identified datasets one curation thread keeps for its exam's later stages
+    #: (tasks/curation/exam_reads.py); 0 reads every file back from disk
+    exam_reads_mb: float = Field(default=256.0, ge=0)
 
     @property
     def sample_dir(self) -> Path:

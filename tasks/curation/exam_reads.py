@@ -24,9 +24,9 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-#: pixel bytes one exam keeps, per worker thread (the stored value and the decoded array readers
-#: cache on it); beyond it files are read from disk again. One 512²×60 series is ≈ 63 MB of this.
-KEEP_MB = 256
+#: The budget is ``MRIFOUNDRY_EXAM_READS_MB`` (default 256): pixel bytes one exam keeps, per worker
+#: thread (the stored value and the decoded array readers cache on it); beyond it files are read
+#: from disk again. One 512²×60 series is ≈ 63 MB of this.
 _HEADER_BYTES = 16_384   # what a header costs in memory, roughly
 _local = threading.local()
 
@@ -89,9 +89,12 @@ class ExamReads:
 @contextmanager
 def exam_scope(limit_mb: float | None = None) -> Iterator[ExamReads]:
     """The stages of one exam, in this thread, share what de-identification wrote (up to
-    ``limit_mb``, default :data:`KEEP_MB`)."""
+    ``limit_mb``, default the ``exam_reads_mb`` setting)."""
+    if limit_mb is None:
+        from mrifoundry.settings import Settings
+        limit_mb = Settings().exam_reads_mb
     previous = getattr(_local, "reads", None)
-    _local.reads = ExamReads(int((KEEP_MB if limit_mb is None else limit_mb) * 2**20))
+    _local.reads = ExamReads(int(limit_mb * 2**20))
     try:
         yield _local.reads
     finally:

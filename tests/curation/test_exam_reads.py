@@ -63,7 +63,7 @@ def _outputs(out) -> dict:
 
 
 def _curate(tmp_path, name, salt, keep_mb, monkeypatch):
-    monkeypatch.setattr(exam_reads, "KEEP_MB", keep_mb)
+    monkeypatch.setenv("MRIFOUNDRY_EXAM_READS_MB", str(keep_mb))
     hits = []
     real = exam_reads.ExamReads.get
 
@@ -83,7 +83,7 @@ def _curate(tmp_path, name, salt, keep_mb, monkeypatch):
     return _outputs(ws.out), hits
 
 
-@pytest.mark.parametrize("keep_mb", [exam_reads.KEEP_MB, 0.02])   # 0.02 MB: some files kept, the rest read
+@pytest.mark.parametrize("keep_mb", [256, 0.02])   # 0.02 MB: some files kept, the rest read
 def test_outputs_are_those_of_stages_that_read_from_disk(tmp_path, monkeypatch, keep_mb):
     extra = {"AccessionNumber": "HAND1", "PatientID": "P1", "PatientName": "Zebulon^Quixote"}
     # de-identification cleans the name out of the description, which continuity reads (series meta)
@@ -98,8 +98,8 @@ def test_outputs_are_those_of_stages_that_read_from_disk(tmp_path, monkeypatch, 
     handed, hits = _curate(tmp_path, "handed", salt, keep_mb, monkeypatch)
     read_back, no_hits = _curate(tmp_path, "read", salt, 0, monkeypatch)
     assert not any(no_hits)
-    assert sum(hits) >= (60 if keep_mb == exam_reads.KEEP_MB else 1)   # continuity (2 reads) and convert, 17 files
-    assert keep_mb == exam_reads.KEEP_MB or not all(hits)
+    assert sum(hits) >= (60 if keep_mb == 256 else 1)   # continuity (2 reads) and convert, 17 files
+    assert keep_mb == 256 or not all(hits)
     assert handed.keys() == read_back.keys()
     assert sum(k.endswith(".nii.gz") for k in handed) == 3 and sum("/png/" in k for k in handed) == 6 + 15 + 6
     assert [k for k in handed if handed[k] != read_back[k]] == []
