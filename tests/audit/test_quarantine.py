@@ -299,3 +299,20 @@ def test_a_run_that_quarantines_rebuilds_its_review_page_without_the_exam(out):
     assert {s["exam_id"] for s in data["series"]} == {other}
     left = {p.stem for d in ("thumbs", "volumes") for p in (research / "qc" / d).glob("*")}
     assert left and not left & set(gone)
+
+
+def test_a_folder_the_audit_cannot_list_is_reported(out, monkeypatch):
+    """The walk is a stream (os.walk): a folder it cannot list is an unreadable place in the
+    report (the audit is not ok), never skipped silently."""
+    import os
+    leaky, _ = _exams(out)
+    blocked = out / "research" / "png" / leaky
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(blocked):
+            raise PermissionError(13, "Permission denied", str(blocked))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    rep = _audit(out)
+    assert not rep.ok and (f"research/png/{leaky}", "PermissionError") in rep.errors

@@ -15,7 +15,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,10 +114,11 @@ def _hit_key(h: Hit) -> tuple:
 _SIDE_FILES = ("-wal", "-shm", "-journal", ".wal")   # SQLite/DuckDB side files: read through their database
 
 
-def _walk(roots: Iterable[Path]) -> Iterator[Path]:
+def _walk(roots: Iterable[Path], on_error: Callable[[OSError], None]) -> Iterator[Path]:
     """Every regular file under ``roots`` once, each folder's files sorted, streamed: a Duke-size
     output has ≈ 14 M files, which as a list of paths would take gigabytes. A root inside one
-    walked before is skipped; a root holding one walked before skips that subtree."""
+    walked before is skipped; a root holding one walked before skips that subtree. A folder that
+    cannot be listed goes to ``on_error`` (reported, never skipped silently)."""
     done: list[Path] = []
     for root in map(Path, roots):
         if any(root == d or root.is_relative_to(d) for d in done):
@@ -126,7 +127,7 @@ def _walk(roots: Iterable[Path]) -> Iterator[Path]:
             if not root.name.endswith(_SIDE_FILES):
                 yield root
         elif root.is_dir():
-            for folder, subdirs, names in os.walk(root):
+            for folder, subdirs, names in os.walk(root, onerror=on_error):
                 subdirs[:] = sorted(d for d in subdirs if Path(folder, d) not in done)
                 for name in sorted(names):
                     path = Path(folder, name)
@@ -255,7 +256,9 @@ def audit(out: Path, identifiers: Identifiers, extra_paths: Iterable[Path] = (),
         roots.append(prefect_db)
         storage = Path(prefect_storage) if prefect_storage else prefect_db.parent / "storage"
         roots.append(storage)
-    walk = _walk(roots)
+    def unlisted(e: OSError) -> None:
+        rep.errors.append((_place(Path(e.filename or "?"), out, identifiers)[0], type(e).__name__))
+    walk = _walk(roots, unlisted)
     first = list(itertools.islice(walk, PARALLEL_MIN_FILES))   # enough files to pay for worker processes?
     if workers > 1 and len(first) == PARALLEL_MIN_FILES:
         _scan_in_processes(itertools.chain(first, walk), out, identifiers, rep, workers)
