@@ -73,7 +73,11 @@ class Identifiers:
                 self._index = None
 
     def merge(self, other: "Identifiers") -> None:
-        """Add ``other``'s phrases and UIDs (a phrase already here keeps its kind)."""
+        """Add ``other``'s phrases, UIDs, vocabulary and unreadable sources (a phrase already here
+        keeps its kind)."""
+        if other.vocabulary is not self.vocabulary:   # a per-file scratch shares this one's
+            self.vocabulary |= other.vocabulary
+        self.unreadable_sources += other.unreadable_sources
         for phrase, kind in other.phrases.items():
             self.phrases.setdefault(phrase, kind)
         self._index = None
@@ -281,8 +285,6 @@ def _staging_in_processes(retrieves: list[Path], ids: Identifiers, workers: int)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for part in pool.map(_collect_staging, chunks):
             ids.merge(part)
-            ids.vocabulary |= part.vocabulary
-            ids.unreadable_sources += part.unreadable_sources
 
 
 def collect_identifiers(out: Path, reports_export: Path | None = None, workers: int = 1) -> Identifiers:
@@ -310,9 +312,7 @@ def collect_identifiers(out: Path, reports_export: Path | None = None, workers: 
     if workers > 1 and len(retrieves) >= 2 * CHUNK_EXAMS:
         _staging_in_processes(retrieves, ids, workers)
     else:
-        staged = _collect_staging(retrieves, ids.vocabulary)
-        ids.merge(staged)
-        ids.unreadable_sources += staged.unreadable_sources
+        ids.merge(_collect_staging(retrieves, ids.vocabulary))
     _collect_ingest(restricted, ids)
     if reports_export is not None:
         _collect_reports(Path(reports_export), ids)
